@@ -1,0 +1,412 @@
+//! `synod sim`: sweeps seeds with a progress bar, summarizes, and leaves a replay command
+//! and a trace for every failing seed.
+
+use crate::registry::Protocol;
+use anyhow::{Context as _, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use synod_check::history::write_jsonl;
+use synod_sim::config::{FaultSet, SimConfig};
+use synod_sim::simulation::RunReport;
+use synod_sim::verdict::Finding;
+
+/// Failing seeds whose trace and history are written to disk; more are only listed.
+const FAILURE_FILES_MAX: usize = 5;
+
+/// Arguments of `synod sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Protocol to simulate.
+    #[arg(long, default_value = "amo-kv")]
+    protocol: String,
+    /// Protocol variant: `correct`, or a deliberately broken one (`no-dedup`,
+    /// `reply-before-durable`) that the checker must catch.
+    #[arg(long, default_value = "correct")]
+    variant: String,
+    /// Seeds to run, inclusive: `1..1000`, `1..=1000` or a single number.
+    #[arg(long, default_value = "1..1000", conflicts_with = "seed")]
+    seeds: String,
+    /// Run exactly one seed (combine with --trace and --history to replay it).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Faults to inject: `all`, `none`, or a list of drop, duplicate, reorder, partition,
+    /// crash, torn-write, pause, clock.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    clients: u32,
+    /// Operations per client.
+    #[arg(long, default_value_t = 40)]
+    ops: u32,
+    /// Distinct keys the workload touches.
+    #[arg(long, default_value_t = 3)]
+    keys: u32,
+    /// Probability that a message is lost (with the drop fault).
+    #[arg(long, default_value_t = 0.05)]
+    drop_rate: f64,
+    /// Probability that a message is delivered twice (with the duplicate fault).
+    #[arg(long, default_value_t = 0.05)]
+    duplicate_rate: f64,
+    /// Probability that a message is held back and reordered (with the reorder fault).
+    #[arg(long, default_value_t = 0.05)]
+    reorder_rate: f64,
+    /// Write the full event trace of the single --seed run to this file.
+    #[arg(long, requires = "seed")]
+    trace: Option<PathBuf>,
+    /// Write the history of the single --seed run (JSON Lines) to this file.
+    #[arg(long, requires = "seed")]
+    history: Option<PathBuf>,
+    /// Where failing seeds' traces and histories go.
+    #[arg(long, default_value = "sim-failures")]
+    failures_dir: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+/// A validated plan: which protocol, which seeds, which configuration.
+struct Plan {
+    protocol: Protocol,
+    seeds: Vec<u64>,
+    base: SimConfig,
+}
+
+fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let parse = |part: &str| -> anyhow::Result<u64> {
+        part.trim()
+            .parse::<u64>()
+            .with_context(|| format!("'{part}' is not a seed number in --seeds '{text}'"))
+    };
+    let (low, high) = if let Some((low, high)) = text.split_once("..=") {
+        (parse(low)?, parse(high)?)
+    } else if let Some((low, high)) = text.split_once("..") {
+        (parse(low)?, parse(high)?)
+    } else {
+        let seed = parse(text)?;
+        (seed, seed)
+    };
+    if low > high {
+        bail!("--seeds '{text}' is empty: the first seed must not exceed the last");
+    }
+    Ok((low..=high).collect())
+}
+
+fn probability(name: &str, value: f64) -> anyhow::Result<f64> {
+    if !(0.0..=1.0).contains(&value) {
+        bail!("--{name} must be between 0 and 1, got {value}");
+    }
+    Ok(value)
+}
+
+fn plan(arguments: &SimArgs) -> anyhow::Result<Plan> {
+    let protocol =
+        Protocol::parse(&arguments.protocol, &arguments.variant).map_err(anyhow::Error::msg)?;
+    let seeds = match arguments.seed {
+        Some(seed) => vec![seed],
+        None => parse_seeds(&arguments.seeds)?,
+    };
+    let faults: FaultSet = arguments.faults.parse().map_err(anyhow::Error::msg)?;
+    if arguments.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let mut base = SimConfig {
+        nodes: protocol.nodes(),
+        faults,
+        ..SimConfig::default()
+    };
+    base.workload.clients = arguments.clients;
+    base.workload.operations_per_client = arguments.ops;
+    base.workload.keys = arguments.keys.max(1);
+    base.network.drop_probability = probability("drop-rate", arguments.drop_rate)?;
+    base.network.duplicate_probability = probability("duplicate-rate", arguments.duplicate_rate)?;
+    base.network.reorder_probability = probability("reorder-rate", arguments.reorder_rate)?;
+    Ok(Plan {
+        protocol,
+        seeds,
+        base,
+    })
+}
+
+/// The one-line command that replays `seed` with a trace.
+fn replay_command(arguments: &SimArgs, plan: &Plan, seed: u64, trace: &Path) -> String {
+    format!(
+        "synod sim --protocol {} --variant {} --faults {} --clients {} --ops {} --keys {} \
+         --drop-rate {} --duplicate-rate {} --reorder-rate {} --seed {seed} --trace {}",
+        plan.protocol.name(),
+        plan.protocol.variant_name(),
+        plan.base.faults,
+        arguments.clients,
+        arguments.ops,
+        arguments.keys,
+        arguments.drop_rate,
+        arguments.duplicate_rate,
+        arguments.reorder_rate,
+        trace.display()
+    )
+}
+
+/// Runs `synod sim`.
+pub fn run(arguments: SimArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&arguments)?;
+    if let Some(seed) = arguments.seed {
+        return run_single(&arguments, &plan, seed);
+    }
+    run_sweep(&arguments, &plan)
+}
+
+fn open_writer(path: &Path) -> anyhow::Result<Box<dyn Write>> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+fn write_history(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = BufWriter::new(file);
+    write_jsonl(&mut writer, &report.history)
+        .and_then(|()| writer.flush())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn run_single(arguments: &SimArgs, plan: &Plan, seed: u64) -> anyhow::Result<ExitCode> {
+    let trace = match &arguments.trace {
+        Some(path) => Some(open_writer(path)?),
+        None => None,
+    };
+    let config = SimConfig {
+        seed,
+        ..plan.base.clone()
+    };
+    let (report, findings) = plan.protocol.run(config, trace);
+    if let Some(error) = &report.trace_error {
+        bail!("writing the trace failed: {error}");
+    }
+    if let Some(path) = &arguments.history {
+        write_history(path, &report)?;
+        println!("history: {}", path.display());
+    }
+    if let Some(path) = &arguments.trace {
+        println!("trace: {}", path.display());
+    }
+    println!(
+        "protocol {} (variant {}), faults {}, seed {seed}",
+        plan.protocol.name(),
+        plan.protocol.variant_name(),
+        plan.base.faults
+    );
+    println!(
+        "ops: ok {}, fail {}, info {}",
+        report.outcomes.ok, report.outcomes.fail, report.outcomes.info
+    );
+    println!("faults injected: {}", describe_faults(&report));
+    for finding in &findings {
+        println!("{finding}");
+    }
+    println!("violations: {}", usize::from(!findings.is_empty()));
+    print_speed(report.events, report.simulated, report.elapsed);
+    println!("trace hash: {:016x}", report.trace_hash);
+    Ok(if findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn describe_faults(report: &RunReport) -> String {
+    if report.faults.is_empty() {
+        return "none".to_string();
+    }
+    let parts: Vec<String> = report
+        .faults
+        .iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    parts.join(", ")
+}
+
+fn print_speed(events: u64, simulated: Duration, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "speed: {events} events in {seconds:.2}s ({:.0} events/s), simulated {:.1}s ({:.0}x real time)",
+        events as f64 / seconds,
+        simulated.as_secs_f64(),
+        simulated.as_secs_f64() / seconds
+    );
+}
+
+/// What the sweep keeps of one seed.
+struct SeedResult {
+    seed: u64,
+    report: RunReport,
+    findings: Vec<Finding>,
+}
+
+fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
+    let jobs = arguments
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .clamp(1, plan.seeds.len().max(1));
+    println!(
+        "simulating {} (variant {}) over {} seeds with faults {} on {jobs} threads",
+        plan.protocol.name(),
+        plan.protocol.variant_name(),
+        plan.seeds.len(),
+        plan.base.faults
+    );
+    let progress = ProgressBar::new(plan.seeds.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} seeds, {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .expect("a valid progress template"),
+    );
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let (sender, receiver) = mpsc::channel::<SeedResult>();
+    let mut results: Vec<SeedResult> = Vec::with_capacity(plan.seeds.len());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(&seed) = plan.seeds.get(index) else {
+                        break;
+                    };
+                    let config = SimConfig {
+                        seed,
+                        ..plan.base.clone()
+                    };
+                    let (report, findings) = plan.protocol.run(config, None);
+                    if sender
+                        .send(SeedResult {
+                            seed,
+                            report,
+                            findings,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let mut violations = 0;
+        for result in receiver {
+            if !result.findings.is_empty() {
+                violations += 1;
+                progress.suspend(|| {
+                    let summary = result.findings[0].to_string();
+                    let first_line = summary.lines().next().unwrap_or_default();
+                    println!("seed {}: {first_line}", result.seed);
+                });
+            }
+            progress.set_message(format!("{violations} violations"));
+            progress.inc(1);
+            results.push(result);
+        }
+    });
+    progress.finish_and_clear();
+    let elapsed = started.elapsed();
+    results.sort_by_key(|result| result.seed);
+    summarize(arguments, plan, &results, elapsed)
+}
+
+fn summarize(
+    arguments: &SimArgs,
+    plan: &Plan,
+    results: &[SeedResult],
+    elapsed: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut ok = 0;
+    let mut fail = 0;
+    let mut info = 0;
+    let mut events = 0;
+    let mut simulated = Duration::ZERO;
+    let mut faults = std::collections::BTreeMap::new();
+    let mut combined = synod_sim::trace::StableHasher::new();
+    for result in results {
+        ok += result.report.outcomes.ok;
+        fail += result.report.outcomes.fail;
+        info += result.report.outcomes.info;
+        events += result.report.events;
+        simulated += result.report.simulated;
+        for (name, count) in &result.report.faults {
+            *faults.entry(*name).or_insert(0u64) += count;
+        }
+        std::hash::Hasher::write_u64(&mut combined, result.report.trace_hash);
+    }
+    let failing: Vec<&SeedResult> = results
+        .iter()
+        .filter(|result| !result.findings.is_empty())
+        .collect();
+    println!("seeds run: {}", results.len());
+    println!("ops: ok {ok}, fail {fail}, info {info}");
+    let fault_text: Vec<String> = faults
+        .iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect();
+    println!(
+        "faults injected: {}",
+        if fault_text.is_empty() {
+            "none".to_string()
+        } else {
+            fault_text.join(", ")
+        }
+    );
+    println!("violations: {}", failing.len());
+    print_speed(events, simulated, elapsed);
+    println!(
+        "combined trace hash: {:016x}",
+        std::hash::Hasher::finish(&combined)
+    );
+    if failing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    fs::create_dir_all(&arguments.failures_dir)
+        .with_context(|| format!("cannot create {}", arguments.failures_dir.display()))?;
+    for result in failing.iter().take(FAILURE_FILES_MAX) {
+        let stem = format!(
+            "{}-{}-seed-{}",
+            plan.protocol.name(),
+            plan.protocol.variant_name(),
+            result.seed
+        );
+        let trace_path = arguments.failures_dir.join(format!("{stem}.trace"));
+        let history_path = arguments.failures_dir.join(format!("{stem}.history.jsonl"));
+        // Determinism makes the rerun identical; this time it writes the trace.
+        let config = SimConfig {
+            seed: result.seed,
+            ..plan.base.clone()
+        };
+        let (report, _) = plan.protocol.run(config, Some(open_writer(&trace_path)?));
+        write_history(&history_path, &report)?;
+        println!("\nseed {} failed:", result.seed);
+        for finding in &result.findings {
+            println!("  {finding}");
+        }
+        println!(
+            "  replay: {}",
+            replay_command(arguments, plan, result.seed, &trace_path)
+        );
+        println!("  trace: {}", trace_path.display());
+        println!("  history: {}", history_path.display());
+    }
+    if failing.len() > FAILURE_FILES_MAX {
+        let rest: Vec<String> = failing[FAILURE_FILES_MAX..]
+            .iter()
+            .map(|result| result.seed.to_string())
+            .collect();
+        println!("\nother failing seeds: {}", rest.join(" "));
+    }
+    Ok(ExitCode::from(1))
+}
