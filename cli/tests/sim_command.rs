@@ -1,0 +1,131 @@
+//! `synod sim` as a user runs it: exit codes, the summary, replay commands and traces.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn synod(arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synod"))
+        .args(arguments)
+        .output()
+        .expect("the synod binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn scratch_directory(name: &str) -> PathBuf {
+    let directory = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).expect("scratch directory");
+    directory
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    for arguments in [
+        &["sim", "--protocol", "raft-kvv"][..],
+        &["sim", "--faults", "crash,meteor"],
+        &["sim", "--seeds", "10..2"],
+        &["sim", "--seeds", "x..y"],
+        &["sim", "--variant", "sloppy"],
+        &["sim", "--drop-rate", "1.5"],
+        &["sim", "--clients", "0"],
+        &["sim", "--clients", "many"],
+        &["sim", "--trace", "t.trace"],
+    ] {
+        let output = synod(arguments);
+        assert_eq!(output.status.code(), Some(2), "{arguments:?}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(!message.contains("panicked"), "{arguments:?}: {message}");
+        assert!(!message.trim().is_empty(), "{arguments:?} gave no message");
+    }
+}
+
+#[test]
+fn a_sweep_prints_the_summary_and_exits_0() {
+    let output = synod(&["sim", "--seeds", "1..40"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("seeds run: 40"), "{text}");
+    assert!(text.contains("violations: 0"), "{text}");
+    assert!(
+        text.contains("events/s") && text.contains("x real time"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_variant_exits_1_with_a_replay_command_that_reproduces_it() {
+    let directory = scratch_directory("broken-variant");
+    let failures = directory.join("failures");
+    let output = synod(&[
+        "sim",
+        "--variant",
+        "no-dedup",
+        "--seeds",
+        "1..10",
+        "--failures-dir",
+        failures.to_str().expect("utf-8 path"),
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(!text.contains("violations: 0"), "{text}");
+    let replay = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("replay: synod "))
+        .expect("a replay command");
+    let trace_line = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("trace: "))
+        .expect("a trace path");
+    let written = std::fs::read_to_string(trace_line).expect("the trace was written");
+    // Replaying the printed command reproduces the violation and the same trace.
+    let replay_trace = directory.join("replay.trace");
+    let mut arguments: Vec<String> = replay.split_whitespace().map(str::to_string).collect();
+    let trace_flag = arguments
+        .iter()
+        .position(|argument| argument == "--trace")
+        .expect("replay names a trace");
+    arguments[trace_flag + 1] = replay_trace.to_string_lossy().into_owned();
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let rerun = synod(&arguments);
+    assert_eq!(rerun.status.code(), Some(1), "{}", stdout(&rerun));
+    let replayed = std::fs::read_to_string(&replay_trace).expect("replay trace");
+    assert_eq!(written, replayed, "the replay diverged from the sweep");
+    assert!(stdout(&rerun).contains("not linearizable"));
+}
+
+#[test]
+fn a_single_seed_prints_its_trace_hash_and_writes_trace_and_history() {
+    let directory = scratch_directory("single-seed");
+    let trace = directory.join("seed.trace");
+    let history = directory.join("seed.jsonl");
+    let run = |trace: &PathBuf| {
+        synod(&[
+            "sim",
+            "--seed",
+            "17",
+            "--trace",
+            trace.to_str().expect("utf-8 path"),
+            "--history",
+            history.to_str().expect("utf-8 path"),
+        ])
+    };
+    let first = run(&trace);
+    let text = stdout(&first);
+    assert_eq!(first.status.code(), Some(0), "{text}");
+    let hash_line = text
+        .lines()
+        .find(|line| line.starts_with("trace hash: "))
+        .expect("a trace hash");
+    let second = run(&directory.join("again.trace"));
+    assert!(
+        stdout(&second).contains(hash_line),
+        "the hash changed between runs"
+    );
+    let trace_text = std::fs::read_to_string(&trace).expect("trace written");
+    assert!(trace_text.lines().count() > 100);
+    let events = synod_check::history::read_jsonl_file(&history).expect("valid history");
+    assert_eq!(events.len(), 400);
+}
