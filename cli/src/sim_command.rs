@@ -20,6 +20,9 @@ use synod_sim::verdict::Finding;
 /// Failing seeds whose trace and history are written to disk; more are only listed.
 const FAILURE_FILES_MAX: usize = 5;
 
+/// Failing seeds announced while the sweep runs; the summary lists the rest.
+const FAILURE_LINES_MAX: usize = 10;
+
 /// Arguments of `synod sim`.
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -304,6 +307,8 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
         for result in receiver {
             if !result.findings.is_empty() {
                 violations += 1;
+            }
+            if !result.findings.is_empty() && violations <= FAILURE_LINES_MAX {
                 progress.suspend(|| {
                     let summary = result.findings[0].to_string();
                     let first_line = summary.lines().next().unwrap_or_default();

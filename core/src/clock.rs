@@ -71,8 +71,25 @@ pub enum ClockOrdering {
 /// A vector clock over node ids. Missing entries are zero and zeros are never stored, so
 /// equal clocks have equal representations (and hashes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// A peer may legitimately send a zero entry ({a: 0} means {}), so decoding goes through
+// `VectorClockWire` and drops zeros; a derived decoder would let them in and break `Eq`/`Hash`.
+#[serde(from = "VectorClockWire")]
 pub struct VectorClock {
     entries: BTreeMap<u32, u64>,
+}
+
+/// `VectorClock`'s encoded shape before zero entries are dropped (same fields, same bytes).
+#[derive(Deserialize)]
+struct VectorClockWire {
+    entries: BTreeMap<u32, u64>,
+}
+
+impl From<VectorClockWire> for VectorClock {
+    fn from(wire: VectorClockWire) -> Self {
+        let mut entries = wire.entries;
+        entries.retain(|_, value| *value != 0);
+        VectorClock { entries }
+    }
 }
 
 impl VectorClock {
@@ -98,6 +115,7 @@ impl VectorClock {
     /// Pointwise maximum with `other` (what a receive does before its own increment).
     pub fn merge(&mut self, other: &VectorClock) {
         for (&node, &value) in &other.entries {
+            assert!(value != 0, "a vector clock never stores a zero entry");
             let entry = self.entries.entry(node).or_insert(0);
             *entry = (*entry).max(value);
         }
@@ -168,6 +186,20 @@ mod tests {
         assert!(!other.concurrent_with(&with_zero));
     }
 
+    #[test]
+    fn decoding_drops_zero_entries() {
+        // Same bytes as a `VectorClock` holding {1: 0, 2: 3}, which the API cannot build.
+        let wire = BTreeMap::from([(1u32, 0u64), (2, 3)]);
+        let bytes = postcard::to_allocvec(&wire).expect("encodes");
+        let decoded: VectorClock = postcard::from_bytes(&bytes).expect("decodes");
+        let mut expected = VectorClock::new();
+        for _ in 0..3 {
+            expected.increment(2);
+        }
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded.entries().collect::<Vec<_>>(), vec![(2, 3)]);
+    }
+
     fn clock() -> impl Strategy<Value = VectorClock> {
         proptest::collection::btree_map(0u32..5, 1u64..6, 0..5)
             .prop_map(|entries| VectorClock { entries })
@@ -210,6 +242,13 @@ mod tests {
             let mut a_bc = a.clone();
             a_bc.merge(&bc);
             prop_assert_eq!(ab_c, a_bc);
+        }
+
+        #[test]
+        fn clocks_round_trip_through_postcard(a in clock()) {
+            let bytes = postcard::to_allocvec(&a).expect("encodes");
+            let decoded: VectorClock = postcard::from_bytes(&bytes).expect("decodes");
+            prop_assert_eq!(decoded, a);
         }
 
         #[test]

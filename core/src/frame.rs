@@ -138,7 +138,17 @@ pub fn encode_record<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), F
 
 /// Deserializes a frame payload written by [`encode_record`].
 pub fn decode_record<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    postcard::from_bytes(payload).map_err(|error| FrameError::Decode(error.to_string()))
+    let (value, rest) = postcard::take_from_bytes(payload)
+        .map_err(|error| FrameError::Decode(error.to_string()))?;
+    // `postcard::from_bytes` ignores leftovers, but a frame holds exactly one record: bytes
+    // past it mean the reader expects a different type than the writer wrote.
+    if !rest.is_empty() {
+        return Err(FrameError::Decode(format!(
+            "{} bytes left after the record",
+            rest.len()
+        )));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -207,6 +217,12 @@ mod tests {
             decode_record::<(String, u64)>(&[0xFF]),
             Err(FrameError::Decode(_))
         ));
+        // A payload holding a longer value than the reader expects is not silently cut.
+        let longer = postcard::to_allocvec(&(7u8, 8u8)).expect("encodes");
+        assert!(matches!(
+            decode_record::<u8>(&longer),
+            Err(FrameError::Decode(_))
+        ));
     }
 
     proptest! {
@@ -235,11 +251,17 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_is_incomplete(payload in proptest::collection::vec(any::<u8>(), 0..64), cut in any::<prop::sample::Index>()) {
+        fn every_truncation_is_incomplete(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
             let bytes = framed(&payload);
-            let keep = cut.index(bytes.len());
-            let result = decode_frame(&bytes[..keep]);
-            prop_assert!(matches!(result, Err(FrameError::Incomplete { .. })), "{:?}", result);
+            for keep in 0..bytes.len() {
+                // Before the length is readable only the header's rest is known to be missing.
+                let needed = if keep < FRAME_HEADER_BYTES {
+                    FRAME_HEADER_BYTES - keep
+                } else {
+                    bytes.len() - keep
+                };
+                prop_assert_eq!(decode_frame(&bytes[..keep]), Err(FrameError::Incomplete { needed }));
+            }
         }
 
         #[test]
