@@ -249,7 +249,7 @@ mod tests {
             let mut previous: Option<UniqueId> = None;
             for (jump, repeats) in steps {
                 clock += jump;
-                clock_highest = clock_highest.max(clock as u64 - EPOCH);
+                clock_highest = clock_highest.max((clock as u64).saturating_sub(EPOCH));
                 for _ in 0..repeats {
                     let id = generator.next(clock as u64).expect("in range");
                     prop_assert_eq!(id.node_id(), node);
