@@ -27,6 +27,7 @@
 //! ```
 
 pub mod config;
+pub mod model_checker;
 pub mod simulation;
 pub mod trace;
 pub mod verdict;
