@@ -523,6 +523,7 @@ mod tests {
         assert_eq!(gate.submit(2, "needs two"), None);
         // Even an output that needs nothing may not overtake a held one.
         assert_eq!(gate.submit(0, "after"), None);
+        assert_eq!(gate.held_len(), 2);
         assert_eq!(gate.durable(1), Vec::<&str>::new());
         assert_eq!(gate.durable(2), vec!["needs two", "after"]);
         assert_eq!(gate.held_len(), 0);
@@ -559,6 +560,87 @@ mod tests {
             ctx.persist(request);
             ctx.send(NodeId(1), request);
         }
+    }
+
+    #[test]
+    fn ids_display_with_their_kind() {
+        assert_eq!(NodeId(3).to_string(), "n3");
+        assert_eq!(ClientId(12).to_string(), "c12");
+    }
+
+    #[test]
+    fn the_context_reports_what_the_driver_gave_it() {
+        let members = [NodeId(0), NodeId(4)];
+        let mut rng = Rng::new(9);
+        let expected_draw = Rng::new(9).next_u64();
+        let mut ctx: Context<Echo> = Context::new(NodeId(4), &members, Time(77), &mut rng);
+        assert_eq!(ctx.id(), NodeId(4));
+        assert_eq!(ctx.members(), &members);
+        assert_eq!(ctx.now(), Time(77));
+        assert_eq!(ctx.rng().next_u64(), expected_draw);
+        ctx.set_timer(3, Duration::from_millis(1), Duration::from_millis(2));
+        ctx.cancel_timer(3);
+        ctx.sync();
+        assert_eq!(
+            ctx.effects(),
+            &[
+                Effect::SetTimer {
+                    timer: 3,
+                    after_min: Duration::from_millis(1),
+                    after_max: Duration::from_millis(2),
+                },
+                Effect::CancelTimer { timer: 3 },
+                Effect::Sync,
+            ]
+        );
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Once;
+
+    impl Client for Once {
+        type Node = Echo;
+        type Operation = u8;
+        type Output = u8;
+        type Timer = u8;
+        fn on_invoke(&mut self, operation: u8, ctx: &mut ClientContext<Self>) {
+            ctx.send(NodeId(0), operation);
+            ctx.set_timer(1, Duration::ZERO, Duration::from_millis(5));
+        }
+        fn on_response(&mut self, _from: NodeId, response: u8, ctx: &mut ClientContext<Self>) {
+            ctx.cancel_timer(1);
+            ctx.complete(Completion::Ok(response));
+        }
+        fn on_timer(&mut self, _timer: u8, _ctx: &mut ClientContext<Self>) {}
+    }
+
+    #[test]
+    fn the_client_context_collects_effects_in_order() {
+        let members = [NodeId(0)];
+        let mut rng = Rng::new(1);
+        let mut ctx = ClientContext::new(ClientId(2), &members, Time(5), &mut rng);
+        assert_eq!(
+            (ctx.id(), ctx.members(), ctx.now()),
+            (ClientId(2), &members[..], Time(5))
+        );
+        Once.on_invoke(7, &mut ctx);
+        Once.on_response(NodeId(0), 8, &mut ctx);
+        assert_eq!(
+            ctx.into_effects(),
+            vec![
+                ClientEffect::Send {
+                    to: NodeId(0),
+                    request: 7
+                },
+                ClientEffect::SetTimer {
+                    timer: 1,
+                    after_min: Duration::ZERO,
+                    after_max: Duration::from_millis(5),
+                },
+                ClientEffect::CancelTimer { timer: 1 },
+                ClientEffect::Complete(Completion::Ok(8)),
+            ]
+        );
     }
 
     #[test]

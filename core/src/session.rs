@@ -165,6 +165,7 @@ mod tests {
         let client = ClientId(1);
         assert_eq!(table.admit(client, 0, 0), Ok(Admission::Execute));
         table.record(client, 0, "first");
+        assert_eq!(table.result_count(), 1);
         assert_eq!(table.admit(client, 0, 0), Ok(Admission::Duplicate("first")));
         assert_eq!(table.admit(client, 1, 1), Ok(Admission::Execute));
         // The acknowledgement released the first result and makes its copies stale.

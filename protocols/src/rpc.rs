@@ -414,6 +414,22 @@ mod tests {
     }
 
     #[test]
+    fn the_session_bound_check_notices_growth() {
+        let mut server = AmoKvServer::new(AmoVariant::Correct);
+        assert_eq!(server.check_session_bound(1), Ok(()));
+        // Two clients, one result each: within a bound of two, beyond a bound of one.
+        deliver(&mut server, 1, 0, 0, append("k", "x"));
+        deliver(&mut server, 2, 0, 0, append("k", "y"));
+        assert_eq!(server.check_session_bound(2), Ok(()));
+        assert!(server.check_session_bound(1).is_err());
+        // One client holding two unacknowledged results exceeds a bound of one too.
+        let mut greedy = AmoKvServer::new(AmoVariant::Correct);
+        deliver(&mut greedy, 1, 0, 0, append("k", "x"));
+        deliver(&mut greedy, 1, 1, 0, append("k", "y"));
+        assert!(greedy.check_session_bound(1).is_err());
+    }
+
+    #[test]
     fn the_broken_variants_are_broken() {
         let mut no_dedup = AmoKvServer::new(AmoVariant::NoDedup);
         deliver(&mut no_dedup, 1, 0, 0, append("k", "x"));
