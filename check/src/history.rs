@@ -218,6 +218,12 @@ pub enum HistoryError {
         /// What went wrong.
         source: io::Error,
     },
+    /// The input holds no events at all: there is nothing to judge.
+    #[error("{source_name}: holds no history events")]
+    NoEvents {
+        /// The file (or other input) read.
+        source_name: String,
+    },
     /// A line is not a valid event.
     #[error("{source_name}:{line}: malformed event: {message}")]
     Malformed {
@@ -321,6 +327,25 @@ pub enum HistoryError {
         /// What is wrong with the value.
         message: String,
     },
+}
+
+impl HistoryError {
+    /// The position (0-based) of the event the error is about, if it is about one.
+    pub fn event_index(&self) -> Option<usize> {
+        match self {
+            HistoryError::CompletionWithoutInvoke { index, .. }
+            | HistoryError::InvokeWhilePending { index, .. }
+            | HistoryError::MismatchedCompletion { index, .. }
+            | HistoryError::TimeWentBackwards { index, .. }
+            | HistoryError::UnsupportedOperation { index, .. }
+            | HistoryError::MissingKey { index, .. }
+            | HistoryError::InvalidValue { index, .. } => Some(*index),
+            HistoryError::Io { .. }
+            | HistoryError::Read { .. }
+            | HistoryError::NoEvents { .. }
+            | HistoryError::Malformed { .. } => None,
+        }
+    }
 }
 
 /// Writes `events` as JSON Lines, one event per line, each line ending in `\n`.

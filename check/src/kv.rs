@@ -1,10 +1,4 @@
-//! An interim linearizability checker for the key-value workload.
-//!
-//! **Interim**: the full checker of issue 3 (a faster search, more models, Jepsen's formats, HTML
-//! rendering) replaces this module. Until then it is exact for the key-value workload: it answers
-//! [`Verdict::Linearizable`] only when it found a linearization, [`Verdict::NotLinearizable`] only
-//! when none exists, and [`Verdict::Unknown`] when finding out would cost more than its
-//! [`Budget`]; running out of budget is never a pass.
+//! The key-value model: `get`, `put`, `append` and `delete` on string keys.
 //!
 //! # The model
 //!
@@ -20,24 +14,12 @@
 //!
 //! Outcomes follow the history format: an `ok` operation took effect exactly once between its
 //! invoke and its completion; a `fail` operation never took effect and is dropped; an `info`
-//! operation (or one that never completed) took effect at some point after its invoke or never,
-//! so its completion is treated as being at the end of time and it may be left out. Reads that did
-//! not complete `ok` constrain nothing and are dropped.
+//! operation (or one that never completed) took effect at some point after its invoke or never.
+//! Reads that did not complete `ok` constrain nothing and are dropped.
 //!
-//! # The algorithm
-//!
-//! Operations on different keys commute and share no state, so a history is linearizable exactly
-//! when each key's sub-history is (linearizability is compositional; Horn and Kroening call the
-//! per-key split P-compositionality). Each key is checked on its own by the Wing–Gong/Lowe search
-//! with memoization of (linearized operations, value) pairs, which also linearizes a read that fits
-//! as soon as real time allows it (a reduction that loses no linearization).
-//!
-//! Keys are searched in rounds: first every key with a budget of 10,000 states, then the keys
-//! still undecided with ten times more, and so on up to [`Budget::max_states_per_key`], so that a
-//! violation that is cheap to prove is found even when another key is costly. Within a round keys
-//! go in sorted order, and the first key found not linearizable is reported; if some key stays
-//! undecided at the full budget and no key is found not linearizable, the verdict is
-//! [`Verdict::Unknown`] for the first such key.
+//! Keys are independent, so by default each key is checked on its own
+//! ([`CheckOptions::partition`]); checked whole, the search's state holds every key at once.
+//! Values are interned, so a state is one small integer either way (see the crate docs).
 //!
 //! # Example
 //!
@@ -65,6 +47,7 @@
 //!         assert_eq!(violation.key, "k");
 //!         assert_eq!(violation.longest_prefix, [0]);
 //!         assert_eq!(violation.stuck, [1]);
+//!         assert_eq!(violation.failing, 1);
 //!         assert!(violation.to_string().contains(r#"would read "a""#));
 //!     }
 //!     other => panic!("expected a violation, got {other:?}"),
@@ -72,393 +55,320 @@
 //! # Ok::<(), synod_check::history::HistoryError>(())
 //! ```
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::rc::Rc;
-
 use serde_json::Value;
 
-use crate::history::{Event, HistoryError, Operation, Outcome, pair_operations};
-use crate::linearizability::{SearchOutcome, SequentialSpecification, TimedOperation, search};
+pub use crate::checker::{Budget, Verdict, Violation};
+use crate::checker::{CheckOptions, check};
+use crate::fast_hash::FastHashMap;
+use crate::history::{Event, HistoryError, Operation, Outcome};
+use crate::keyed_state::{ABSENT, CellStates, Values};
+use crate::model::{Interpretation, Model, SequentialSpecification};
 
-/// The default search budget per key. A state costs about 200 bytes and 2 µs on histories like
-/// Porcupine's 50-client key-value ones, so a key that uses it all takes about a gigabyte and ten
-/// seconds.
-pub const DEFAULT_MAX_STATES_PER_KEY: u64 = 5_000_000;
-
-/// The budget of the first round, in which every key is searched: enough for most keys of most
-/// histories, small enough that a hard key does not delay the others.
-const FIRST_ROUND_MAX_STATES_PER_KEY: u64 = 10_000;
-
-/// How much the budget grows from one round to the next; re-searching undecided keys from
-/// scratch then costs at most 1 / (factor - 1) extra.
-const ROUND_BUDGET_GROWTH_FACTOR: u64 = 10;
-
-/// How many operations of the longest prefix a violation's description shows (the last ones).
-const DISPLAYED_PREFIX_OPERATIONS_MAX: usize = 8;
-
-/// How many stuck operations a violation's description shows.
-const DISPLAYED_STUCK_OPERATIONS_MAX: usize = 16;
-
-/// The model's name in error messages.
+/// The model's name in messages.
 const MODEL_NAME: &str = "key-value";
 
 /// The operation names the model has, for error messages.
 const SUPPORTED_OPERATIONS: &str = "get, put, append, delete";
 
-/// How much work the checker may do before answering [`Verdict::Unknown`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    /// The most (linearized operations, value) configurations to explore for one key.
-    pub max_states_per_key: u64,
+/// Checks whether a key-value history is linearizable, key by key on the calling thread, within
+/// `budget`.
+pub fn check_kv_history(events: &[Event], budget: Budget) -> Result<Verdict, HistoryError> {
+    let options = CheckOptions {
+        budget,
+        ..CheckOptions::default()
+    };
+    Ok(check(&KvModel, events, &options)?.verdict)
 }
 
-impl Default for Budget {
-    fn default() -> Budget {
-        Budget {
-            max_states_per_key: DEFAULT_MAX_STATES_PER_KEY,
-        }
-    }
-}
+/// The key-value model (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvModel;
 
-/// The checker's answer.
+/// One key-value operation as the model reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Some order of the operations agrees with real time and the model.
-    Linearizable,
-    /// No order does; the violation explains where the search got stuck.
-    NotLinearizable(Violation),
-    /// The search for `key` ran out of budget; nothing is known about that key.
-    Unknown {
-        /// The key whose search ran out of budget.
+pub enum KvCommand {
+    /// A read that returned this value (`None`: the key was absent).
+    Get {
+        /// The key read.
         key: String,
-        /// Why there is no verdict.
-        reason: String,
+        /// What it returned.
+        read: Option<String>,
+    },
+    /// Sets the key.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Appends to the key's value.
+    Append {
+        /// The key.
+        key: String,
+        /// What to append.
+        suffix: String,
+    },
+    /// Removes the key.
+    Delete {
+        /// The key.
+        key: String,
     },
 }
 
-/// Evidence that one key's operations cannot be linearized.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// The key whose operations cannot be linearized.
-    pub key: String,
-    /// Every operation on that key, in invoke order.
-    pub operations: Vec<Operation>,
-    /// Indices into `operations`: the longest linearizable prefix the search found, in order.
-    pub longest_prefix: Vec<usize>,
-    /// Indices into `operations`: the operations real time allows next after that prefix; in this
-    /// model they are reads that return something other than the value the prefix leaves.
-    pub stuck: Vec<usize>,
-}
-
-/// Checks whether a key-value history is linearizable, within `budget`.
-pub fn check_kv_history(events: &[Event], budget: Budget) -> Result<Verdict, HistoryError> {
-    let operations = pair_operations(events)?;
-    let mut operations_by_key: BTreeMap<String, Vec<(Operation, Option<Command>)>> =
-        BTreeMap::new();
-    for operation in operations {
-        let (key, command) = interpret(&operation)?;
-        let key = key.to_owned();
-        operations_by_key
-            .entry(key)
-            .or_default()
-            .push((operation, command));
-    }
-    let mut undecided: Vec<KeyHistory> = operations_by_key
-        .into_iter()
-        .map(|(key, operations)| KeyHistory::new(key, operations))
-        .collect();
-    // Every key is searched with a small budget first and the budget grows only for the keys still
-    // undecided, so a violation that is cheap to prove is found even when another key is costly.
-    let mut round_max_states = FIRST_ROUND_MAX_STATES_PER_KEY.min(budget.max_states_per_key);
-    loop {
-        let mut still_undecided = Vec::new();
-        for key_history in undecided {
-            match search(&KeyValueRegister, &key_history.timed, round_max_states) {
-                SearchOutcome::Linearizable => {}
-                SearchOutcome::NotLinearizable {
-                    longest_prefix,
-                    stuck,
-                } => {
-                    return Ok(Verdict::NotLinearizable(
-                        key_history.violation(longest_prefix, stuck),
-                    ));
-                }
-                SearchOutcome::BudgetExhausted { .. } => still_undecided.push(key_history),
-            }
-        }
-        let Some(first) = still_undecided.first() else {
-            return Ok(Verdict::Linearizable);
-        };
-        if round_max_states >= budget.max_states_per_key {
-            let reason = format!(
-                "the search of key {:?}'s {} operations explored the budget of {} states per key \
-                 without a verdict ({} keys undecided)",
-                first.key,
-                first.operations.len(),
-                budget.max_states_per_key,
-                still_undecided.len()
-            );
-            return Ok(Verdict::Unknown {
-                key: first.key.clone(),
-                reason,
-            });
-        }
-        round_max_states = round_max_states
-            .saturating_mul(ROUND_BUDGET_GROWTH_FACTOR)
-            .min(budget.max_states_per_key);
-        undecided = still_undecided;
-    }
-}
-
-/// One key's operations, and the part of them the search sees.
-struct KeyHistory {
-    /// The key.
-    key: String,
-    /// Every operation on the key, in invoke order.
-    operations: Vec<Operation>,
-    /// The operations that constrain the search, with their real-time positions.
-    timed: Vec<TimedOperation<Command>>,
-    /// For each entry of `timed`, its index in `operations`.
-    positions: Vec<usize>,
-}
-
-impl KeyHistory {
-    /// Splits out the operations that constrain the search.
-    fn new(key: String, operations: Vec<(Operation, Option<Command>)>) -> KeyHistory {
-        let mut timed = Vec::new();
-        let mut positions = Vec::new();
-        for (position, (operation, command)) in operations.iter().enumerate() {
-            if let Some(command) = command {
-                positions.push(position);
-                timed.push(TimedOperation {
-                    operation: command.clone(),
-                    invoke_position: operation.invoke_index,
-                    complete_position: match operation.outcome {
-                        Outcome::Ok => operation.complete_index,
-                        Outcome::Fail | Outcome::Info => None,
-                    },
-                });
-            }
-        }
-        KeyHistory {
-            key,
-            operations: operations
-                .into_iter()
-                .map(|(operation, _)| operation)
-                .collect(),
-            timed,
-            positions,
-        }
-    }
-
-    /// The violation for a failed search, with the search's indices mapped to `operations`.
-    fn violation(self, longest_prefix: Vec<usize>, stuck: Vec<usize>) -> Violation {
-        let positions = &self.positions;
-        let to_positions = |indices: Vec<usize>| -> Vec<usize> {
-            indices.into_iter().map(|index| positions[index]).collect()
-        };
-        Violation {
-            longest_prefix: to_positions(longest_prefix),
-            stuck: to_positions(stuck),
-            key: self.key,
-            operations: self.operations,
+impl KvCommand {
+    /// The key it acts on.
+    fn key(&self) -> &str {
+        match self {
+            KvCommand::Get { key, .. }
+            | KvCommand::Put { key, .. }
+            | KvCommand::Append { key, .. }
+            | KvCommand::Delete { key } => key,
         }
     }
 }
 
-/// One operation as the model sees it, with the result it must produce if it is a read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Command {
-    /// A read that returned this value (`None`: the key was absent).
-    Get(Option<Rc<str>>),
-    /// Sets the key to this value.
-    Put(Rc<str>),
-    /// Appends this to the key's value.
-    Append(Rc<str>),
-    /// Removes the key.
-    Delete,
+/// A key-value command compiled for the search: keys are cells, values are interned ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvInput {
+    /// Reads `value` from `cell`.
+    Get {
+        /// The key's cell.
+        cell: u32,
+        /// The value id read.
+        value: u32,
+    },
+    /// Sets `cell` to `value`.
+    Put {
+        /// The key's cell.
+        cell: u32,
+        /// The value id written.
+        value: u32,
+    },
+    /// Appends `suffix` to `cell`.
+    Append {
+        /// The key's cell.
+        cell: u32,
+        /// The value id of the suffix.
+        suffix: u32,
+    },
+    /// Empties `cell`.
+    Delete {
+        /// The key's cell.
+        cell: u32,
+    },
 }
 
-/// The sequential specification of one key: its value, `None` when absent.
-struct KeyValueRegister;
-
-impl SequentialSpecification for KeyValueRegister {
-    type State = Option<Rc<str>>;
-    type Operation = Command;
-
-    fn initial_state(&self) -> Option<Rc<str>> {
-        None
-    }
-
-    fn step(&self, state: &Option<Rc<str>>, command: &Command) -> Option<Option<Rc<str>>> {
-        match command {
-            Command::Get(read) => (read == state).then(|| state.clone()),
-            Command::Put(value) => Some(Some(Rc::clone(value))),
-            Command::Append(suffix) => {
-                let current = state.as_deref().unwrap_or("");
-                Some(Some(Rc::from(format!("{current}{suffix}"))))
-            }
-            Command::Delete => Some(None),
-        }
-    }
-
-    fn is_read_only(&self, command: &Command) -> bool {
-        matches!(command, Command::Get(_))
-    }
+/// The sequential key-value map over one or more keys; states are [`CellStates`] ids.
+#[derive(Debug)]
+pub struct KvSpecification {
+    /// The key of each cell.
+    keys: Vec<String>,
+    /// Interned values.
+    values: Values,
+    /// The states.
+    states: CellStates,
+    /// (value id, suffix id) -> the id of their concatenation, so each append is built once.
+    appended: FastHashMap<(u32, u32), u32>,
 }
 
-/// An operation's key and, if it constrains the search, its command; errors on operations the
-/// model does not have or values of the wrong shape.
-fn interpret(operation: &Operation) -> Result<(&str, Option<Command>), HistoryError> {
-    let index = operation.invoke_index;
-    let string_argument = |operation: &Operation| match &operation.input {
-        Value::String(value) => Ok(Rc::from(value.as_str())),
-        other => Err(HistoryError::InvalidValue {
-            index,
-            f: operation.f.clone(),
-            message: format!("argument must be a string, found {other}"),
-        }),
-    };
-    let command = match operation.f.as_str() {
-        "get" => match &operation.output {
-            // Only a read that returned constrains the history.
-            None => None,
-            Some(Value::Null) => Some(Command::Get(None)),
-            Some(Value::String(read)) => Some(Command::Get(Some(Rc::from(read.as_str())))),
-            Some(other) => {
-                return Err(HistoryError::InvalidValue {
-                    index: operation.complete_index.unwrap_or(index),
-                    f: operation.f.clone(),
-                    message: format!("result must be a string or null, found {other}"),
-                });
-            }
-        },
-        "put" => Some(Command::Put(string_argument(operation)?)),
-        "append" => Some(Command::Append(string_argument(operation)?)),
-        "delete" => Some(Command::Delete),
-        _ => {
-            return Err(HistoryError::UnsupportedOperation {
+impl Model for KvModel {
+    type Command = KvCommand;
+    type Specification = KvSpecification;
+
+    fn name(&self) -> &'static str {
+        MODEL_NAME
+    }
+
+    fn interpret(&self, operation: &Operation) -> Result<Interpretation<KvCommand>, HistoryError> {
+        let index = operation.invoke_index;
+        let string_argument = |operation: &Operation| match &operation.input {
+            Value::String(value) => Ok(value.clone()),
+            other => Err(HistoryError::InvalidValue {
                 index,
-                model: MODEL_NAME,
                 f: operation.f.clone(),
-                supported: SUPPORTED_OPERATIONS,
+                message: format!("argument must be a string, found {other}"),
+            }),
+        };
+        let Some(key) = operation.key.clone() else {
+            if !matches!(operation.f.as_str(), "get" | "put" | "append" | "delete") {
+                return Err(unsupported(operation));
+            }
+            return Err(HistoryError::MissingKey {
+                index,
+                f: operation.f.clone(),
+            });
+        };
+        let command = match operation.f.as_str() {
+            "get" => match &operation.output {
+                // Only a read that returned constrains the history.
+                None => None,
+                Some(Value::Null) => Some(KvCommand::Get {
+                    key: key.clone(),
+                    read: None,
+                }),
+                Some(Value::String(read)) => Some(KvCommand::Get {
+                    key: key.clone(),
+                    read: Some(read.clone()),
+                }),
+                Some(other) => {
+                    return Err(HistoryError::InvalidValue {
+                        index: operation.complete_index.unwrap_or(index),
+                        f: operation.f.clone(),
+                        message: format!("result must be a string or null, found {other}"),
+                    });
+                }
+            },
+            "put" => Some(KvCommand::Put {
+                key: key.clone(),
+                value: string_argument(operation)?,
+            }),
+            "append" => Some(KvCommand::Append {
+                key: key.clone(),
+                suffix: string_argument(operation)?,
+            }),
+            "delete" => Some(KvCommand::Delete { key: key.clone() }),
+            _ => return Err(unsupported(operation)),
+        };
+        // A failed operation never took effect, so it constrains nothing either.
+        let command = command.filter(|_| operation.outcome != Outcome::Fail);
+        Ok(Interpretation {
+            partition: key,
+            command,
+        })
+    }
+
+    fn specification(&self, commands: &[&KvCommand]) -> (KvSpecification, Vec<KvInput>) {
+        let mut cells: FastHashMap<&str, u32> = FastHashMap::default();
+        let mut keys = Vec::new();
+        let mut values = Values::default();
+        let mut inputs = Vec::with_capacity(commands.len());
+        for command in commands {
+            let key = command.key();
+            let cell = *cells.entry(key).or_insert_with(|| {
+                keys.push(key.to_owned());
+                (keys.len() - 1) as u32
+            });
+            inputs.push(match command {
+                KvCommand::Get { read, .. } => KvInput::Get {
+                    cell,
+                    value: read.as_deref().map_or(ABSENT, |read| values.intern(read)),
+                },
+                KvCommand::Put { value, .. } => KvInput::Put {
+                    cell,
+                    value: values.intern(value),
+                },
+                KvCommand::Append { suffix, .. } => KvInput::Append {
+                    cell,
+                    suffix: values.intern(suffix),
+                },
+                KvCommand::Delete { .. } => KvInput::Delete { cell },
             });
         }
-    };
-    let Some(key) = operation.key.as_deref() else {
-        return Err(HistoryError::MissingKey {
-            index,
-            f: operation.f.clone(),
-        });
-    };
-    // A failed operation never took effect, so it constrains nothing either.
-    let command = command.filter(|_| operation.outcome != Outcome::Fail);
-    Ok((key, command))
+        let specification = KvSpecification {
+            states: CellStates::new(keys.len()),
+            keys,
+            values,
+            appended: FastHashMap::default(),
+        };
+        (specification, inputs)
+    }
 }
 
-impl fmt::Display for Violation {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            formatter,
-            "key {:?}: no order of its {} agrees with both real time and the key-value model",
-            self.key,
-            count_operations(self.operations.len())
-        )?;
-        let mut state = KeyValueRegister.initial_state();
-        for &index in &self.longest_prefix {
-            let Some(operation) = self.operations.get(index) else {
-                return writeln!(
-                    formatter,
-                    "(the prefix names operation {index}, which is absent)"
-                );
-            };
-            if let Ok((_, Some(command))) = interpret(operation) {
-                state = KeyValueRegister.step(&state, &command).unwrap_or(state);
+/// The error for an operation the model does not have.
+fn unsupported(operation: &Operation) -> HistoryError {
+    HistoryError::UnsupportedOperation {
+        index: operation.invoke_index,
+        model: MODEL_NAME,
+        f: operation.f.clone(),
+        supported: SUPPORTED_OPERATIONS,
+    }
+}
+
+impl KvSpecification {
+    /// A value id as JSON: the string, or `null` when absent.
+    fn value_json(&self, value: u32) -> String {
+        match self.values.resolve(value) {
+            Some(text) => Value::from(text).to_string(),
+            None => "null".to_owned(),
+        }
+    }
+
+    /// A value id in a description of the state: the JSON string, or `absent`.
+    fn value_description(&self, value: u32) -> String {
+        match self.values.resolve(value) {
+            Some(text) => Value::from(text).to_string(),
+            None => "absent".to_owned(),
+        }
+    }
+}
+
+impl SequentialSpecification for KvSpecification {
+    type State = u32;
+    type Input = KvInput;
+
+    fn initial_state(&mut self) -> u32 {
+        self.states.initial()
+    }
+
+    fn step(&mut self, &state: &u32, input: &KvInput) -> Option<u32> {
+        match *input {
+            KvInput::Get { cell, value } => {
+                (self.states.get(state, cell) == value).then_some(state)
+            }
+            KvInput::Put { cell, value } => Some(self.states.set(state, cell, value)),
+            KvInput::Append { cell, suffix } => {
+                let current = self.states.get(state, cell);
+                let values = &mut self.values;
+                let appended = *self.appended.entry((current, suffix)).or_insert_with(|| {
+                    let mut text = values.resolve(current).unwrap_or("").to_owned();
+                    text.push_str(values.resolve(suffix).unwrap_or(""));
+                    values.intern(&text)
+                });
+                Some(self.states.set(state, cell, appended))
+            }
+            KvInput::Delete { cell } => Some(self.states.set(state, cell, ABSENT)),
+        }
+    }
+
+    fn is_read_only(&self, input: &KvInput) -> bool {
+        matches!(input, KvInput::Get { .. })
+    }
+
+    fn describe_state(&self, &state: &u32) -> String {
+        if self.states.cell_count() == 1 {
+            return format!(
+                "the key {}",
+                self.value_description(self.states.get(state, 0))
+            );
+        }
+        let cells: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(cell, key)| {
+                let value = self.states.get(state, cell as u32);
+                format!("{key:?}: {}", self.value_description(value))
+            })
+            .collect();
+        format!("the keys {{{}}}", cells.join(", "))
+    }
+
+    fn explain_refusal(&self, &state: &u32, input: &KvInput) -> String {
+        match *input {
+            KvInput::Get { cell, .. } => {
+                let read = self.value_json(self.states.get(state, cell));
+                if self.states.cell_count() == 1 {
+                    format!("would read {read}")
+                } else {
+                    format!("would read {read} from key {:?}", self.keys[cell as usize])
+                }
+            }
+            // Writes always fit; the search never reports one as refused.
+            KvInput::Put { .. } | KvInput::Append { .. } | KvInput::Delete { .. } => {
+                "cannot come next".to_owned()
             }
         }
-        writeln!(
-            formatter,
-            "the longest linearizable prefix has {} and leaves the key {}:",
-            count_operations(self.longest_prefix.len()),
-            describe_state(&state)
-        )?;
-        let hidden = self
-            .longest_prefix
-            .len()
-            .saturating_sub(DISPLAYED_PREFIX_OPERATIONS_MAX);
-        if hidden > 0 {
-            writeln!(formatter, "  ... {} before these", count_operations(hidden))?;
-        }
-        for &index in &self.longest_prefix[hidden..] {
-            if let Some(operation) = self.operations.get(index) {
-                writeln!(formatter, "  {}", describe_operation(operation))?;
-            }
-        }
-        writeln!(formatter, "none of these can come next:")?;
-        for &index in self.stuck.iter().take(DISPLAYED_STUCK_OPERATIONS_MAX) {
-            let Some(operation) = self.operations.get(index) else {
-                continue;
-            };
-            // Only reads can be refused by the model, and from the longest prefix every candidate
-            // is refused (one that fits would have made a longer prefix).
-            let reason = match interpret(operation) {
-                Ok((_, Some(Command::Get(_)))) => format!("would read {}", describe_state(&state)),
-                _ => "cannot come next".to_owned(),
-            };
-            writeln!(formatter, "  {}: {reason}", describe_operation(operation))?;
-        }
-        let hidden = self
-            .stuck
-            .len()
-            .saturating_sub(DISPLAYED_STUCK_OPERATIONS_MAX);
-        if hidden > 0 {
-            writeln!(formatter, "  ... and {hidden} more")?;
-        }
-        Ok(())
     }
-}
-
-/// "1 operation", "2 operations".
-fn count_operations(count: usize) -> String {
-    match count {
-        1 => "1 operation".to_owned(),
-        _ => format!("{count} operations"),
-    }
-}
-
-/// A key's value for people: the JSON string, or a note that it is absent.
-fn describe_state(state: &Option<Rc<str>>) -> String {
-    match state {
-        Some(value) => Value::from(value.as_ref()).to_string(),
-        None => "absent".to_owned(),
-    }
-}
-
-/// One line about an operation: who did what, what it returned, and when.
-fn describe_operation(operation: &Operation) -> String {
-    let mut text = format!("process {} {}", operation.process, operation.f);
-    match (operation.f.as_str(), &operation.output) {
-        ("get", Some(read)) => text.push_str(&format!(" -> {read}")),
-        ("get" | "delete", _) => {}
-        _ => text.push_str(&format!(" {}", operation.input)),
-    }
-    let when = match (operation.outcome, operation.complete_index) {
-        (Outcome::Info, None) => format!(
-            "invoked at event {}, never completed",
-            operation.invoke_index
-        ),
-        (Outcome::Info, Some(complete)) => format!(
-            "invoked at event {}, info at event {complete}",
-            operation.invoke_index
-        ),
-        (outcome, Some(complete)) => {
-            format!("{outcome}, events {}-{complete}", operation.invoke_index)
-        }
-        (outcome, None) => format!("{outcome}, invoked at event {}", operation.invoke_index),
-    };
-    text.push_str(&format!(" ({when})"));
-    text
 }
 
 #[cfg(test)]
@@ -771,7 +681,8 @@ mod tests {
             .sequential("put", "a", json!("1"), Value::Null)
             .sequential("get", "a", Value::Null, json!("1"));
         let budget = Budget {
-            max_states_per_key: 1,
+            max_states_per_partition: 1,
+            ..Budget::default()
         };
         match check_kv_history(&history.events, budget).expect("well-formed") {
             Verdict::Unknown { key, reason } => {
@@ -781,7 +692,8 @@ mod tests {
             other => panic!("expected unknown, got {other:?}"),
         }
         let budget = Budget {
-            max_states_per_key: 2,
+            max_states_per_partition: 2,
+            ..Budget::default()
         };
         assert_eq!(
             check_kv_history(&history.events, budget).expect("well-formed"),
@@ -791,7 +703,8 @@ mod tests {
         // A violation on a later key still wins over an earlier key without a verdict.
         history.sequential("get", "b", Value::Null, json!("never written"));
         let budget = Budget {
-            max_states_per_key: 1,
+            max_states_per_partition: 1,
+            ..Budget::default()
         };
         match check_kv_history(&history.events, budget).expect("well-formed") {
             Verdict::NotLinearizable(violation) => assert_eq!(violation.key, "b"),
@@ -817,7 +730,8 @@ mod tests {
             .ok(READERS + 1, Value::Null)
             .sequential("get", "a", Value::Null, json!("3"));
         let budget = Budget {
-            max_states_per_key: 1_000,
+            max_states_per_partition: 1_000,
+            ..Budget::default()
         };
         match check_kv_history(&history.events, budget).expect("well-formed") {
             Verdict::NotLinearizable(violation) => {
@@ -911,6 +825,7 @@ mod tests {
             "none of these can come next:",
             r#"  process 2 get -> "x1x1" (ok, events 2-4): would read "x1""#,
             r#"  process 3 get -> null (ok, events 3-5): would read "x1""#,
+            r#"the operation that cannot be placed: process 2 get -> "x1x1" (ok, events 2-4)"#,
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
     }
@@ -924,8 +839,9 @@ mod tests {
         history.sequential("get", "a", Value::Null, json!("nope"));
         let text = history.expect_violation().to_string();
         assert!(text.contains("  ... 12 operations before these"), "{text}");
-        // Header, prefix summary, ellipsis, the shown prefix, "none of these", the stuck read.
-        let expected_lines = 3 + DISPLAYED_PREFIX_OPERATIONS_MAX + 2;
+        // Header, prefix summary, ellipsis, the eight operations shown, "none of these", the stuck
+        // read, the operation that cannot be placed.
+        let expected_lines = 3 + 8 + 3;
         assert_eq!(text.lines().count(), expected_lines, "{text}");
     }
 

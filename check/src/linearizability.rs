@@ -1,9 +1,8 @@
-//! The Wing–Gong/Lowe (WGL) search for a linearization of one independent slice of a history.
+//! The Wing–Gong/Lowe (WGL) search for a linearization of one partition of a history.
 //!
-//! Interim: the full checker (issue 3) replaces this with a faster search and more models. The
-//! search is exact: it answers "linearizable" only if it found a linearization, and "not
-//! linearizable" only after ruling out every order; when it would need more than its budget of
-//! states it says so instead of guessing.
+//! The search is exact: it answers "linearizable" only if it found a linearization, and "not
+//! linearizable" only after ruling out every order; when it would need more than its budget it
+//! says so instead of guessing.
 //!
 //! The algorithm is Lowe's "just-in-time linearization" refinement of Wing and Gong's (G. Lowe,
 //! *Testing for linearizability*, 2017), the one Knossos and Porcupine use: the history's invoke
@@ -11,46 +10,46 @@
 //! front, an invoke entry is a candidate to linearize next; linearizing it applies it to the
 //! sequential specification and lifts its two entries out of the list. Reaching a completion entry
 //! means that operation must have been linearized already, so the search backtracks. Every
-//! (set of linearized operations, specification state) pair is explored at most once.
+//! (set of linearized operations, specification state) configuration is entered at most once.
 //!
-//! One reduction on top: a read that real time allows next and that fits the current state is
-//! linearized at once, and no alternative to it is tried. That loses nothing: in any linearization
-//! from that point, moving the read to the front changes no state and breaks no real-time order,
-//! and it stops concurrent reads of one value from multiplying the configurations by every subset
-//! of them.
+//! What makes it fast:
+//! - the list lives in two `u32` arrays, so lifting and restoring an operation is four stores;
+//! - the set of linearized operations is a bitset whose hash is kept up to date in O(1) per
+//!   change (a Zobrist hash: the XOR of one random word per member);
+//! - explored configurations live in one open-addressing table over flat arrays (the bitsets of
+//!   all entries in one `Vec<u64>`), with no allocation per entry;
+//! - a read that real time allows next and that fits the current state is linearized at once, and
+//!   no alternative to it is tried. That loses nothing: in any linearization from that point,
+//!   moving the read to the front changes no state and breaks no real-time order, and it stops
+//!   concurrent reads of one value from multiplying the configurations by every subset of them.
+//! - operations that may never have taken effect (`info`, or no completion) have no completion
+//!   entry: they are optional, and the search is done as soon as every operation that completed
+//!   is linearized.
 
-use std::collections::HashSet;
-use std::hash::Hash;
 use std::mem;
 
-/// A sequential object: the reference behaviour a concurrent history must be explainable by.
-pub(crate) trait SequentialSpecification {
-    /// The object's state; hashed to remember which configurations were explored.
-    type State: Clone + Eq + Hash;
-    /// One operation with its observed result.
-    type Operation;
-
-    /// The state before any operation.
-    fn initial_state(&self) -> Self::State;
-
-    /// The state after `operation`, or `None` if its observed result is impossible in `state`.
-    fn step(&self, state: &Self::State, operation: &Self::Operation) -> Option<Self::State>;
-
-    /// Whether `operation` never changes the state (a read): the search then linearizes it as
-    /// soon as it fits, without trying alternatives.
-    fn is_read_only(&self, operation: &Self::Operation) -> bool;
-}
+use crate::fast_hash::{finalize, hash_one, zobrist_key};
+use crate::model::SequentialSpecification;
 
 /// An operation with its place in real time, as positions in the history's event order.
 #[derive(Debug, Clone)]
-pub(crate) struct TimedOperation<O> {
+pub(crate) struct TimedOperation<I> {
     /// The operation and its observed result.
-    pub operation: O,
+    pub input: I,
     /// Position of its invoke event.
     pub invoke_position: usize,
     /// Position of its completion; `None` if it may take effect at any time after its invoke, or
     /// never (an `info` or missing completion).
     pub complete_position: Option<usize>,
+}
+
+/// The most configurations and bytes one search may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SearchLimits {
+    /// The most configurations to enter.
+    pub max_states: u64,
+    /// The most bytes the explored-configuration table may hold.
+    pub max_table_bytes: u64,
 }
 
 /// What the search concluded.
@@ -62,80 +61,105 @@ pub(crate) enum SearchOutcome {
     NotLinearizable {
         /// Indices of the operations of the longest linearizable prefix found, in order.
         longest_prefix: Vec<usize>,
-        /// Indices of the operations that were candidates to follow it, none of which worked.
+        /// Indices of the operations that real time allows right after it, none of which fits.
         stuck: Vec<usize>,
     },
-    /// The search gave up after exploring its budget of states.
+    /// The search gave up: entering one more configuration would exceed a limit.
     BudgetExhausted {
-        /// How many states it explored.
-        states_explored: u64,
+        /// Which limit.
+        limit: Limit,
     },
 }
 
-/// Marks the end of the entry list.
-const NONE: usize = usize::MAX;
+/// A limit a search can run into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// [`SearchLimits::max_states`].
+    States,
+    /// [`SearchLimits::max_table_bytes`].
+    Memory,
+}
+
+/// A search's conclusion and its cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SearchReport {
+    /// What it concluded.
+    pub outcome: SearchOutcome,
+    /// How many configurations it entered.
+    pub states_explored: u64,
+    /// How many bytes its explored-configuration table held at the end.
+    pub table_bytes: u64,
+}
+
+/// Marks "no entry" in the list's links.
+const NONE: u32 = u32::MAX;
 
 /// Entry 0 is the list's head, a sentinel that never leaves the list.
-const HEAD: usize = 0;
+const HEAD: u32 = 0;
 
-/// One entry of the real-time list: an operation's invoke or its completion.
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    /// The list head.
-    Head,
-    /// The invoke of operation `.0`.
-    Invoke(usize),
-    /// The completion of operation `.0`.
-    Complete(usize),
-}
+/// Marks a completion entry in `EntryList::entries` (the rest of the word is the operation).
+const COMPLETE_FLAG: u32 = 1 << 31;
+
+/// The most operations one search handles: operation indices must leave room for the flag.
+const OPERATIONS_MAX: usize = (COMPLETE_FLAG as usize) - 1;
 
 /// The doubly linked list of entries, in arrays so that lifting and restoring are O(1).
 struct EntryList {
-    /// What each entry is.
-    entries: Vec<Entry>,
+    /// Each entry's operation, with `COMPLETE_FLAG` set for a completion (entry 0: the head).
+    entries: Vec<u32>,
     /// The next entry, or `NONE`.
-    next: Vec<usize>,
+    next: Vec<u32>,
     /// The previous entry; `NONE` only for the head.
-    previous: Vec<usize>,
+    previous: Vec<u32>,
     /// Each operation's invoke entry.
-    invoke_entry: Vec<usize>,
-    /// Each operation's completion entry, if it has one.
-    complete_entry: Vec<Option<usize>>,
+    invoke_entry: Vec<u32>,
+    /// Each operation's completion entry, or `NONE`.
+    complete_entry: Vec<u32>,
 }
 
 impl EntryList {
     /// Builds the list of all operations' entries in event order.
-    fn new<O>(operations: &[TimedOperation<O>]) -> EntryList {
-        let mut positioned: Vec<(usize, Entry)> = Vec::with_capacity(operations.len() * 2);
+    fn new<I>(operations: &[TimedOperation<I>]) -> EntryList {
+        assert!(operations.len() <= OPERATIONS_MAX, "too many operations");
+        let mut positioned: Vec<(usize, u32)> = Vec::with_capacity(operations.len() * 2);
         for (index, operation) in operations.iter().enumerate() {
-            positioned.push((operation.invoke_position, Entry::Invoke(index)));
+            let index = index as u32;
+            positioned.push((operation.invoke_position, index));
             if let Some(position) = operation.complete_position {
                 assert!(
                     position > operation.invoke_position,
                     "operation {index} completes at {position}, not after its invoke at {}",
                     operation.invoke_position
                 );
-                positioned.push((position, Entry::Complete(index)));
+                positioned.push((position, index | COMPLETE_FLAG));
             }
         }
-        positioned.sort_by_key(|(position, _)| *position);
-        let mut entries = Vec::with_capacity(positioned.len() + 1);
-        entries.push(Entry::Head);
-        entries.extend(positioned.iter().map(|(_, entry)| *entry));
-        let count = entries.len();
-        let next = (0..count)
-            .map(|entry| if entry + 1 < count { entry + 1 } else { NONE })
+        positioned.sort_unstable_by_key(|&(position, _)| position);
+        let count = positioned.len() + 1;
+        let count_u32 = u32::try_from(count).expect("entry count fits in u32");
+        let mut entries = Vec::with_capacity(count);
+        entries.push(NONE);
+        entries.extend(positioned.iter().map(|&(_, entry)| entry));
+        let next = (0..count_u32)
+            .map(|entry| {
+                if entry + 1 < count_u32 {
+                    entry + 1
+                } else {
+                    NONE
+                }
+            })
             .collect();
-        let previous = (0..count)
+        let previous = (0..count_u32)
             .map(|entry| if entry == HEAD { NONE } else { entry - 1 })
             .collect();
         let mut invoke_entry = vec![NONE; operations.len()];
-        let mut complete_entry = vec![None; operations.len()];
-        for (entry, kind) in entries.iter().enumerate() {
-            match *kind {
-                Entry::Head => {}
-                Entry::Invoke(operation) => invoke_entry[operation] = entry,
-                Entry::Complete(operation) => complete_entry[operation] = Some(entry),
+        let mut complete_entry = vec![NONE; operations.len()];
+        for (entry, &kind) in entries.iter().enumerate().skip(1) {
+            let operation = (kind & !COMPLETE_FLAG) as usize;
+            if kind & COMPLETE_FLAG == 0 {
+                invoke_entry[operation] = entry as u32;
+            } else {
+                complete_entry[operation] = entry as u32;
             }
         }
         EntryList {
@@ -147,99 +171,215 @@ impl EntryList {
         }
     }
 
-    /// Unlinks one entry; its own links stay so that `restore` can put it back.
-    fn unlink(&mut self, entry: usize) {
-        let (previous, next) = (self.previous[entry], self.next[entry]);
-        self.next[previous] = next;
+    /// Unlinks one entry; its own links stay so that `relink` can put it back.
+    fn unlink(&mut self, entry: u32) {
+        let (previous, next) = (self.previous[entry as usize], self.next[entry as usize]);
+        self.next[previous as usize] = next;
         if next != NONE {
-            self.previous[next] = previous;
+            self.previous[next as usize] = previous;
         }
     }
 
-    /// Relinks an entry removed by `unlink`; restorations must undo removals in reverse order.
-    fn relink(&mut self, entry: usize) {
-        let (previous, next) = (self.previous[entry], self.next[entry]);
-        self.next[previous] = entry;
+    /// Relinks an entry removed by `unlink`; relinks must undo unlinks in reverse order.
+    fn relink(&mut self, entry: u32) {
+        let (previous, next) = (self.previous[entry as usize], self.next[entry as usize]);
+        self.next[previous as usize] = entry;
         if next != NONE {
-            self.previous[next] = entry;
+            self.previous[next as usize] = entry;
         }
     }
 
     /// Removes an operation's entries: it has been linearized.
     fn lift(&mut self, operation: usize) {
         self.unlink(self.invoke_entry[operation]);
-        if let Some(entry) = self.complete_entry[operation] {
-            self.unlink(entry);
+        let complete = self.complete_entry[operation];
+        if complete != NONE {
+            self.unlink(complete);
         }
     }
 
     /// Puts back the entries of the most recently lifted operation.
     fn unlift(&mut self, operation: usize) {
-        if let Some(entry) = self.complete_entry[operation] {
-            self.relink(entry);
+        let complete = self.complete_entry[operation];
+        if complete != NONE {
+            self.relink(complete);
         }
         self.relink(self.invoke_entry[operation]);
     }
 }
 
-/// A set of operation indices, hashed as part of the explored-configuration cache.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-struct OperationSet {
-    /// Bit `i % 64` of word `i / 64` is set when operation `i` is in the set.
-    words: Box<[u64]>,
+/// Every configuration entered so far: an open-addressing hash table over flat arrays.
+struct ExploredTable<S> {
+    /// Words per bitset.
+    words_per_set: usize,
+    /// The bitsets of all entries, `words_per_set` words each, entry after entry.
+    sets: Vec<u64>,
+    /// The state of each entry.
+    states: Vec<S>,
+    /// The hash of each entry, kept to reject mismatches fast and to rehash without recomputing.
+    hashes: Vec<u64>,
+    /// Entry index + 1 per slot; 0 marks an empty slot. The length is a power of two.
+    slots: Vec<u32>,
 }
 
-impl OperationSet {
-    /// The empty set over `count` operations.
-    fn with_capacity(count: usize) -> OperationSet {
-        OperationSet {
-            words: vec![0; count.div_ceil(64)].into_boxed_slice(),
+/// Where a configuration is, or would go, in the table.
+enum Probe {
+    /// It is there already.
+    Found,
+    /// It is not; this empty slot is where it belongs.
+    Vacant(usize),
+}
+
+/// The table's first size, in slots.
+const TABLE_SLOTS_INITIAL: usize = 1 << 10;
+
+impl<S: Eq + Clone> ExploredTable<S> {
+    /// An empty table for bitsets of `words_per_set` words.
+    fn new(words_per_set: usize) -> ExploredTable<S> {
+        ExploredTable {
+            words_per_set,
+            sets: Vec::new(),
+            states: Vec::new(),
+            hashes: Vec::new(),
+            slots: vec![0; TABLE_SLOTS_INITIAL],
         }
     }
 
-    /// Adds an operation.
-    fn insert(&mut self, operation: usize) {
-        self.words[operation / 64] |= 1 << (operation % 64);
+    /// How many configurations it holds.
+    fn len(&self) -> usize {
+        self.states.len()
     }
 
-    /// Removes an operation.
-    fn remove(&mut self, operation: usize) {
-        self.words[operation / 64] &= !(1 << (operation % 64));
+    /// Looks for (set, state) with the given hash.
+    fn probe(&self, hash: u64, set: &[u64], state: &S) -> Probe {
+        let mask = self.slots.len() - 1;
+        let mut slot = (hash as usize) & mask;
+        loop {
+            let occupant = self.slots[slot];
+            if occupant == 0 {
+                return Probe::Vacant(slot);
+            }
+            let entry = (occupant - 1) as usize;
+            if self.hashes[entry] == hash
+                && self.states[entry] == *state
+                && self.sets[entry * self.words_per_set..(entry + 1) * self.words_per_set] == *set
+            {
+                return Probe::Found;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Inserts (set, state) into the vacant slot `probe` returned for it.
+    fn insert(&mut self, slot: usize, hash: u64, set: &[u64], state: &S) {
+        let entry = u32::try_from(self.states.len() + 1).expect("fewer than 2^32 configurations");
+        self.sets.extend_from_slice(set);
+        self.states.push(state.clone());
+        self.hashes.push(hash);
+        self.slots[slot] = entry;
+        // Keep the load under 1/2 so probe sequences stay short.
+        if self.states.len() * 2 > self.slots.len() {
+            self.grow();
+        }
+    }
+
+    /// Doubles the slots and re-places every entry.
+    fn grow(&mut self) {
+        let size = self.slots.len() * 2;
+        let mask = size - 1;
+        let mut slots = vec![0u32; size];
+        for (entry, &hash) in self.hashes.iter().enumerate() {
+            let mut slot = (hash as usize) & mask;
+            while slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = entry as u32 + 1;
+        }
+        self.slots = slots;
+    }
+
+    /// Bytes the table holds (capacity, not just length: that is what the process pays for).
+    fn bytes(&self) -> u64 {
+        let bytes = self.sets.capacity() * mem::size_of::<u64>()
+            + self.states.capacity() * mem::size_of::<S>()
+            + self.hashes.capacity() * mem::size_of::<u64>()
+            + self.slots.capacity() * mem::size_of::<u32>();
+        bytes as u64
+    }
+
+    /// Bytes the table will hold after one more insertion, counting the growth it may trigger.
+    fn bytes_after_insert(&self) -> u64 {
+        let grow_vec = |length: usize, capacity: usize, element: usize, per_entry: usize| {
+            if length + per_entry > capacity {
+                (capacity.max(per_entry * 4)) * element
+            } else {
+                0
+            }
+        };
+        let extra = grow_vec(
+            self.sets.len(),
+            self.sets.capacity(),
+            mem::size_of::<u64>(),
+            self.words_per_set,
+        ) + grow_vec(
+            self.states.len(),
+            self.states.capacity(),
+            mem::size_of::<S>(),
+            1,
+        ) + grow_vec(
+            self.hashes.len(),
+            self.hashes.capacity(),
+            mem::size_of::<u64>(),
+            1,
+        ) + if (self.states.len() + 1) * 2 > self.slots.len() {
+            self.slots.len() * 2 * mem::size_of::<u32>()
+        } else {
+            0
+        };
+        self.bytes() + extra as u64
     }
 }
 
 /// One linearized operation on the search stack.
 struct Step<State> {
     /// The operation.
-    operation: usize,
-    /// The state before it, restored on backtracking.
-    previous_state: State,
+    operation: u32,
     /// Whether it was a read linearized without trying alternatives, so that backtracking over it
     /// also abandons the configuration before it.
     forced: bool,
+    /// The state before it, restored on backtracking.
+    previous_state: State,
 }
 
 /// A search in progress: where it is (the linearized operations and the resulting state) and what
 /// it has explored.
 struct Search<'a, S: SequentialSpecification> {
     /// The sequential object.
-    specification: &'a S,
+    specification: &'a mut S,
     /// All operations being linearized.
-    operations: &'a [TimedOperation<S::Operation>],
+    operations: &'a [TimedOperation<S::Input>],
+    /// Whether each operation is a read, asked once up front.
+    read_only: Vec<bool>,
     /// The entries of the operations not linearized yet.
     list: EntryList,
-    /// The operations linearized so far.
-    linearized: OperationSet,
-    /// The state after them.
+    /// The operations linearized so far: bit `i % 64` of word `i / 64` for operation `i`.
+    linearized: Vec<u64>,
+    /// The XOR of the Zobrist keys of the linearized operations.
+    linearized_hash: u64,
+    /// Each operation's Zobrist key.
+    zobrist: Vec<u64>,
+    /// The state after the linearized operations.
     state: S::State,
     /// The operations linearized so far, in order.
     stack: Vec<Step<S::State>>,
     /// How many operations with a completion are linearized.
     required_linearized: usize,
-    /// Every (linearized set, state) configuration entered so far.
-    explored: HashSet<(OperationSet, S::State)>,
+    /// Every configuration entered so far.
+    explored: ExploredTable<S::State>,
     /// The deepest stack seen, as operation indices.
     longest_prefix: Vec<usize>,
+    /// The limits.
+    limits: SearchLimits,
 }
 
 /// What happened when the search tried to linearize an operation next.
@@ -248,65 +388,72 @@ enum Attempt {
     Entered,
     /// That configuration was explored already (and led nowhere).
     AlreadyExplored,
-    /// Entering it would exceed the budget.
-    OverBudget,
+    /// Entering it would exceed a limit.
+    OverBudget(Limit),
 }
 
 impl<S: SequentialSpecification> Search<'_, S> {
     /// A read among the operations real time allows next that fits the current state.
-    fn fitting_read(&self) -> Option<(usize, S::State)> {
-        let mut entry = self.list.next[HEAD];
+    fn fitting_read(&mut self) -> Option<(usize, S::State)> {
+        let mut entry = self.list.next[HEAD as usize];
         while entry != NONE {
-            let Entry::Invoke(operation) = self.list.entries[entry] else {
+            let kind = self.list.entries[entry as usize];
+            if kind & COMPLETE_FLAG != 0 {
                 return None;
-            };
-            let command = &self.operations[operation].operation;
-            if self.specification.is_read_only(command)
-                && let Some(next_state) = self.specification.step(&self.state, command)
+            }
+            let operation = kind as usize;
+            if self.read_only[operation]
+                && let Some(next_state) = self
+                    .specification
+                    .step(&self.state, &self.operations[operation].input)
             {
                 return Some((operation, next_state));
             }
-            entry = self.list.next[entry];
+            entry = self.list.next[entry as usize];
         }
         None
     }
 
     /// Linearizes `operation` next, leading to `next_state`, unless that configuration was seen.
-    fn enter(
-        &mut self,
-        operation: usize,
-        next_state: S::State,
-        forced: bool,
-        max_states: u64,
-    ) -> Attempt {
-        self.linearized.insert(operation);
-        let configuration = (mem::take(&mut self.linearized), next_state);
-        if self.explored.contains(&configuration) {
-            self.linearized = configuration.0;
-            self.linearized.remove(operation);
-            return Attempt::AlreadyExplored;
+    fn enter(&mut self, operation: usize, next_state: S::State, forced: bool) -> Attempt {
+        let word = operation / 64;
+        let bit = 1u64 << (operation % 64);
+        self.linearized[word] |= bit;
+        let set_hash = self.linearized_hash ^ self.zobrist[operation];
+        let hash = finalize(set_hash ^ hash_one(&next_state).rotate_left(17));
+        let probe = self.explored.probe(hash, &self.linearized, &next_state);
+        let slot = match probe {
+            Probe::Found => {
+                self.linearized[word] &= !bit;
+                return Attempt::AlreadyExplored;
+            }
+            Probe::Vacant(slot) => slot,
+        };
+        if self.explored.len() as u64 >= self.limits.max_states {
+            self.linearized[word] &= !bit;
+            return Attempt::OverBudget(Limit::States);
         }
-        if self.states_explored() >= max_states {
-            self.linearized = configuration.0;
-            self.linearized.remove(operation);
-            return Attempt::OverBudget;
+        if self.explored.bytes_after_insert() > self.limits.max_table_bytes {
+            self.linearized[word] &= !bit;
+            return Attempt::OverBudget(Limit::Memory);
         }
-        let (linearized, next_state) = configuration;
         self.explored
-            .insert((linearized.clone(), next_state.clone()));
-        self.linearized = linearized;
+            .insert(slot, hash, &self.linearized, &next_state);
+        self.linearized_hash = set_hash;
         let previous_state = mem::replace(&mut self.state, next_state);
         self.stack.push(Step {
-            operation,
-            previous_state,
+            operation: operation as u32,
             forced,
+            previous_state,
         });
         if self.operations[operation].complete_position.is_some() {
             self.required_linearized += 1;
         }
         self.list.lift(operation);
         if self.stack.len() > self.longest_prefix.len() {
-            self.longest_prefix = self.stack.iter().map(|step| step.operation).collect();
+            self.longest_prefix.clear();
+            self.longest_prefix
+                .extend(self.stack.iter().map(|step| step.operation as usize));
         }
         Attempt::Entered
     }
@@ -314,90 +461,113 @@ impl<S: SequentialSpecification> Search<'_, S> {
     /// Undoes the last linearized operation, returning it and whether it was forced.
     fn undo(&mut self) -> Option<(usize, bool)> {
         let step = self.stack.pop()?;
-        self.linearized.remove(step.operation);
-        if self.operations[step.operation].complete_position.is_some() {
+        let operation = step.operation as usize;
+        self.linearized[operation / 64] &= !(1u64 << (operation % 64));
+        self.linearized_hash ^= self.zobrist[operation];
+        if self.operations[operation].complete_position.is_some() {
             self.required_linearized -= 1;
         }
-        self.list.unlift(step.operation);
+        self.list.unlift(operation);
         self.state = step.previous_state;
-        Some((step.operation, step.forced))
+        Some((operation, step.forced))
     }
 
-    /// How many configurations were entered.
-    fn states_explored(&self) -> u64 {
-        u64::try_from(self.explored.len()).unwrap_or(u64::MAX)
+    /// The report for a finished or abandoned search.
+    fn report(&self, outcome: SearchOutcome) -> SearchReport {
+        SearchReport {
+            outcome,
+            states_explored: self.explored.len() as u64,
+            table_bytes: self.explored.bytes(),
+        }
     }
 }
 
-/// Searches for a linearization of `operations` under `specification`, exploring at most
-/// `max_states` configurations.
+/// Searches for a linearization of `operations` under `specification`, within `limits`.
 pub(crate) fn search<S: SequentialSpecification>(
-    specification: &S,
-    operations: &[TimedOperation<S::Operation>],
-    max_states: u64,
-) -> SearchOutcome {
+    specification: &mut S,
+    operations: &[TimedOperation<S::Input>],
+    limits: SearchLimits,
+) -> SearchReport {
     // Operations without a completion may be left out, so the search is done once every operation
     // with a completion is linearized: the rest are placed after it, or never take effect.
     let required_total = operations
         .iter()
         .filter(|operation| operation.complete_position.is_some())
         .count();
+    let initial_state = specification.initial_state();
+    let read_only = operations
+        .iter()
+        .map(|operation| specification.is_read_only(&operation.input))
+        .collect();
+    let words_per_set = operations.len().div_ceil(64).max(1);
     let mut progress = Search {
         specification,
         operations,
+        read_only,
         list: EntryList::new(operations),
-        linearized: OperationSet::with_capacity(operations.len()),
-        state: specification.initial_state(),
+        linearized: vec![0; words_per_set],
+        linearized_hash: 0,
+        zobrist: (0..operations.len()).map(zobrist_key).collect(),
+        state: initial_state,
         stack: Vec::new(),
         required_linearized: 0,
-        explored: HashSet::new(),
+        explored: ExploredTable::new(words_per_set),
         longest_prefix: Vec::new(),
+        limits,
     };
-    // The entry the walk looks at next; `None` means a configuration was just entered.
-    let mut entry: Option<usize> = None;
+    // The entry the walk looks at next; `NONE` means a configuration was just entered.
+    let mut entry = NONE;
+    let mut fresh = true;
     while progress.required_linearized < required_total {
         let mut backtrack = false;
-        match entry {
-            None => {
-                // A read that fits can go next without trying anything else: in any
-                // linearization from here, moving it to the front changes no state and breaks
-                // no real-time order (nothing unlinearized completed before it was invoked).
-                if let Some((read, next_state)) = progress.fitting_read() {
-                    match progress.enter(read, next_state, true, max_states) {
-                        Attempt::Entered => continue,
-                        Attempt::AlreadyExplored => backtrack = true,
-                        Attempt::OverBudget => return over_budget(&progress),
+        if fresh {
+            fresh = false;
+            // A read that fits can go next without trying anything else: in any linearization
+            // from here, moving it to the front changes no state and breaks no real-time order
+            // (nothing unlinearized completed before it was invoked).
+            if let Some((read, next_state)) = progress.fitting_read() {
+                match progress.enter(read, next_state, true) {
+                    Attempt::Entered => {
+                        fresh = true;
+                        continue;
                     }
-                } else {
-                    entry = Some(progress.list.next[HEAD]);
+                    Attempt::AlreadyExplored => backtrack = true,
+                    Attempt::OverBudget(limit) => {
+                        return progress.report(SearchOutcome::BudgetExhausted { limit });
+                    }
                 }
+            } else {
+                entry = progress.list.next[HEAD as usize];
             }
-            Some(current) => {
-                // An unlinearized operation with a completion has its completion entry in the
-                // list, and the walk backtracks there, so it cannot run off the end.
-                assert!(
-                    current != NONE,
-                    "linearization search walked past the last entry"
-                );
-                match progress.list.entries[current] {
-                    Entry::Head => unreachable!("the head entry is never after another entry"),
-                    Entry::Invoke(operation) => {
-                        let command = &operations[operation].operation;
-                        let attempt =
-                            specification
-                                .step(&progress.state, command)
-                                .map(|next_state| {
-                                    progress.enter(operation, next_state, false, max_states)
-                                });
-                        match attempt {
-                            Some(Attempt::Entered) => entry = None,
-                            Some(Attempt::OverBudget) => return over_budget(&progress),
-                            Some(Attempt::AlreadyExplored) | None => {
-                                entry = Some(progress.list.next[current]);
-                            }
-                        }
+        } else {
+            // An unlinearized operation with a completion has its completion entry in the list,
+            // and the walk backtracks there, so it cannot run off the end.
+            assert!(
+                entry != NONE,
+                "linearization search walked past the last entry"
+            );
+            let kind = progress.list.entries[entry as usize];
+            if kind & COMPLETE_FLAG != 0 {
+                backtrack = true;
+            } else {
+                let operation = kind as usize;
+                let attempt = if progress.read_only[operation] {
+                    // A read that fit would have been forced when this configuration was entered.
+                    None
+                } else {
+                    progress
+                        .specification
+                        .step(&progress.state, &operations[operation].input)
+                        .map(|next_state| progress.enter(operation, next_state, false))
+                };
+                match attempt {
+                    Some(Attempt::Entered) => fresh = true,
+                    Some(Attempt::OverBudget(limit)) => {
+                        return progress.report(SearchOutcome::BudgetExhausted { limit });
                     }
-                    Entry::Complete(_) => backtrack = true,
+                    Some(Attempt::AlreadyExplored) | None => {
+                        entry = progress.list.next[entry as usize];
+                    }
                 }
             }
         }
@@ -407,31 +577,25 @@ pub(crate) fn search<S: SequentialSpecification>(
             loop {
                 let Some((operation, forced)) = progress.undo() else {
                     let stuck = candidates_after(operations, &progress.longest_prefix);
-                    return SearchOutcome::NotLinearizable {
-                        longest_prefix: progress.longest_prefix,
+                    let longest_prefix = mem::take(&mut progress.longest_prefix);
+                    return progress.report(SearchOutcome::NotLinearizable {
+                        longest_prefix,
                         stuck,
-                    };
+                    });
                 };
                 if !forced {
-                    entry = Some(progress.list.next[progress.list.invoke_entry[operation]]);
+                    entry = progress.list.next[progress.list.invoke_entry[operation] as usize];
                     break;
                 }
             }
         }
     }
-    SearchOutcome::Linearizable
-}
-
-/// The outcome for a search that ran out of budget.
-fn over_budget<S: SequentialSpecification>(progress: &Search<'_, S>) -> SearchOutcome {
-    SearchOutcome::BudgetExhausted {
-        states_explored: progress.states_explored(),
-    }
+    progress.report(SearchOutcome::Linearizable)
 }
 
 /// The operations that could be linearized right after `prefix` as far as real time goes: those
 /// not in it that were invoked before the earliest completion among those not in it.
-fn candidates_after<O>(operations: &[TimedOperation<O>], prefix: &[usize]) -> Vec<usize> {
+fn candidates_after<I>(operations: &[TimedOperation<I>], prefix: &[usize]) -> Vec<usize> {
     let mut in_prefix = vec![false; operations.len()];
     for &operation in prefix {
         in_prefix[operation] = true;
@@ -463,13 +627,13 @@ mod tests {
 
     impl SequentialSpecification for Register {
         type State = u8;
-        type Operation = RegisterOperation;
+        type Input = RegisterOperation;
 
-        fn initial_state(&self) -> u8 {
+        fn initial_state(&mut self) -> u8 {
             0
         }
 
-        fn step(&self, state: &u8, operation: &RegisterOperation) -> Option<u8> {
+        fn step(&mut self, state: &u8, operation: &RegisterOperation) -> Option<u8> {
             match *operation {
                 RegisterOperation::Write(value) => Some(value),
                 RegisterOperation::Read(value) => (value == *state).then_some(*state),
@@ -479,47 +643,76 @@ mod tests {
         fn is_read_only(&self, operation: &RegisterOperation) -> bool {
             matches!(operation, RegisterOperation::Read(_))
         }
+
+        fn describe_state(&self, state: &u8) -> String {
+            format!("the register {state}")
+        }
+
+        fn explain_refusal(&self, state: &u8, _: &RegisterOperation) -> String {
+            format!("would read {state}")
+        }
     }
 
     fn timed(
-        operation: RegisterOperation,
+        input: RegisterOperation,
         invoke_position: usize,
         complete_position: Option<usize>,
     ) -> TimedOperation<RegisterOperation> {
         TimedOperation {
-            operation,
+            input,
             invoke_position,
             complete_position,
         }
+    }
+
+    fn limits(max_states: u64) -> SearchLimits {
+        SearchLimits {
+            max_states,
+            max_table_bytes: u64::MAX,
+        }
+    }
+
+    fn outcome(operations: &[TimedOperation<RegisterOperation>], max_states: u64) -> SearchOutcome {
+        search(&mut Register, operations, limits(max_states)).outcome
     }
 
     use RegisterOperation::{Read, Write};
 
     #[test]
     fn empty_history_is_linearizable() {
-        assert_eq!(search(&Register, &[], 0), SearchOutcome::Linearizable);
+        assert_eq!(outcome(&[], 0), SearchOutcome::Linearizable);
     }
 
     #[test]
     fn overlapping_operations_are_reordered() {
         // Read(1) is invoked first but must be ordered after the overlapping Write(1).
         let operations = [timed(Read(1), 0, Some(3)), timed(Write(1), 1, Some(2))];
-        assert_eq!(
-            search(&Register, &operations, 10),
-            SearchOutcome::Linearizable
-        );
+        assert_eq!(outcome(&operations, 10), SearchOutcome::Linearizable);
     }
 
     #[test]
     fn real_time_order_is_respected() {
         let operations = [timed(Read(1), 0, Some(1)), timed(Write(1), 2, Some(3))];
         assert_eq!(
-            search(&Register, &operations, 10),
+            outcome(&operations, 10),
             SearchOutcome::NotLinearizable {
                 longest_prefix: vec![],
                 stuck: vec![0],
             }
         );
+    }
+
+    #[test]
+    fn operations_without_completion_are_optional_and_unordered() {
+        // A write that never completed may land after a later read, or never.
+        let operations = [
+            timed(Write(1), 0, None),
+            timed(Read(0), 1, Some(2)),
+            timed(Read(1), 3, Some(4)),
+        ];
+        assert_eq!(outcome(&operations, 10), SearchOutcome::Linearizable);
+        let never = [timed(Write(1), 0, None), timed(Read(0), 1, Some(2))];
+        assert_eq!(outcome(&never, 10), SearchOutcome::Linearizable);
     }
 
     #[test]
@@ -532,7 +725,7 @@ mod tests {
             timed(Read(1), 5, Some(7)),
         ];
         assert_eq!(
-            search(&Register, &operations, 100),
+            outcome(&operations, 100),
             SearchOutcome::NotLinearizable {
                 longest_prefix: vec![0, 1, 2],
                 stuck: vec![3],
@@ -543,13 +736,40 @@ mod tests {
     #[test]
     fn exhausting_the_budget_is_never_a_pass() {
         let operations = [timed(Write(1), 0, Some(1)), timed(Read(1), 2, Some(3))];
+        let report = search(&mut Register, &operations, limits(1));
         assert_eq!(
-            search(&Register, &operations, 1),
-            SearchOutcome::BudgetExhausted { states_explored: 1 }
+            report.outcome,
+            SearchOutcome::BudgetExhausted {
+                limit: Limit::States
+            }
         );
+        assert_eq!(report.states_explored, 1);
+        assert_eq!(outcome(&operations, 2), SearchOutcome::Linearizable);
+        let tiny_memory = SearchLimits {
+            max_states: u64::MAX,
+            max_table_bytes: 16,
+        };
         assert_eq!(
-            search(&Register, &operations, 2),
-            SearchOutcome::Linearizable
+            search(&mut Register, &operations, tiny_memory).outcome,
+            SearchOutcome::BudgetExhausted {
+                limit: Limit::Memory
+            }
         );
+    }
+
+    #[test]
+    fn the_table_grows_and_keeps_every_configuration() {
+        // Twelve concurrent writes of distinct values, then a read of a value none wrote: proving
+        // that impossible enters thousands of configurations, so the table grows several times.
+        let mut operations: Vec<_> = (0..12u8)
+            .map(|value| timed(Write(value + 1), usize::from(value), Some(100)))
+            .collect();
+        operations.push(timed(Read(200), 101, Some(102)));
+        let report = search(&mut Register, &operations, limits(u64::MAX));
+        assert!(matches!(
+            report.outcome,
+            SearchOutcome::NotLinearizable { .. }
+        ));
+        assert!(report.states_explored > TABLE_SLOTS_INITIAL as u64);
     }
 }
