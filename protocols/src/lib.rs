@@ -1,9 +1,12 @@
 //! Synod's protocols, each a sans-IO [`synod_core::node::Node`] with its client.
 //!
+//! - [`kv_state`]: the replicated key-value state machine with client sessions, shared by
+//!   every replicated protocol.
 //! - [`rpc`]: a single-server key-value store with at-most-once RPC semantics (seed 003's
 //!   first assignment), with deliberately broken variants kept as negative controls.
 //!
 //! Protocols depend on `synod-core` only; the simulator, the model checker and the runtime
 //! drive them through the node contract.
 
+pub mod kv_state;
 pub mod rpc;
