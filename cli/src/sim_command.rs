@@ -338,7 +338,7 @@ fn summarize(
     let mut events = 0;
     let mut simulated = Duration::ZERO;
     let mut faults = std::collections::BTreeMap::new();
-    let mut combined = synod_sim::trace::StableHasher::new();
+    let mut combined = synod_core::hash::StableHasher::new();
     for result in results {
         ok += result.report.outcomes.ok;
         fail += result.report.outcomes.fail;

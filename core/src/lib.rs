@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod frame;
+pub mod hash;
 pub mod kv;
 pub mod node;
 pub mod rng;

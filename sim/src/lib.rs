@@ -29,6 +29,5 @@
 pub mod config;
 pub mod model_checker;
 pub mod simulation;
-pub mod trace;
 pub mod verdict;
 pub mod workload;

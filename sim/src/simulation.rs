@@ -13,7 +13,7 @@
 //! a bound.
 
 use crate::config::{FaultKind, SimConfig};
-use crate::trace::StableHasher;
+use synod_core::hash::StableHasher;
 use crate::workload::Workload;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};

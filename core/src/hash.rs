@@ -1,7 +1,8 @@
-//! The trace hash: a hash of every processed event that is stable for a given binary.
+//! A hash that is stable for a given binary: the simulator's trace hash and protocols'
+//! execution digests.
 //!
-//! `std`'s `DefaultHasher` makes no promise about its algorithm, so the simulator uses
-//! 64-bit FNV-1a, written here because it is ten lines and must never change under us.
+//! `std`'s `DefaultHasher` makes no promise about its algorithm, so Synod uses 64-bit
+//! FNV-1a, written here because it is ten lines and must never change under us.
 
 use std::hash::Hasher;
 
