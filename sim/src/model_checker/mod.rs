@@ -30,6 +30,7 @@
 
 mod bfs;
 pub mod checker;
+pub mod cluster;
 mod dfs;
 pub mod fingerprint;
 pub mod model;
