@@ -18,12 +18,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
 use crate::history::{Event, HistoryError, Operation, Outcome, pair_operations};
-use crate::linearizability::{Limit, SearchLimits, SearchOutcome, TimedOperation, search};
+use crate::linearizability::{Limit, SearchLimits, SearchOutcome, Searcher, TimedOperation};
 use crate::model::{Model, SequentialSpecification};
 
 /// The default most states one partition's search may enter.
@@ -124,7 +123,7 @@ pub struct Violation {
     pub model: &'static str,
     /// The partition's key; empty when the history was checked as a whole.
     pub key: String,
-    /// Whether the history was split by key (so `key` names the part that failed).
+    /// Whether the history was split into several keys (so `key` names the part that failed).
     pub partitioned: bool,
     /// Every operation of that partition, in invoke order.
     pub operations: Vec<Operation>,
@@ -161,53 +160,70 @@ pub fn check<M: Model>(
         groups.entry(key).or_default().push(index);
         commands.push(interpretation.command);
     }
-    let partitions: Vec<Partition<'_, M>> = groups
+    let partition_count = groups.len();
+    let mut undecided: Vec<PartitionSearch<M::Specification>> = groups
         .into_iter()
-        .map(|(key, members)| Partition {
-            key,
-            members,
-            operations: &operations,
-            commands: &commands,
-        })
+        .map(|(key, members)| PartitionSearch::new(model, key, members, &operations, &commands))
         .collect();
-    let partition_count = partitions.len();
-    let mut states_explored = 0;
-    let mut undecided: Vec<&Partition<'_, M>> = partitions.iter().collect();
     // A lone partition gets the full budget at once: there is nothing to interleave with.
-    let mut round_max_states = if partitions.len() > 1 {
+    let mut round_max_states = if partition_count > 1 {
         FIRST_ROUND_MAX_STATES.min(options.budget.max_states_per_partition)
     } else {
         options.budget.max_states_per_partition
     };
+    let report = |verdict, states_explored| CheckReport {
+        verdict,
+        operations: operations.len(),
+        partitions: partition_count,
+        states_explored,
+    };
+    let mut states_explored_decided = 0;
     loop {
-        let results = search_partitions(model, &undecided, round_max_states, options);
+        let limits = SearchLimits {
+            max_states: round_max_states,
+            // Undecided searches keep their tables between rounds, so they share the memory.
+            max_table_bytes: options.budget.max_table_bytes / undecided.len().max(1) as u64,
+        };
+        let results = run_searches(undecided, limits, options.threads);
         let mut still_undecided = Vec::new();
         let mut first_violation = None;
         let mut memory_exhausted = false;
-        for (partition, result) in undecided.iter().zip(results) {
-            states_explored += result.states_explored;
-            match result.outcome {
-                PartitionOutcome::Linearizable => {}
-                PartitionOutcome::NotLinearizable(violation) => {
-                    first_violation.get_or_insert(violation);
+        for (mut search, outcome) in results {
+            match outcome {
+                SearchOutcome::Linearizable => {
+                    states_explored_decided += search.searcher.states_explored();
                 }
-                PartitionOutcome::BudgetExhausted { limit } => {
+                SearchOutcome::NotLinearizable {
+                    longest_prefix,
+                    stuck,
+                } => {
+                    states_explored_decided += search.searcher.states_explored();
+                    if first_violation.is_none() {
+                        first_violation = Some(search.violation(
+                            model,
+                            &operations,
+                            options.partition && partition_count > 1,
+                            &longest_prefix,
+                            &stuck,
+                        ));
+                    }
+                }
+                SearchOutcome::BudgetExhausted { limit } => {
                     memory_exhausted |= limit == Limit::Memory;
-                    still_undecided.push(*partition);
+                    still_undecided.push(search);
                 }
             }
         }
-        let report = |verdict| CheckReport {
-            verdict,
-            operations: operations.len(),
-            partitions: partition_count,
-            states_explored,
-        };
+        let states_explored = states_explored_decided
+            + still_undecided
+                .iter()
+                .map(|search| search.searcher.states_explored())
+                .sum::<u64>();
         if let Some(violation) = first_violation {
-            return Ok(report(Verdict::NotLinearizable(violation)));
+            return Ok(report(Verdict::NotLinearizable(violation), states_explored));
         }
         let Some(first) = still_undecided.first() else {
-            return Ok(report(Verdict::Linearizable));
+            return Ok(report(Verdict::Linearizable, states_explored));
         };
         // More states cannot help a search that ran out of memory.
         if round_max_states >= options.budget.max_states_per_partition || memory_exhausted {
@@ -233,10 +249,8 @@ pub fn check<M: Model>(
                 first.members.len(),
                 still_undecided.len(),
             );
-            return Ok(report(Verdict::Unknown {
-                key: first.key.clone(),
-                reason,
-            }));
+            let key = first.key.clone();
+            return Ok(report(Verdict::Unknown { key, reason }, states_explored));
         }
         round_max_states = round_max_states
             .saturating_mul(ROUND_BUDGET_GROWTH_FACTOR)
@@ -245,163 +259,161 @@ pub fn check<M: Model>(
     }
 }
 
-/// One partition of a history: its key and its operations.
-struct Partition<'a, M: Model> {
-    /// The key.
+/// One partition of a history and its search, kept between rounds so a larger budget resumes it.
+struct PartitionSearch<S: SequentialSpecification> {
+    /// The partition's key.
     key: String,
-    /// Indices into `operations` of its operations, in invoke order.
+    /// Indices into the history's operations of the partition's, in invoke order.
     members: Vec<usize>,
-    /// Every operation of the history.
-    operations: &'a [Operation],
-    /// Every operation's command (aligned with `operations`).
-    commands: &'a [Option<M::Command>],
+    /// Positions within `members` of the operations the search sees (those that constrain it).
+    constraining: Vec<usize>,
+    /// The search.
+    searcher: Searcher<S>,
 }
 
-/// What the search of one partition found.
-enum PartitionOutcome {
-    /// It is linearizable.
-    Linearizable,
-    /// It is not.
-    NotLinearizable(Violation),
-    /// The search gave up.
-    BudgetExhausted {
-        /// Which limit it hit.
-        limit: Limit,
-    },
-}
+impl<S: SequentialSpecification> PartitionSearch<S> {
+    /// Compiles one partition's commands and sets up its search.
+    fn new<M: Model<Specification = S>>(
+        model: &M,
+        key: String,
+        members: Vec<usize>,
+        operations: &[Operation],
+        commands: &[Option<M::Command>],
+    ) -> PartitionSearch<S> {
+        let mut constraining = Vec::new();
+        let mut partition_commands = Vec::new();
+        for (position, &index) in members.iter().enumerate() {
+            if let Some(command) = &commands[index] {
+                constraining.push(position);
+                partition_commands.push(command);
+            }
+        }
+        let (specification, inputs) = model.specification(&partition_commands);
+        let timed = inputs
+            .into_iter()
+            .zip(&constraining)
+            .map(|(input, &position)| {
+                let operation = &operations[members[position]];
+                TimedOperation {
+                    input,
+                    invoke_position: operation.invoke_index,
+                    complete_position: match operation.outcome {
+                        Outcome::Ok => operation.complete_index,
+                        Outcome::Fail | Outcome::Info => None,
+                    },
+                }
+            })
+            .collect();
+        PartitionSearch {
+            key,
+            members,
+            constraining,
+            searcher: Searcher::new(specification, timed),
+        }
+    }
 
-/// A partition's outcome and cost.
-struct PartitionResult {
-    /// The outcome.
-    outcome: PartitionOutcome,
-    /// How many configurations the search entered.
-    states_explored: u64,
-}
-
-/// Searches the partitions, in parallel when there are several threads and partitions; results
-/// come back in the partitions' order.
-fn search_partitions<M: Model>(
-    model: &M,
-    partitions: &[&Partition<'_, M>],
-    max_states: u64,
-    options: &CheckOptions,
-) -> Vec<PartitionResult> {
-    let workers = options.threads.clamp(1, partitions.len().max(1));
-    let limits = SearchLimits {
-        max_states,
-        max_table_bytes: options.budget.max_table_bytes / workers as u64,
-    };
-    if workers == 1 {
-        return partitions
+    /// The violation a failed search found, with its indices mapped to the partition's
+    /// operations and the model's explanations.
+    fn violation<M: Model>(
+        &mut self,
+        model: &M,
+        operations: &[Operation],
+        partitioned: bool,
+        longest_prefix: &[usize],
+        stuck: &[usize],
+    ) -> Violation {
+        let (specification, timed) = self.searcher.parts();
+        let mut state = specification.initial_state();
+        for &operation in longest_prefix {
+            state = specification
+                .step(&state, &timed[operation].input)
+                .expect("the longest prefix replays");
+        }
+        let refusals = stuck
             .iter()
-            .map(|partition| search_partition(model, partition, limits, options.partition))
+            .map(|&operation| specification.explain_refusal(&state, &timed[operation].input))
+            .collect();
+        let failing = stuck
+            .iter()
+            .copied()
+            .min_by_key(|&operation| timed[operation].complete_position.unwrap_or(usize::MAX))
+            .expect("a failed search leaves at least one operation to place");
+        let to_positions = |indices: &[usize]| -> Vec<usize> {
+            indices
+                .iter()
+                .map(|&index| self.constraining[index])
+                .collect()
+        };
+        Violation {
+            model: model.name(),
+            key: self.key.clone(),
+            partitioned,
+            operations: self
+                .members
+                .iter()
+                .map(|&index| operations[index].clone())
+                .collect(),
+            longest_prefix: to_positions(longest_prefix),
+            state_after_prefix: specification.describe_state(&state),
+            stuck: to_positions(stuck),
+            refusals,
+            failing: self.constraining[failing],
+        }
+    }
+}
+
+/// Runs every search within `limits`, on up to `threads` threads; results come back in the
+/// searches' order, so the verdict does not depend on the thread count.
+fn run_searches<S>(
+    searches: Vec<PartitionSearch<S>>,
+    limits: SearchLimits,
+    threads: usize,
+) -> Vec<(PartitionSearch<S>, SearchOutcome)>
+where
+    S: SequentialSpecification + Send,
+    S::State: Send,
+    S::Input: Send,
+{
+    let workers = threads.clamp(1, searches.len().max(1));
+    if workers == 1 {
+        return searches
+            .into_iter()
+            .map(|mut search| {
+                let outcome = search.searcher.run(limits);
+                (search, outcome)
+            })
             .collect();
     }
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<PartitionResult>>> =
-        Mutex::new(partitions.iter().map(|_| None).collect());
+    let count = searches.len();
+    // Workers take searches from the back; reversed, the first partitions go first.
+    let queue = Mutex::new(searches.into_iter().enumerate().rev().collect::<Vec<_>>());
+    let done = Mutex::new(Vec::with_capacity(count));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(partition) = partitions.get(index) else {
+                    let next = queue
+                        .lock()
+                        .expect("no worker panics holding the lock")
+                        .pop();
+                    let Some((index, mut search)) = next else {
                         break;
                     };
-                    let result = search_partition(model, partition, limits, options.partition);
-                    results.lock().expect("no worker panics holding the lock")[index] =
-                        Some(result);
+                    let outcome = search.searcher.run(limits);
+                    done.lock()
+                        .expect("no worker panics holding the lock")
+                        .push((index, search, outcome));
                 }
             });
         }
     });
-    results
+    let mut done = done
         .into_inner()
-        .expect("no worker panicked holding the lock")
-        .into_iter()
-        .map(|result| result.expect("every partition was searched"))
+        .expect("no worker panicked holding the lock");
+    done.sort_by_key(|(index, _, _)| *index);
+    done.into_iter()
+        .map(|(_, search, outcome)| (search, outcome))
         .collect()
-}
-
-/// Searches one partition.
-fn search_partition<M: Model>(
-    model: &M,
-    partition: &Partition<'_, M>,
-    limits: SearchLimits,
-    partitioned: bool,
-) -> PartitionResult {
-    // Positions within the partition of the operations that constrain the search.
-    let mut constraining = Vec::new();
-    let mut commands = Vec::new();
-    for (position, &index) in partition.members.iter().enumerate() {
-        if let Some(command) = &partition.commands[index] {
-            constraining.push(position);
-            commands.push(command);
-        }
-    }
-    let (mut specification, inputs) = model.specification(&commands);
-    let timed: Vec<TimedOperation<_>> = inputs
-        .into_iter()
-        .zip(&constraining)
-        .map(|(input, &position)| {
-            let operation = &partition.operations[partition.members[position]];
-            TimedOperation {
-                input,
-                invoke_position: operation.invoke_index,
-                complete_position: match operation.outcome {
-                    Outcome::Ok => operation.complete_index,
-                    Outcome::Fail | Outcome::Info => None,
-                },
-            }
-        })
-        .collect();
-    let report = search(&mut specification, &timed, limits);
-    let outcome = match report.outcome {
-        SearchOutcome::Linearizable => PartitionOutcome::Linearizable,
-        SearchOutcome::BudgetExhausted { limit } => PartitionOutcome::BudgetExhausted { limit },
-        SearchOutcome::NotLinearizable {
-            longest_prefix,
-            stuck,
-        } => {
-            let mut state = specification.initial_state();
-            for &operation in &longest_prefix {
-                state = specification
-                    .step(&state, &timed[operation].input)
-                    .expect("the longest prefix replays");
-            }
-            let refusals = stuck
-                .iter()
-                .map(|&operation| specification.explain_refusal(&state, &timed[operation].input))
-                .collect();
-            let failing_timed = stuck
-                .iter()
-                .copied()
-                .min_by_key(|&operation| timed[operation].complete_position.unwrap_or(usize::MAX))
-                .expect("a failed search leaves at least one operation to place");
-            let to_positions = |indices: &[usize]| -> Vec<usize> {
-                indices.iter().map(|&i| constraining[i]).collect()
-            };
-            PartitionOutcome::NotLinearizable(Violation {
-                model: model.name(),
-                key: partition.key.clone(),
-                partitioned,
-                operations: partition
-                    .members
-                    .iter()
-                    .map(|&index| partition.operations[index].clone())
-                    .collect(),
-                longest_prefix: to_positions(&longest_prefix),
-                state_after_prefix: specification.describe_state(&state),
-                stuck: to_positions(&stuck),
-                refusals,
-                failing: constraining[failing_timed],
-            })
-        }
-    };
-    PartitionResult {
-        outcome,
-        states_explored: report.states_explored,
-    }
 }
 
 impl Violation {

@@ -290,7 +290,7 @@ mod tests {
         assert!(page.contains("class=\"op prefix open\""));
         // The failing read's value is on the page, escaped.
         assert!(
-            page.contains("get -&gt; &quot;&lt;script&gt;&quot;"),
+            page.contains("get &quot;k&lt;1&gt;&quot; -&gt; &quot;&lt;script&gt;&quot;"),
             "{page}"
         );
         assert!(!page.contains("<script>"));

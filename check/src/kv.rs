@@ -61,8 +61,9 @@ pub use crate::checker::{Budget, Verdict, Violation};
 use crate::checker::{CheckOptions, check};
 use crate::fast_hash::FastHashMap;
 use crate::history::{Event, HistoryError, Operation, Outcome};
-use crate::keyed_state::{ABSENT, CellStates, Values};
+use crate::keyed_state::{ABSENT, CellStates};
 use crate::model::{Interpretation, Model, SequentialSpecification};
+use crate::strings::Strings;
 
 /// The model's name in messages.
 const MODEL_NAME: &str = "key-value";
@@ -163,12 +164,10 @@ pub enum KvInput {
 pub struct KvSpecification {
     /// The key of each cell.
     keys: Vec<String>,
-    /// Interned values.
-    values: Values,
+    /// Interned values, appended to without building strings.
+    values: Strings,
     /// The states.
     states: CellStates,
-    /// (value id, suffix id) -> the id of their concatenation, so each append is built once.
-    appended: FastHashMap<(u32, u32), u32>,
 }
 
 impl Model for KvModel {
@@ -240,7 +239,7 @@ impl Model for KvModel {
     fn specification(&self, commands: &[&KvCommand]) -> (KvSpecification, Vec<KvInput>) {
         let mut cells: FastHashMap<&str, u32> = FastHashMap::default();
         let mut keys = Vec::new();
-        let mut values = Values::default();
+        let mut values = Strings::new();
         let mut inputs = Vec::with_capacity(commands.len());
         for command in commands {
             let key = command.key();
@@ -268,7 +267,6 @@ impl Model for KvModel {
             states: CellStates::new(keys.len()),
             keys,
             values,
-            appended: FastHashMap::default(),
         };
         (specification, inputs)
     }
@@ -317,13 +315,7 @@ impl SequentialSpecification for KvSpecification {
             }
             KvInput::Put { cell, value } => Some(self.states.set(state, cell, value)),
             KvInput::Append { cell, suffix } => {
-                let current = self.states.get(state, cell);
-                let values = &mut self.values;
-                let appended = *self.appended.entry((current, suffix)).or_insert_with(|| {
-                    let mut text = values.resolve(current).unwrap_or("").to_owned();
-                    text.push_str(values.resolve(suffix).unwrap_or(""));
-                    values.intern(&text)
-                });
+                let appended = self.values.append(self.states.get(state, cell), suffix);
                 Some(self.states.set(state, cell, appended))
             }
             KvInput::Delete { cell } => Some(self.states.set(state, cell, ABSENT)),
@@ -819,13 +811,13 @@ mod tests {
         assert_eq!(violation.stuck, [1, 2]);
         let text = violation.to_string();
         let expected = [
-            r#"key "k7": no order of its 5 operations agrees with both real time and the key-value model"#,
+            r#"the history: no order of its 5 operations agrees with both real time and the key-value model"#,
             r#"the longest linearizable prefix has 1 operation and leaves the key "x1":"#,
-            r#"  process 0 append "x1" (ok, events 0-1)"#,
+            r#"  process 0 append "k7" "x1" (ok, events 0-1)"#,
             "none of these can come next:",
-            r#"  process 2 get -> "x1x1" (ok, events 2-4): would read "x1""#,
-            r#"  process 3 get -> null (ok, events 3-5): would read "x1""#,
-            r#"the operation that cannot be placed: process 2 get -> "x1x1" (ok, events 2-4)"#,
+            r#"  process 2 get "k7" -> "x1x1" (ok, events 2-4): would read "x1""#,
+            r#"  process 3 get "k7" -> null (ok, events 3-5): would read "x1""#,
+            r#"the operation that cannot be placed: process 2 get "k7" -> "x1x1" (ok, events 2-4)"#,
         ];
         assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
     }

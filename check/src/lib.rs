@@ -71,6 +71,7 @@ pub mod kv;
 mod linearizability;
 pub mod model;
 pub mod register;
+mod strings;
 
 pub use checker::{Budget, CheckOptions, CheckReport, Verdict, Violation, check};
 pub use history::{

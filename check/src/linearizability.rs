@@ -80,17 +80,6 @@ pub(crate) enum Limit {
     Memory,
 }
 
-/// A search's conclusion and its cost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SearchReport {
-    /// What it concluded.
-    pub outcome: SearchOutcome,
-    /// How many configurations it entered.
-    pub states_explored: u64,
-    /// How many bytes its explored-configuration table held at the end.
-    pub table_bytes: u64,
-}
-
 /// Marks "no entry" in the list's links.
 const NONE: u32 = u32::MAX;
 
@@ -352,12 +341,12 @@ struct Step<State> {
 }
 
 /// A search in progress: where it is (the linearized operations and the resulting state) and what
-/// it has explored.
-struct Search<'a, S: SequentialSpecification> {
+/// it has explored. It can stop at a budget and be resumed with a larger one, losing nothing.
+pub(crate) struct Searcher<S: SequentialSpecification> {
     /// The sequential object.
-    specification: &'a mut S,
+    specification: S,
     /// All operations being linearized.
-    operations: &'a [TimedOperation<S::Input>],
+    operations: Vec<TimedOperation<S::Input>>,
     /// Whether each operation is a read, asked once up front.
     read_only: Vec<bool>,
     /// The entries of the operations not linearized yet.
@@ -374,11 +363,17 @@ struct Search<'a, S: SequentialSpecification> {
     stack: Vec<Step<S::State>>,
     /// How many operations with a completion are linearized.
     required_linearized: usize,
+    /// How many operations have a completion: the search is done when all are linearized.
+    required_total: usize,
     /// Every configuration entered so far.
     explored: ExploredTable<S::State>,
     /// The deepest stack seen, as operation indices.
     longest_prefix: Vec<usize>,
-    /// The limits.
+    /// The entry the walk looks at next, unless `fresh`.
+    entry: u32,
+    /// Whether a configuration was just entered (and the walk starts over from the head).
+    fresh: bool,
+    /// The limits of the current run.
     limits: SearchLimits,
 }
 
@@ -392,7 +387,139 @@ enum Attempt {
     OverBudget(Limit),
 }
 
-impl<S: SequentialSpecification> Search<'_, S> {
+impl<S: SequentialSpecification> Searcher<S> {
+    /// A search for a linearization of `operations` under `specification`.
+    pub(crate) fn new(
+        mut specification: S,
+        operations: Vec<TimedOperation<S::Input>>,
+    ) -> Searcher<S> {
+        // Operations without a completion may be left out, so the search is done once every
+        // operation with a completion is linearized: the rest are placed after it, or never
+        // take effect.
+        let required_total = operations
+            .iter()
+            .filter(|operation| operation.complete_position.is_some())
+            .count();
+        let state = specification.initial_state();
+        let read_only = operations
+            .iter()
+            .map(|operation| specification.is_read_only(&operation.input))
+            .collect();
+        let words_per_set = operations.len().div_ceil(64).max(1);
+        Searcher {
+            list: EntryList::new(&operations),
+            zobrist: (0..operations.len()).map(zobrist_key).collect(),
+            specification,
+            operations,
+            read_only,
+            linearized: vec![0; words_per_set],
+            linearized_hash: 0,
+            state,
+            stack: Vec::new(),
+            required_linearized: 0,
+            required_total,
+            explored: ExploredTable::new(words_per_set),
+            longest_prefix: Vec::new(),
+            entry: NONE,
+            fresh: true,
+            limits: SearchLimits {
+                max_states: 0,
+                max_table_bytes: 0,
+            },
+        }
+    }
+
+    /// The sequential object and the operations, to replay a prefix with after the search.
+    pub(crate) fn parts(&mut self) -> (&mut S, &[TimedOperation<S::Input>]) {
+        (&mut self.specification, &self.operations)
+    }
+
+    /// How many configurations it has entered.
+    pub(crate) fn states_explored(&self) -> u64 {
+        self.explored.len() as u64
+    }
+
+    /// Searches on within `limits`. After `BudgetExhausted` it may be run again with larger
+    /// limits and carries on where it stopped; after any other outcome it is done.
+    pub(crate) fn run(&mut self, limits: SearchLimits) -> SearchOutcome {
+        self.limits = limits;
+        while self.required_linearized < self.required_total {
+            let mut backtrack = false;
+            if self.fresh {
+                self.fresh = false;
+                // A read that fits can go next without trying anything else: in any
+                // linearization from here, moving it to the front changes no state and breaks
+                // no real-time order (nothing unlinearized completed before it was invoked).
+                if let Some((read, next_state)) = self.fitting_read() {
+                    match self.enter(read, next_state, true) {
+                        Attempt::Entered => {
+                            self.fresh = true;
+                            continue;
+                        }
+                        Attempt::AlreadyExplored => backtrack = true,
+                        Attempt::OverBudget(limit) => {
+                            // Resuming starts this configuration over.
+                            self.fresh = true;
+                            return SearchOutcome::BudgetExhausted { limit };
+                        }
+                    }
+                } else {
+                    self.entry = self.list.next[HEAD as usize];
+                }
+            } else {
+                // An unlinearized operation with a completion has its completion entry in the
+                // list, and the walk backtracks there, so it cannot run off the end.
+                assert!(
+                    self.entry != NONE,
+                    "linearization search walked past the last entry"
+                );
+                let kind = self.list.entries[self.entry as usize];
+                if kind & COMPLETE_FLAG != 0 {
+                    backtrack = true;
+                } else {
+                    let operation = kind as usize;
+                    let attempt = if self.read_only[operation] {
+                        // A read that fit would have been forced when this configuration was
+                        // entered.
+                        None
+                    } else {
+                        self.specification
+                            .step(&self.state, &self.operations[operation].input)
+                            .map(|next_state| self.enter(operation, next_state, false))
+                    };
+                    match attempt {
+                        Some(Attempt::Entered) => self.fresh = true,
+                        // Resuming tries this entry again.
+                        Some(Attempt::OverBudget(limit)) => {
+                            return SearchOutcome::BudgetExhausted { limit };
+                        }
+                        Some(Attempt::AlreadyExplored) | None => {
+                            self.entry = self.list.next[self.entry as usize];
+                        }
+                    }
+                }
+            }
+            if backtrack {
+                // Abandon the current configuration, and with it every configuration whose
+                // only move was a forced read; resume the walk after the first real choice.
+                loop {
+                    let Some((operation, forced)) = self.undo() else {
+                        let stuck = candidates_after(&self.operations, &self.longest_prefix);
+                        return SearchOutcome::NotLinearizable {
+                            longest_prefix: mem::take(&mut self.longest_prefix),
+                            stuck,
+                        };
+                    };
+                    if !forced {
+                        self.entry = self.list.next[self.list.invoke_entry[operation] as usize];
+                        break;
+                    }
+                }
+            }
+        }
+        SearchOutcome::Linearizable
+    }
+
     /// A read among the operations real time allows next that fits the current state.
     fn fitting_read(&mut self) -> Option<(usize, S::State)> {
         let mut entry = self.list.next[HEAD as usize];
@@ -471,126 +598,6 @@ impl<S: SequentialSpecification> Search<'_, S> {
         self.state = step.previous_state;
         Some((operation, step.forced))
     }
-
-    /// The report for a finished or abandoned search.
-    fn report(&self, outcome: SearchOutcome) -> SearchReport {
-        SearchReport {
-            outcome,
-            states_explored: self.explored.len() as u64,
-            table_bytes: self.explored.bytes(),
-        }
-    }
-}
-
-/// Searches for a linearization of `operations` under `specification`, within `limits`.
-pub(crate) fn search<S: SequentialSpecification>(
-    specification: &mut S,
-    operations: &[TimedOperation<S::Input>],
-    limits: SearchLimits,
-) -> SearchReport {
-    // Operations without a completion may be left out, so the search is done once every operation
-    // with a completion is linearized: the rest are placed after it, or never take effect.
-    let required_total = operations
-        .iter()
-        .filter(|operation| operation.complete_position.is_some())
-        .count();
-    let initial_state = specification.initial_state();
-    let read_only = operations
-        .iter()
-        .map(|operation| specification.is_read_only(&operation.input))
-        .collect();
-    let words_per_set = operations.len().div_ceil(64).max(1);
-    let mut progress = Search {
-        specification,
-        operations,
-        read_only,
-        list: EntryList::new(operations),
-        linearized: vec![0; words_per_set],
-        linearized_hash: 0,
-        zobrist: (0..operations.len()).map(zobrist_key).collect(),
-        state: initial_state,
-        stack: Vec::new(),
-        required_linearized: 0,
-        explored: ExploredTable::new(words_per_set),
-        longest_prefix: Vec::new(),
-        limits,
-    };
-    // The entry the walk looks at next; `NONE` means a configuration was just entered.
-    let mut entry = NONE;
-    let mut fresh = true;
-    while progress.required_linearized < required_total {
-        let mut backtrack = false;
-        if fresh {
-            fresh = false;
-            // A read that fits can go next without trying anything else: in any linearization
-            // from here, moving it to the front changes no state and breaks no real-time order
-            // (nothing unlinearized completed before it was invoked).
-            if let Some((read, next_state)) = progress.fitting_read() {
-                match progress.enter(read, next_state, true) {
-                    Attempt::Entered => {
-                        fresh = true;
-                        continue;
-                    }
-                    Attempt::AlreadyExplored => backtrack = true,
-                    Attempt::OverBudget(limit) => {
-                        return progress.report(SearchOutcome::BudgetExhausted { limit });
-                    }
-                }
-            } else {
-                entry = progress.list.next[HEAD as usize];
-            }
-        } else {
-            // An unlinearized operation with a completion has its completion entry in the list,
-            // and the walk backtracks there, so it cannot run off the end.
-            assert!(
-                entry != NONE,
-                "linearization search walked past the last entry"
-            );
-            let kind = progress.list.entries[entry as usize];
-            if kind & COMPLETE_FLAG != 0 {
-                backtrack = true;
-            } else {
-                let operation = kind as usize;
-                let attempt = if progress.read_only[operation] {
-                    // A read that fit would have been forced when this configuration was entered.
-                    None
-                } else {
-                    progress
-                        .specification
-                        .step(&progress.state, &operations[operation].input)
-                        .map(|next_state| progress.enter(operation, next_state, false))
-                };
-                match attempt {
-                    Some(Attempt::Entered) => fresh = true,
-                    Some(Attempt::OverBudget(limit)) => {
-                        return progress.report(SearchOutcome::BudgetExhausted { limit });
-                    }
-                    Some(Attempt::AlreadyExplored) | None => {
-                        entry = progress.list.next[entry as usize];
-                    }
-                }
-            }
-        }
-        if backtrack {
-            // Abandon the current configuration, and with it every configuration whose only
-            // move was a forced read; resume the walk after the first real choice.
-            loop {
-                let Some((operation, forced)) = progress.undo() else {
-                    let stuck = candidates_after(operations, &progress.longest_prefix);
-                    let longest_prefix = mem::take(&mut progress.longest_prefix);
-                    return progress.report(SearchOutcome::NotLinearizable {
-                        longest_prefix,
-                        stuck,
-                    });
-                };
-                if !forced {
-                    entry = progress.list.next[progress.list.invoke_entry[operation] as usize];
-                    break;
-                }
-            }
-        }
-    }
-    progress.report(SearchOutcome::Linearizable)
 }
 
 /// The operations that could be linearized right after `prefix` as far as real time goes: those
@@ -619,7 +626,7 @@ mod tests {
     /// A register of one integer: `Write(v)` sets it, `Read(v)` observes it.
     struct Register;
 
-    #[derive(Debug, Clone, Copy)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum RegisterOperation {
         Write(u8),
         Read(u8),
@@ -673,7 +680,7 @@ mod tests {
     }
 
     fn outcome(operations: &[TimedOperation<RegisterOperation>], max_states: u64) -> SearchOutcome {
-        search(&mut Register, operations, limits(max_states)).outcome
+        Searcher::new(Register, operations.to_vec()).run(limits(max_states))
     }
 
     use RegisterOperation::{Read, Write};
@@ -735,26 +742,55 @@ mod tests {
 
     #[test]
     fn exhausting_the_budget_is_never_a_pass() {
-        let operations = [timed(Write(1), 0, Some(1)), timed(Read(1), 2, Some(3))];
-        let report = search(&mut Register, &operations, limits(1));
+        let operations = vec![timed(Write(1), 0, Some(1)), timed(Read(1), 2, Some(3))];
+        let mut searcher = Searcher::new(Register, operations.clone());
         assert_eq!(
-            report.outcome,
+            searcher.run(limits(1)),
             SearchOutcome::BudgetExhausted {
                 limit: Limit::States
             }
         );
-        assert_eq!(report.states_explored, 1);
+        assert_eq!(searcher.states_explored(), 1);
         assert_eq!(outcome(&operations, 2), SearchOutcome::Linearizable);
         let tiny_memory = SearchLimits {
             max_states: u64::MAX,
             max_table_bytes: 16,
         };
         assert_eq!(
-            search(&mut Register, &operations, tiny_memory).outcome,
+            Searcher::new(Register, operations).run(tiny_memory),
             SearchOutcome::BudgetExhausted {
                 limit: Limit::Memory
             }
         );
+    }
+
+    #[test]
+    fn a_resumed_search_ends_as_an_uninterrupted_one() {
+        // Concurrent writes and reads: the search backtracks a lot, so budgets of one state at a
+        // time interrupt it at every kind of step.
+        let operations = vec![
+            timed(Write(1), 0, Some(6)),
+            timed(Write(2), 1, Some(7)),
+            timed(Read(2), 2, Some(8)),
+            timed(Write(3), 3, None),
+            timed(Read(1), 4, Some(9)),
+            timed(Read(3), 10, Some(11)),
+            timed(Read(2), 12, Some(13)),
+        ];
+        let mut uninterrupted = Searcher::new(Register, operations.clone());
+        let whole = uninterrupted.run(limits(u64::MAX));
+        assert!(matches!(whole, SearchOutcome::NotLinearizable { .. }));
+        let mut searcher = Searcher::new(Register, operations);
+        let mut budget = 0;
+        let resumed = loop {
+            budget += 1;
+            match searcher.run(limits(budget)) {
+                SearchOutcome::BudgetExhausted { .. } => {}
+                other => break other,
+            }
+        };
+        assert_eq!(resumed, whole);
+        assert_eq!(searcher.states_explored(), uninterrupted.states_explored());
     }
 
     #[test]
@@ -765,11 +801,11 @@ mod tests {
             .map(|value| timed(Write(value + 1), usize::from(value), Some(100)))
             .collect();
         operations.push(timed(Read(200), 101, Some(102)));
-        let report = search(&mut Register, &operations, limits(u64::MAX));
+        let mut searcher = Searcher::new(Register, operations);
         assert!(matches!(
-            report.outcome,
+            searcher.run(limits(u64::MAX)),
             SearchOutcome::NotLinearizable { .. }
         ));
-        assert!(report.states_explored > TABLE_SLOTS_INITIAL as u64);
+        assert!(searcher.states_explored() > TABLE_SLOTS_INITIAL as u64);
     }
 }

@@ -59,8 +59,8 @@ pub struct Interpretation<C> {
 pub trait Model: Sync {
     /// One operation as the model read it, before compiling.
     type Command: Send + Sync;
-    /// The sequential object one partition is checked against.
-    type Specification: SequentialSpecification;
+    /// The sequential object one partition is checked against; searches move between threads.
+    type Specification: SequentialSpecification<State: Send, Input: Send> + Send;
 
     /// The model's name, as in "the key-value model".
     fn name(&self) -> &'static str;

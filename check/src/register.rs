@@ -31,8 +31,8 @@
 //!            INFO  jepsen.util - 1\t:ok\t:write\t3\n\
 //!            INFO  jepsen.util - 2\t:invoke\t:cas\t[4 0]\n\
 //!            INFO  jepsen.util - 2\t:ok\t:cas\t[4 0]\n";
-//! let events = parse_history(log, "etcd.log", Some(Format::Jepsen))?;
-//! let report = check(&RegisterModel, &events, &CheckOptions::default())?;
+//! let history = parse_history(log, "etcd.log", Some(Format::Jepsen))?;
+//! let report = check(&RegisterModel, &history.events, &CheckOptions::default())?;
 //! let Verdict::NotLinearizable(violation) = report.verdict else {
 //!     panic!("a cas from 4 cannot succeed on a register holding 3");
 //! };
