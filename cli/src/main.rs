@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 a violation was found, 2 bad arguments or input.
 
+mod mc_command;
 mod registry;
 mod sim_command;
 
@@ -29,12 +30,25 @@ enum Command {
     ///   synod sim --seed 17 --trace seed17.trace    # replay one seed with a full trace
     #[command(verbatim_doc_comment)]
     Sim(sim_command::SimArgs),
+    /// Model-check a protocol model: explore every reachable state (or random walks),
+    /// check invariants in each and goals somewhere, print states/s, unique states, the
+    /// verdict and any counterexample as a minimized numbered trace.
+    ///
+    /// Exit codes: 0 no invariant broke, 1 a violation was found, 2 bad arguments.
+    ///
+    /// Examples:
+    ///   synod mc --model 2pc --rms 7                    # depth first, 2 threads
+    ///   synod mc --rms 3 --variant commit-early --bfs   # a shortest counterexample
+    ///   synod mc --rms 10 --time-limit 30s              # bounded run with a progress line
+    #[command(verbatim_doc_comment)]
+    Mc(mc_command::McArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(arguments) => sim_command::run(arguments),
+        Command::Mc(arguments) => mc_command::run(arguments),
     };
     match result {
         Ok(code) => code,
