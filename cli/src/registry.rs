@@ -2,9 +2,13 @@
 
 use std::io::Write;
 use synod_check::kv::Budget;
+use synod_core::kv::{KvCommand, KvOutput};
+use synod_core::node::{Client, ClientId, NodeId};
+use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient};
+use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
 use synod_protocols::rpc::{AmoClientConfig, AmoKvClient, AmoKvServer, AmoVariant};
 use synod_sim::config::SimConfig;
-use synod_sim::simulation::{RunReport, Simulation};
+use synod_sim::simulation::{Invariant, NodeFactory, RunReport, Simulation};
 use synod_sim::verdict::{Finding, judge_kv_run};
 use synod_sim::workload::KvWorkload;
 
@@ -13,31 +17,41 @@ use synod_sim::workload::KvWorkload;
 pub enum Protocol {
     /// The single-server at-most-once key-value store.
     AmoKv(AmoVariant),
+    /// Multi-Paxos replicating the key-value state machine.
+    PaxosKv(PaxosVariant),
 }
 
 /// Names accepted by `--protocol`.
-pub const PROTOCOL_NAMES: [&str; 1] = ["amo-kv"];
+pub const PROTOCOL_NAMES: [&str; 2] = ["amo-kv", "paxos-kv"];
+
+/// Finds the variant called `wanted` among `variants`, or explains the choices.
+fn find_variant<V: Copy>(
+    protocol: &str,
+    variants: &[V],
+    name: impl Fn(V) -> &'static str,
+    wanted: &str,
+) -> Result<V, String> {
+    variants
+        .iter()
+        .copied()
+        .find(|&variant| name(variant) == wanted)
+        .ok_or_else(|| {
+            let names: Vec<&str> = variants.iter().map(|&variant| name(variant)).collect();
+            format!(
+                "unknown variant '{wanted}' for {protocol}: choose one of {}",
+                names.join(", ")
+            )
+        })
+}
 
 impl Protocol {
     /// Parses `--protocol` and `--variant`.
     pub fn parse(protocol: &str, variant: &str) -> Result<Protocol, String> {
         match protocol {
-            "amo-kv" => {
-                let found = AmoVariant::ALL
-                    .into_iter()
-                    .find(|candidate| candidate.name() == variant)
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = AmoVariant::ALL
-                            .iter()
-                            .map(|variant| variant.name())
-                            .collect();
-                        format!(
-                            "unknown variant '{variant}' for amo-kv: choose one of {}",
-                            names.join(", ")
-                        )
-                    })?;
-                Ok(Protocol::AmoKv(found))
-            }
+            "amo-kv" => find_variant(protocol, &AmoVariant::ALL, AmoVariant::name, variant)
+                .map(Protocol::AmoKv),
+            "paxos-kv" => find_variant(protocol, &PaxosVariant::ALL, PaxosVariant::name, variant)
+                .map(Protocol::PaxosKv),
             other => Err(format!(
                 "unknown protocol '{other}': choose one of {}",
                 PROTOCOL_NAMES.join(", ")
@@ -49,6 +63,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::AmoKv(_) => "amo-kv",
+            Protocol::PaxosKv(_) => "paxos-kv",
         }
     }
 
@@ -56,6 +71,7 @@ impl Protocol {
     pub fn variant_name(self) -> &'static str {
         match self {
             Protocol::AmoKv(variant) => variant.name(),
+            Protocol::PaxosKv(variant) => variant.name(),
         }
     }
 
@@ -63,6 +79,7 @@ impl Protocol {
     pub fn nodes(self) -> u32 {
         match self {
             Protocol::AmoKv(_) => 1,
+            Protocol::PaxosKv(_) => 3,
         }
     }
 
@@ -75,25 +92,54 @@ impl Protocol {
         match self {
             Protocol::AmoKv(variant) => {
                 let clients = config.workload.clients as usize;
-                let workload = KvWorkload::new(config.workload.clone());
-                let mut simulation = Simulation::new(
+                simulate(
                     config,
                     Box::new(move |_| AmoKvServer::new(variant)),
                     |_, members| AmoKvClient::new(members[0], AmoClientConfig::default()),
-                    workload,
-                );
-                simulation.add_invariant(Box::new(move |nodes| {
-                    nodes
-                        .running()
-                        .try_for_each(|(_, server)| server.check_session_bound(clients))
-                }));
-                if let Some(trace) = trace {
-                    simulation.set_trace(trace);
-                }
-                let report = simulation.run();
-                let findings = judge_kv_run(&report, Budget::default());
-                (report, findings)
+                    Box::new(move |nodes| {
+                        nodes
+                            .running()
+                            .try_for_each(|(_, server): (NodeId, &AmoKvServer)| {
+                                server.check_session_bound(clients)
+                            })
+                    }),
+                    trace,
+                )
             }
+            Protocol::PaxosKv(variant) => simulate(
+                config,
+                Box::new(move |_| PaxosNode::new(variant, PaxosConfig::default())),
+                |client, members| {
+                    let first_guess = members[client.0 as usize % members.len()];
+                    ReplicatedKvClient::new(first_guess, ReplicatedClientConfig::default())
+                },
+                Box::new(|nodes| {
+                    check_agreement(nodes.running().map(|(_, node): (NodeId, &PaxosNode)| node))
+                }),
+                trace,
+            ),
         }
     }
+}
+
+/// Builds, runs and judges one simulation of a key-value protocol.
+fn simulate<C>(
+    config: SimConfig,
+    make_node: NodeFactory<C>,
+    make_client: impl Fn(ClientId, &[NodeId]) -> C,
+    invariant: Invariant<C>,
+    trace: Option<Box<dyn Write>>,
+) -> (RunReport, Vec<Finding>)
+where
+    C: Client<Operation = KvCommand, Output = KvOutput>,
+{
+    let workload = KvWorkload::new(config.workload.clone());
+    let mut simulation = Simulation::new(config, make_node, make_client, workload);
+    simulation.add_invariant(invariant);
+    if let Some(trace) = trace {
+        simulation.set_trace(trace);
+    }
+    let report = simulation.run();
+    let findings = judge_kv_run(&report, Budget::default());
+    (report, findings)
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`kv_state`]: the replicated key-value state machine with client sessions, shared by
 //!   every replicated protocol.
+//! - [`paxos`]: Multi-Paxos replicating the key-value state machine.
 //! - [`rpc`]: a single-server key-value store with at-most-once RPC semantics (seed 003's
 //!   first assignment), with deliberately broken variants kept as negative controls.
 //!
@@ -9,4 +10,5 @@
 //! drive them through the node contract.
 
 pub mod kv_state;
+pub mod paxos;
 pub mod rpc;
