@@ -13,7 +13,6 @@
 //! a bound.
 
 use crate::config::{FaultKind, SimConfig};
-use synod_core::hash::StableHasher;
 use crate::workload::Workload;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -22,6 +21,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 use synod_check::history::{Event, EventKind};
 use synod_core::frame::{decode_all, decode_record, encode_record};
+use synod_core::hash::StableHasher;
 use synod_core::node::{
     Client, ClientContext, ClientEffect, ClientId, Completion, Context, Effect, Node, NodeId,
     OutputGate,
