@@ -143,7 +143,7 @@ pub fn render_violation(violation: &Violation, source_name: &str) -> String {
         };
         let fitting = ((bar_width - 6.0) / CHARACTER_WIDTH_PX).max(0.0) as usize;
         let shown = shorten(&label, fitting);
-        let tooltip = describe_operation(operation, true);
+        let tooltip = describe_operation(operation, !violation.partitioned);
         let top = lane * LANE_HEIGHT_PX + (LANE_HEIGHT_PX - BAR_HEIGHT_PX) / 2;
         let _ = writeln!(
             svg,

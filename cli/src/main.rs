@@ -1,8 +1,11 @@
-//! `synod`: the one binary. Today it simulates protocols under faults (`synod sim`); the
-//! checker, the model checker and the server arrive as further subcommands.
+//! `synod`: the one binary. Today it simulates protocols under faults (`synod sim`) and checks
+//! histories for linearizability (`synod check`); the model checker and the server arrive as
+//! further subcommands.
 //!
-//! Exit codes: 0 success, 1 a violation was found, 2 bad arguments or input.
+//! Exit codes: 0 success, 1 a violation was found, 2 bad arguments or input (for `check`, also
+//! a verdict the budget did not allow).
 
+mod check_command;
 mod mc_command;
 mod registry;
 mod sim_command;
@@ -30,6 +33,20 @@ enum Command {
     ///   synod sim --seed 17 --trace seed17.trace    # replay one seed with a full trace
     #[command(verbatim_doc_comment)]
     Sim(sim_command::SimArgs),
+    /// Check recorded histories for linearizability against a register or key-value model,
+    /// explain any violation, and optionally draw it as an HTML page.
+    ///
+    /// Reads Synod's JSON Lines histories, Jepsen logs and EDN maps (detected from the first
+    /// line). Exit codes: 0 linearizable, 1 not linearizable, 2 bad input or unknown (the
+    /// search budget ran out: never a pass). With several files, the worst outcome wins.
+    ///
+    /// Examples:
+    ///   synod check history.jsonl                             # a simulator or real-run history
+    ///   synod check check/testdata/histories/jepsen/etcd_000.log --html etcd.html
+    ///   synod check check/testdata/histories/jepsen/*.log     # one line per file
+    ///   synod check --no-partition check/testdata/histories/kv/c10-ok.txt
+    #[command(verbatim_doc_comment)]
+    Check(check_command::CheckArgs),
     /// Model-check a protocol model: explore every reachable state (or random walks),
     /// check invariants in each and goals somewhere, print states/s, unique states, the
     /// verdict and any counterexample as a minimized numbered trace.
@@ -49,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sim(arguments) => sim_command::run(arguments),
         Command::Mc(arguments) => mc_command::run(arguments),
+        Command::Check(arguments) => check_command::run(arguments),
     };
     match result {
         Ok(code) => code,
