@@ -43,10 +43,10 @@ pub enum Strategy {
 impl fmt::Display for Strategy {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Strategy::BreadthFirst => write!(formatter, "breadth-first"),
-            Strategy::DepthFirst => write!(formatter, "depth-first"),
+            Strategy::BreadthFirst => write!(formatter, "breadth-first search"),
+            Strategy::DepthFirst => write!(formatter, "depth-first search"),
             Strategy::RandomProbes { seed, probes } => {
-                write!(formatter, "{probes} random probes, seed {seed}")
+                write!(formatter, "{probes} random walks (seed {seed})")
             }
         }
     }
@@ -494,7 +494,7 @@ impl<M: Model> fmt::Display for Report<M> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             formatter,
-            "{} search, {} thread{}: {} states generated, {} unique, max depth {}, {:.3} s, {:.0} unique states/s",
+            "{}, {} thread{}: {} states generated, {} unique, max depth {}, {:.3} s, {:.0} unique states/s",
             self.strategy,
             self.threads,
             if self.threads == 1 { "" } else { "s" },
