@@ -4,8 +4,11 @@ use std::io::Write;
 use synod_check::kv::Budget;
 use synod_core::kv::{KvCommand, KvOutput};
 use synod_core::node::{Client, ClientId, NodeId};
-use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient};
+use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, SessionKv};
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
+
+/// Multi-Paxos replicating the key-value state machine.
+type KvPaxos = PaxosNode<SessionKv>;
 use synod_protocols::rpc::{AmoClientConfig, AmoKvClient, AmoKvServer, AmoVariant};
 use synod_sim::config::SimConfig;
 use synod_sim::simulation::{Invariant, NodeFactory, RunReport, Simulation};
@@ -108,13 +111,13 @@ impl Protocol {
             }
             Protocol::PaxosKv(variant) => simulate(
                 config,
-                Box::new(move |_| PaxosNode::new(variant, PaxosConfig::default())),
+                Box::new(move |_| KvPaxos::new(variant, PaxosConfig::default())),
                 |client, members| {
                     let first_guess = members[client.0 as usize % members.len()];
                     ReplicatedKvClient::new(first_guess, ReplicatedClientConfig::default())
                 },
                 Box::new(|nodes| {
-                    check_agreement(nodes.running().map(|(_, node): (NodeId, &PaxosNode)| node))
+                    check_agreement(nodes.running().map(|(_, node): (NodeId, &KvPaxos)| node))
                 }),
                 trace,
             ),

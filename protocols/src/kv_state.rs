@@ -15,6 +15,8 @@ use synod_core::node::{Client, ClientContext, ClientId, Completion, Node, NodeId
 use synod_core::session::{Admission, SessionError, SessionTable};
 use synod_core::time::Time;
 
+use crate::replicated::StateMachine;
+
 /// A client's command as it travels through a replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionCommand {
@@ -79,6 +81,36 @@ impl SessionKv {
     /// The session table.
     pub fn sessions(&self) -> &SessionTable<Result<KvOutput, SessionError>> {
         &self.sessions
+    }
+}
+
+impl StateMachine for SessionKv {
+    type Request = KvRequest;
+    type Response = KvResponse;
+    type Command = SessionCommand;
+
+    fn command(client: ClientId, request: KvRequest) -> SessionCommand {
+        request.into_command(client)
+    }
+
+    fn apply(&mut self, command: &SessionCommand) -> Option<(ClientId, KvResponse)> {
+        match SessionKv::apply(self, command) {
+            Applied::Reply(result) => Some((
+                command.client,
+                KvResponse {
+                    sequence: command.sequence,
+                    result: result.map_err(KvError::Session),
+                },
+            )),
+            Applied::Stale => None,
+        }
+    }
+
+    fn redirect(request: &KvRequest, leader: Option<NodeId>) -> KvResponse {
+        KvResponse {
+            sequence: request.sequence,
+            result: Err(KvError::NotLeader { hint: leader }),
+        }
     }
 }
 

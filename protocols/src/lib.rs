@@ -3,6 +3,9 @@
 //! - [`kv_state`]: the replicated key-value state machine with client sessions, shared by
 //!   every replicated protocol.
 //! - [`paxos`]: Multi-Paxos replicating the key-value state machine.
+//! - [`pb`]: primary-backup replication with a view service (seed 003), with deliberately
+//!   broken variants kept as negative controls.
+//! - [`replicated`]: the interface between a replicated log and its state machine.
 //! - [`rpc`]: a single-server key-value store with at-most-once RPC semantics (seed 003's
 //!   first assignment), with deliberately broken variants kept as negative controls.
 //!
@@ -11,4 +14,6 @@
 
 pub mod kv_state;
 pub mod paxos;
+pub mod pb;
+pub mod replicated;
 pub mod rpc;

@@ -4,8 +4,9 @@
 //! fires without hearing from a leader runs phase 1 once with a higher ballot
 //! (`Prepare`/`Promise`), adopts for every open slot the value accepted with the highest
 //! ballot (filling holes with no-ops), and then runs phase 2 per slot (`Accept`/`Accepted`)
-//! until a higher ballot appears. Chosen slots are executed in order on [`SessionKv`], so
-//! retried commands that reach the log twice still execute once.
+//! until a higher ballot appears. Chosen slots are executed in order on any
+//! [`StateMachine`]; with [`crate::kv_state::SessionKv`], retried commands that reach the
+//! log twice still execute once.
 //!
 //! Acceptor state (the promised ballot and the accepted values) is made durable with
 //! persist + sync before any `Promise` or `Accepted` leaves, under the output-commit rule.
@@ -20,7 +21,7 @@
 //! [`PaxosVariant::ForgetAcceptedValues`] is a deliberately broken proposer that ignores
 //! the values reported in promises: it loses chosen commands after a leader change.
 
-use crate::kv_state::{Applied, KvError, KvRequest, KvResponse, SessionCommand, SessionKv};
+use crate::replicated::StateMachine;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -89,28 +90,30 @@ pub struct Ballot {
 }
 
 /// What a slot holds.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Proposal {
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum Proposal<S: StateMachine> {
     /// A hole filled by a new leader.
     Noop,
     /// A client's command.
-    Command(SessionCommand),
+    Command(S::Command),
 }
 
 /// One accepted or chosen slot.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SlotValue {
+#[serde(bound = "")]
+pub struct SlotValue<S: StateMachine> {
     /// The slot.
     pub slot: u64,
     /// The ballot it was accepted under.
     pub ballot: Ballot,
     /// The value.
-    pub proposal: Proposal,
+    pub proposal: Proposal<S>,
 }
 
 /// Messages between nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum PaxosMessage {
+pub enum PaxosMessage<S: StateMachine> {
     /// Phase 1a: promise not to accept lower ballots; report accepted slots from `from_slot`.
     Prepare {
         /// The candidate's ballot.
@@ -125,12 +128,12 @@ pub enum PaxosMessage {
         /// Slots below this were collected by the acceptor (the candidate must catch up).
         collected_below: u64,
         /// Values accepted at or above the requested slot.
-        accepted: Vec<SlotValue>,
+        accepted: Vec<SlotValue<S>>,
     },
     /// Phase 2a.
     Accept {
         /// The slot and value, with the leader's ballot.
-        value: SlotValue,
+        value: SlotValue<S>,
     },
     /// Phase 2b.
     Accepted {
@@ -147,7 +150,7 @@ pub enum PaxosMessage {
     /// Chosen values, in slot order.
     Chosen {
         /// The slots and values.
-        entries: Vec<(u64, Proposal)>,
+        entries: Vec<(u64, Proposal<S>)>,
     },
     /// The leader is alive; followers catch up to `chosen_below` and collect below
     /// `collect_below`.
@@ -176,7 +179,7 @@ pub enum PaxosMessage {
         /// Slots covered.
         executed_below: u64,
         /// The state.
-        store: SessionKv,
+        store: S,
         /// The execution digest at that point.
         digest: u64,
     },
@@ -184,11 +187,12 @@ pub enum PaxosMessage {
 
 /// Durable acceptor records.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum PaxosRecord {
+#[serde(bound = "")]
+pub enum PaxosRecord<S: StateMachine> {
     /// A promise to ignore lower ballots.
     Promised(Ballot),
     /// An accepted value.
-    Accepted(SlotValue),
+    Accepted(SlotValue<S>),
 }
 
 /// Timers.
@@ -202,51 +206,51 @@ pub enum PaxosTimer {
 
 /// A slot the leader proposed and is collecting votes for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Pending {
-    proposal: Proposal,
+struct Pending<S: StateMachine> {
+    proposal: Proposal<S>,
     votes: BTreeSet<NodeId>,
 }
 
 /// What the node is doing as a proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Role {
+enum Role<S: StateMachine> {
     Follower,
     Candidate {
         ballot: Ballot,
-        promises: BTreeMap<NodeId, Vec<SlotValue>>,
+        promises: BTreeMap<NodeId, Vec<SlotValue<S>>>,
     },
     Leader {
         ballot: Ballot,
         next_slot: u64,
-        pending: BTreeMap<u64, Pending>,
+        pending: BTreeMap<u64, Pending<S>>,
         executed_reports: BTreeMap<NodeId, u64>,
     },
 }
 
-/// A Multi-Paxos replica running the key-value state machine.
+/// A Multi-Paxos replica running state machine `S`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PaxosNode {
+pub struct PaxosNode<S: StateMachine> {
     variant: PaxosVariant,
     config: PaxosConfig,
     // Acceptor (durable).
     promised: Ballot,
-    accepted: BTreeMap<u64, SlotValue>,
+    accepted: BTreeMap<u64, SlotValue<S>>,
     // Proposer.
-    role: Role,
+    role: Role<S>,
     leader_hint: Option<NodeId>,
     heard_from_leader: bool,
     // Learner (volatile).
-    chosen: BTreeMap<u64, Proposal>,
+    chosen: BTreeMap<u64, Proposal<S>>,
     executed_below: u64,
     collected_below: u64,
-    store: SessionKv,
+    store: S,
     digest: u64,
     digests: BTreeMap<u64, u64>,
     /// The first time this node saw two values chosen for one slot.
     conflict: Option<String>,
 }
 
-impl PaxosNode {
+impl<S: StateMachine> PaxosNode<S> {
     /// A node that has not started yet.
     pub fn new(variant: PaxosVariant, config: PaxosConfig) -> Self {
         PaxosNode {
@@ -260,7 +264,7 @@ impl PaxosNode {
             chosen: BTreeMap::new(),
             executed_below: 0,
             collected_below: 0,
-            store: SessionKv::new(),
+            store: S::default(),
             digest: 0,
             digests: BTreeMap::new(),
             conflict: None,
@@ -273,7 +277,7 @@ impl PaxosNode {
     }
 
     /// The chosen values this node still holds, by slot.
-    pub fn chosen(&self) -> &BTreeMap<u64, Proposal> {
+    pub fn chosen(&self) -> &BTreeMap<u64, Proposal<S>> {
         &self.chosen
     }
 
@@ -288,7 +292,7 @@ impl PaxosNode {
     }
 
     /// The replicated state machine.
-    pub fn store(&self) -> &SessionKv {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
@@ -309,7 +313,7 @@ impl PaxosNode {
         ctx.set_timer(PaxosTimer::Heartbeat, interval, interval);
     }
 
-    fn send_to_all(ctx: &mut Context<Self>, message: PaxosMessage) {
+    fn send_to_all(ctx: &mut Context<Self>, message: PaxosMessage<S>) {
         for index in 0..ctx.members().len() {
             let to = ctx.members()[index];
             ctx.send(to, message.clone());
@@ -398,7 +402,7 @@ impl PaxosNode {
         from: NodeId,
         ballot: Ballot,
         collected_below: u64,
-        accepted: Vec<SlotValue>,
+        accepted: Vec<SlotValue<S>>,
         ctx: &mut Context<Self>,
     ) {
         let quorum = Self::quorum(ctx);
@@ -435,11 +439,11 @@ impl PaxosNode {
     fn become_leader(
         &mut self,
         ballot: Ballot,
-        promises: BTreeMap<NodeId, Vec<SlotValue>>,
+        promises: BTreeMap<NodeId, Vec<SlotValue<S>>>,
         ctx: &mut Context<Self>,
     ) {
         // For every open slot, the value accepted under the highest ballot must be kept.
-        let mut adopted: BTreeMap<u64, SlotValue> = BTreeMap::new();
+        let mut adopted: BTreeMap<u64, SlotValue<S>> = BTreeMap::new();
         for value in promises.into_values().flatten() {
             if value.slot < self.executed_below {
                 continue;
@@ -545,7 +549,7 @@ impl PaxosNode {
         lowest.max(self.collected_below)
     }
 
-    fn on_accept(&mut self, from: NodeId, value: SlotValue, ctx: &mut Context<Self>) {
+    fn on_accept(&mut self, from: NodeId, value: SlotValue<S>, ctx: &mut Context<Self>) {
         if value.ballot < self.promised {
             ctx.send(
                 from,
@@ -601,7 +605,7 @@ impl PaxosNode {
     }
 
     /// Records a chosen value and executes every slot that is now contiguous.
-    fn learn(&mut self, slot: u64, proposal: Proposal, ctx: &mut Context<Self>) {
+    fn learn(&mut self, slot: u64, proposal: Proposal<S>, ctx: &mut Context<Self>) {
         if slot < self.executed_below {
             return;
         }
@@ -620,7 +624,7 @@ impl PaxosNode {
         }
     }
 
-    fn execute(&mut self, proposal: Proposal, ctx: &mut Context<Self>) {
+    fn execute(&mut self, proposal: Proposal<S>, ctx: &mut Context<Self>) {
         let slot = self.executed_below;
         let mut hasher = StableHasher::new();
         self.digest.hash(&mut hasher);
@@ -633,14 +637,10 @@ impl PaxosNode {
             self.digests.pop_first();
         }
         if let Proposal::Command(command) = proposal
-            && let Applied::Reply(result) = self.store.apply(&command)
+            && let Some((client, response)) = self.store.apply(&command)
             && self.is_leader()
         {
-            let response = KvResponse {
-                sequence: command.sequence,
-                result: result.map_err(KvError::Session),
-            };
-            ctx.reply(command.client, response);
+            ctx.reply(client, response);
         }
         assert!(slot < self.executed_below);
     }
@@ -714,7 +714,7 @@ impl PaxosNode {
             );
             return;
         }
-        let entries: Vec<(u64, Proposal)> = self
+        let entries: Vec<(u64, Proposal<S>)> = self
             .chosen
             .range(from_slot..from_slot + CATCH_UP_BATCH_SLOTS)
             .map(|(&slot, proposal)| (slot, proposal.clone()))
@@ -724,7 +724,7 @@ impl PaxosNode {
         }
     }
 
-    fn on_snapshot(&mut self, executed_below: u64, store: SessionKv, digest: u64) {
+    fn on_snapshot(&mut self, executed_below: u64, store: S, digest: u64) {
         if executed_below <= self.executed_below {
             return;
         }
@@ -736,7 +736,12 @@ impl PaxosNode {
         self.chosen = self.chosen.split_off(&executed_below);
     }
 
-    fn on_client_request(&mut self, client: ClientId, request: KvRequest, ctx: &mut Context<Self>) {
+    fn on_client_request(
+        &mut self,
+        client: ClientId,
+        request: S::Request,
+        ctx: &mut Context<Self>,
+    ) {
         let Role::Leader {
             ballot,
             next_slot,
@@ -744,18 +749,12 @@ impl PaxosNode {
             ..
         } = &mut self.role
         else {
-            let response = KvResponse {
-                sequence: request.sequence,
-                result: Err(KvError::NotLeader {
-                    hint: self.leader_hint,
-                }),
-            };
-            ctx.reply(client, response);
+            ctx.reply(client, S::redirect(&request, self.leader_hint));
             return;
         };
         let slot = *next_slot;
         *next_slot += 1;
-        let proposal = Proposal::Command(request.into_command(client));
+        let proposal = Proposal::Command(S::command(client, request));
         pending.insert(
             slot,
             Pending {
@@ -772,18 +771,18 @@ impl PaxosNode {
     }
 }
 
-impl Node for PaxosNode {
-    type Message = PaxosMessage;
-    type Request = KvRequest;
-    type Response = KvResponse;
-    type Record = PaxosRecord;
+impl<S: StateMachine> Node for PaxosNode<S> {
+    type Message = PaxosMessage<S>;
+    type Request = S::Request;
+    type Response = S::Response;
+    type Record = PaxosRecord<S>;
     type Timer = PaxosTimer;
 
     fn on_start(&mut self, ctx: &mut Context<Self>) {
         self.arm_election(ctx);
     }
 
-    fn on_recover(&mut self, records: Vec<PaxosRecord>, ctx: &mut Context<Self>) {
+    fn on_recover(&mut self, records: Vec<PaxosRecord<S>>, ctx: &mut Context<Self>) {
         for record in records {
             match record {
                 PaxosRecord::Promised(ballot) => self.promised = self.promised.max(ballot),
@@ -802,7 +801,7 @@ impl Node for PaxosNode {
         self.arm_election(ctx);
     }
 
-    fn on_message(&mut self, from: NodeId, message: PaxosMessage, ctx: &mut Context<Self>) {
+    fn on_message(&mut self, from: NodeId, message: PaxosMessage<S>, ctx: &mut Context<Self>) {
         match message {
             PaxosMessage::Prepare { ballot, from_slot } => {
                 self.on_prepare(from, ballot, from_slot, ctx);
@@ -902,7 +901,7 @@ impl Node for PaxosNode {
         }
     }
 
-    fn on_request(&mut self, client: ClientId, request: KvRequest, ctx: &mut Context<Self>) {
+    fn on_request(&mut self, client: ClientId, request: S::Request, ctx: &mut Context<Self>) {
         self.on_client_request(client, request, ctx);
     }
 }
@@ -915,8 +914,10 @@ impl Node for PaxosNode {
 /// slots; two nodes are compared at the shorter node's prefix when the longer one still
 /// remembers that point. This keeps the check cheap enough to run after every simulated
 /// event; a prefix that diverged is caught as soon as both nodes execute past it.
-pub fn check_agreement<'a>(nodes: impl Iterator<Item = &'a PaxosNode>) -> Result<(), String> {
-    let nodes: Vec<&PaxosNode> = nodes.collect();
+pub fn check_agreement<'a, S: StateMachine + 'a>(
+    nodes: impl Iterator<Item = &'a PaxosNode<S>>,
+) -> Result<(), String> {
+    let nodes: Vec<&PaxosNode<S>> = nodes.collect();
     for (index, node) in nodes.iter().enumerate() {
         if let Some(conflict) = &node.conflict {
             return Err(conflict.clone());
@@ -946,6 +947,7 @@ pub fn check_agreement<'a>(nodes: impl Iterator<Item = &'a PaxosNode>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_state::{SessionCommand, SessionKv};
     use synod_core::kv::KvCommand;
     use synod_core::node::Effect;
     use synod_core::rng::Rng;
@@ -953,18 +955,20 @@ mod tests {
 
     const MEMBERS: [NodeId; 3] = [NodeId(0), NodeId(1), NodeId(2)];
 
+    type KvPaxos = PaxosNode<SessionKv>;
+
     fn handle(
-        node: &mut PaxosNode,
+        node: &mut KvPaxos,
         id: u32,
-        input: impl FnOnce(&mut PaxosNode, &mut Context<PaxosNode>),
-    ) -> Vec<Effect<PaxosNode>> {
+        input: impl FnOnce(&mut KvPaxos, &mut Context<KvPaxos>),
+    ) -> Vec<Effect<KvPaxos>> {
         let mut rng = Rng::new(u64::from(id));
         let mut ctx = Context::new(NodeId(id), &MEMBERS, Time::ZERO, &mut rng);
         input(node, &mut ctx);
         ctx.into_effects()
     }
 
-    fn command(value: &str) -> Proposal {
+    fn command(value: &str) -> Proposal<SessionKv> {
         Proposal::Command(SessionCommand {
             client: ClientId(1),
             sequence: 0,
@@ -976,7 +980,7 @@ mod tests {
         })
     }
 
-    fn sent(effects: &[Effect<PaxosNode>]) -> Vec<(NodeId, PaxosMessage, u64)> {
+    fn sent(effects: &[Effect<KvPaxos>]) -> Vec<(NodeId, PaxosMessage<SessionKv>, u64)> {
         effects
             .iter()
             .filter_map(|effect| match effect {
@@ -992,7 +996,7 @@ mod tests {
 
     #[test]
     fn a_promise_is_durable_before_it_leaves_and_reports_accepted_values() {
-        let mut acceptor = PaxosNode::new(PaxosVariant::Correct, PaxosConfig::default());
+        let mut acceptor = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
         let old = Ballot {
             round: 1,
             leader: NodeId(2),
@@ -1055,7 +1059,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_keeps_the_highest_ballot_value_and_fills_holes_with_noops() {
-        let mut candidate = PaxosNode::new(PaxosVariant::Correct, PaxosConfig::default());
+        let mut candidate = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
         handle(&mut candidate, 0, |node, ctx| node.start_candidacy(ctx));
         let ballot = Ballot {
             round: 1,
@@ -1101,14 +1105,14 @@ mod tests {
             )
         });
         assert!(candidate.is_leader());
-        let accepts: Vec<SlotValue> = sent(&effects)
+        let accepts: Vec<SlotValue<SessionKv>> = sent(&effects)
             .into_iter()
             .filter_map(|(to, message, _)| match message {
                 PaxosMessage::Accept { value } if to == NodeId(1) => Some(value),
                 _ => None,
             })
             .collect();
-        let proposals: Vec<(u64, Proposal)> = accepts
+        let proposals: Vec<(u64, Proposal<SessionKv>)> = accepts
             .into_iter()
             .map(|value| (value.slot, value.proposal))
             .collect();
@@ -1124,7 +1128,7 @@ mod tests {
 
     #[test]
     fn agreement_notices_diverging_replicas() {
-        let mut left = PaxosNode::new(PaxosVariant::Correct, PaxosConfig::default());
+        let mut left = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
         let mut right = left.clone();
         handle(&mut left, 0, |node, ctx| node.learn(0, command("a"), ctx));
         handle(&mut right, 1, |node, ctx| node.learn(0, command("a"), ctx));
@@ -1133,7 +1137,7 @@ mod tests {
         handle(&mut right, 1, |node, ctx| node.learn(1, command("c"), ctx));
         assert!(check_agreement([&left, &right].into_iter()).is_err());
         // A node told two different values for one slot reports it itself.
-        let mut confused = PaxosNode::new(PaxosVariant::Correct, PaxosConfig::default());
+        let mut confused = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
         handle(&mut confused, 2, |node, ctx| {
             node.learn(3, command("x"), ctx)
         });

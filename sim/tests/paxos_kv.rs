@@ -2,8 +2,11 @@
 //! histories under every fault kind, and the broken proposer caught.
 
 use synod_check::kv::Budget;
-use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient};
+use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, SessionKv};
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
+
+/// Multi-Paxos replicating the key-value state machine.
+type KvPaxos = PaxosNode<SessionKv>;
 use synod_sim::config::{FaultSet, SimConfig};
 use synod_sim::simulation::{RunReport, Simulation};
 use synod_sim::verdict::{Finding, judge_kv_run};
@@ -13,10 +16,10 @@ fn run(variant: PaxosVariant, config: SimConfig) -> (RunReport, Vec<Finding>) {
     let workload = KvWorkload::new(config.workload.clone());
     let mut simulation = Simulation::new(
         config,
-        Box::new(move |_| PaxosNode::new(variant, PaxosConfig::default())),
+        Box::new(move |_| KvPaxos::new(variant, PaxosConfig::default())),
         |client, members| {
             let first_guess = members[client.0 as usize % members.len()];
-            ReplicatedKvClient::<PaxosNode>::new(first_guess, ReplicatedClientConfig::default())
+            ReplicatedKvClient::<KvPaxos>::new(first_guess, ReplicatedClientConfig::default())
         },
         workload,
     );
