@@ -1,0 +1,1 @@
+//! Scenario tests: feed one node messages and timers, assert the effects.
