@@ -271,6 +271,11 @@ impl<S: StateMachine> PaxosNode<S> {
         }
     }
 
+    /// The highest ballot this node promised (or accepted under).
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
     /// True if this node currently leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })
