@@ -1,6 +1,6 @@
-//! `synod`: the one binary. Today it simulates protocols under faults (`synod sim`) and checks
-//! histories for linearizability (`synod check`); the model checker and the server arrive as
-//! further subcommands.
+//! `synod`: the one binary. It simulates protocols under faults (`synod sim`), checks
+//! histories for linearizability (`synod check`) and model-checks protocol models
+//! (`synod mc`); the server arrives as a further subcommand.
 //!
 //! Exit codes: 0 success, 1 a violation was found, 2 bad arguments or input (for `check`, also
 //! a verdict the budget did not allow).
