@@ -1,11 +1,15 @@
 //! The protocols `synod sim` can run, and how to build a simulation of each.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::rc::Rc;
 use synod_check::kv::Budget;
 use synod_core::kv::{KvCommand, KvOutput};
 use synod_core::node::{Client, ClientId, NodeId};
 use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, SessionKv};
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
+use synod_protocols::pb::invariants::{ViewHistory, permanent_stop};
+use synod_protocols::pb::{PbClient, PbClientConfig, PbNode, PbVariant};
 
 /// Multi-Paxos replicating the key-value state machine.
 type KvPaxos = PaxosNode<SessionKv>;
@@ -22,10 +26,15 @@ pub enum Protocol {
     AmoKv(AmoVariant),
     /// Multi-Paxos replicating the key-value state machine.
     PaxosKv(PaxosVariant),
+    /// Primary-backup with a view service. Its servers keep state in memory only, so under
+    /// crash faults a run may stop for good by design (both copies lost, or the primary lost
+    /// before acknowledging its view; see `synod_protocols::pb`): such a run's liveness
+    /// finding is dropped, every other finding stands.
+    PrimaryBackup(PbVariant),
 }
 
 /// Names accepted by `--protocol`.
-pub const PROTOCOL_NAMES: [&str; 2] = ["amo-kv", "paxos-kv"];
+pub const PROTOCOL_NAMES: [&str; 3] = ["amo-kv", "paxos-kv", "pb-kv"];
 
 /// Finds the variant called `wanted` among `variants`, or explains the choices.
 fn find_variant<V: Copy>(
@@ -55,6 +64,8 @@ impl Protocol {
                 .map(Protocol::AmoKv),
             "paxos-kv" => find_variant(protocol, &PaxosVariant::ALL, PaxosVariant::name, variant)
                 .map(Protocol::PaxosKv),
+            "pb-kv" => find_variant(protocol, &PbVariant::ALL, PbVariant::name, variant)
+                .map(Protocol::PrimaryBackup),
             other => Err(format!(
                 "unknown protocol '{other}': choose one of {}",
                 PROTOCOL_NAMES.join(", ")
@@ -67,6 +78,7 @@ impl Protocol {
         match self {
             Protocol::AmoKv(_) => "amo-kv",
             Protocol::PaxosKv(_) => "paxos-kv",
+            Protocol::PrimaryBackup(_) => "pb-kv",
         }
     }
 
@@ -75,6 +87,7 @@ impl Protocol {
         match self {
             Protocol::AmoKv(variant) => variant.name(),
             Protocol::PaxosKv(variant) => variant.name(),
+            Protocol::PrimaryBackup(variant) => variant.name(),
         }
     }
 
@@ -83,6 +96,8 @@ impl Protocol {
         match self {
             Protocol::AmoKv(_) => 1,
             Protocol::PaxosKv(_) => 3,
+            // The view service, a primary, a backup and a spare.
+            Protocol::PrimaryBackup(_) => 4,
         }
     }
 
@@ -121,6 +136,25 @@ impl Protocol {
                 }),
                 trace,
             ),
+            Protocol::PrimaryBackup(variant) => {
+                let stop = Rc::new(RefCell::new(None));
+                let seen = Rc::clone(&stop);
+                let history = RefCell::new(ViewHistory::new());
+                let (report, mut findings) = simulate(
+                    config,
+                    Box::new(move |id| PbNode::new(id, variant)),
+                    |_, _| PbClient::new(PbClientConfig::default()),
+                    Box::new(move |nodes| {
+                        *seen.borrow_mut() = permanent_stop(nodes.running());
+                        history.borrow_mut().observe(nodes.running())
+                    }),
+                    trace,
+                );
+                if stop.borrow().is_some() {
+                    findings.retain(|finding| !matches!(finding, Finding::Liveness(_)));
+                }
+                (report, findings)
+            }
         }
     }
 }
