@@ -243,7 +243,7 @@ impl PbServer {
         &mut self,
         from: NodeId,
         view: View,
-        store: crate::kv_state::SessionKv,
+        store: SessionKv,
         ctx: &mut Context<PbNode>,
     ) {
         let legitimate = view.primary == Some(from)
