@@ -26,11 +26,14 @@ const FAILURE_LINES_MAX: usize = 10;
 /// Arguments of `synod sim`.
 #[derive(Args, Debug)]
 pub struct SimArgs {
-    /// Protocol to simulate.
+    /// Protocol to simulate: `amo-kv` (one at-most-once server), `paxos-kv` (Multi-Paxos,
+    /// 3 replicas) or `pb-kv` (primary-backup: a view service and 3 servers).
     #[arg(long, default_value = "amo-kv")]
     protocol: String,
-    /// Protocol variant: `correct`, or a deliberately broken one (`no-dedup`,
-    /// `reply-before-durable`) that the checker must catch.
+    /// Protocol variant: `correct`, or a deliberately broken one the checks must catch:
+    /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; pb-kv
+    /// `reply-before-backup-ack`, `backup-accepts-any-primary`, `view-service-skips-ack`,
+    /// `volatile-view-service`. An unknown name lists the protocol's variants.
     #[arg(long, default_value = "correct")]
     variant: String,
     /// Seeds to run, inclusive: `1..1000`, `1..=1000` or a single number.

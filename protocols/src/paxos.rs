@@ -1,4 +1,4 @@
-//! Multi-Paxos: a replicated log of [`SessionCommand`]s under a distinguished proposer.
+//! Multi-Paxos: a replicated log of state-machine commands under a distinguished proposer.
 //!
 //! Every node is acceptor, learner and potential proposer. A node whose election timer
 //! fires without hearing from a leader runs phase 1 once with a higher ballot
@@ -915,7 +915,7 @@ impl<S: StateMachine> Node for PaxosNode<S> {
 /// that no executed slot held two chosen values), and that no node learned two values for
 /// one slot.
 ///
-/// Each node keeps a digest of its executed prefix for its last [`DIGEST_WINDOW_SLOTS`]
+/// Each node keeps a digest of its executed prefix for its last `DIGEST_WINDOW_SLOTS` (256)
 /// slots; two nodes are compared at the shorter node's prefix when the longer one still
 /// remembers that point. This keeps the check cheap enough to run after every simulated
 /// event; a prefix that diverged is caught as soon as both nodes execute past it.

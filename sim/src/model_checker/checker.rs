@@ -129,7 +129,7 @@ impl<'a, M: Model> Checker<'a, M> {
     }
 
     /// Stops after about this many unique states (overshooting by at most
-    /// [`FLUSH_INTERVAL_STATES`] per thread).
+    /// 4,096 per thread).
     pub fn max_states(mut self, states: u64) -> Self {
         self.max_states = Some(states);
         self
