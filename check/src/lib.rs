@@ -17,10 +17,11 @@
 //! backtrack at a completion whose operation is not placed yet, and never enter the same
 //! (set of placed operations, model state) configuration twice. Operations that ended `fail` did
 //! not happen and are dropped; `info` ones (or ones that never completed) may be placed anywhere
-//! after their invoke, or nowhere. States are interned to integers, the set of placed operations
-//! is a bitset with an incrementally updated hash, and the explored configurations sit in one
-//! flat open-addressing table, so the inner loop neither allocates nor clones strings. When a
-//! search would exceed its [`Budget`] the answer is [`Verdict::Unknown`], never a pass.
+//! after their invoke, or nowhere. States are interned to integers (appended strings as hashed
+//! concatenations, never built), the set of placed operations is a bitset with an incrementally
+//! updated hash, and the explored configurations sit in one flat open-addressing table, so the
+//! inner loop neither allocates nor clones strings. When a search would exceed its [`Budget`]
+//! the answer is [`Verdict::Unknown`], never a pass.
 //!
 //! # Models
 //!

@@ -252,7 +252,12 @@ fn print_outcome(path: &Path, outcome: &FileOutcome, elapsed: Duration, detailed
         }
         Verdict::NotLinearizable(_) => {}
         Verdict::Unknown { reason, .. } => {
-            println!("  no verdict: {reason}; raise --budget to search further");
+            // More states only help a search that ran out of states, not of memory.
+            if reason.contains("memory budget") {
+                println!("  no verdict: {reason}");
+            } else {
+                println!("  no verdict: {reason}; raise --budget to search further");
+            }
         }
     }
 }
