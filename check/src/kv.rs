@@ -1019,6 +1019,30 @@ mod tests {
         }
 
         #[test]
+        fn partitioning_and_threads_never_change_the_verdict(
+            plan in planned_history(),
+            corrupt in any::<bool>(),
+            choice in any::<prop::sample::Index>(),
+        ) {
+            let (mut events, ok_reads) = simulate(&plan);
+            if corrupt && !ok_reads.is_empty() {
+                let (position, _) = &ok_reads[choice.index(ok_reads.len())];
+                events[*position].value = json!("#");
+            }
+            let verdict = |partition, threads| {
+                let options = CheckOptions { partition, threads, ..CheckOptions::default() };
+                check(&KvModel, &events, &options).expect("well-formed").verdict
+            };
+            let by_key = verdict(true, 1);
+            prop_assert_eq!(&verdict(true, 2), &by_key);
+            let whole = verdict(false, 1);
+            prop_assert_eq!(
+                matches!(whole, Verdict::Linearizable),
+                matches!(by_key, Verdict::Linearizable)
+            );
+        }
+
+        #[test]
         fn a_read_of_a_value_never_written_is_caught(
             mut plan in planned_history(),
             choice in any::<prop::sample::Index>(),

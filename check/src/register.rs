@@ -332,6 +332,7 @@ impl SequentialSpecification for RegisterSpecification {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::json;
 
     use super::*;
@@ -497,5 +498,156 @@ mod tests {
         let error = check(&RegisterModel, &history.events, &CheckOptions::default())
             .expect_err("no append on a register");
         assert!(error.to_string().contains("read, write, cas"), "{error}");
+    }
+
+    /// One generated operation: the client slot that runs it, what it does, its timing, and
+    /// whether its client hears back.
+    #[derive(Debug, Clone)]
+    struct Planned {
+        slot: usize,
+        f: &'static str,
+        argument: (u8, u8),
+        gap: u64,
+        to_effect: u64,
+        to_completion: u64,
+        reported: bool,
+    }
+
+    fn planned() -> impl Strategy<Value = Vec<Planned>> {
+        let operation = (
+            0..3usize,
+            prop::sample::select(vec!["read", "read", "write", "cas", "cas"]),
+            (0..3u8, 0..3u8),
+            0..3u64,
+            0..5u64,
+            0..5u64,
+            prop::bool::weighted(0.85),
+        )
+            .prop_map(
+                |(slot, f, argument, gap, to_effect, to_completion, reported)| Planned {
+                    slot,
+                    f,
+                    argument,
+                    gap,
+                    to_effect,
+                    to_completion,
+                    reported,
+                },
+            );
+        prop::collection::vec(operation, 1..30)
+    }
+
+    /// Runs the plan against one register, each operation taking effect at an instant inside
+    /// its interval; returns the events and the positions of the `ok` reads.
+    fn simulate(plan: &[Planned]) -> (Vec<Event>, Vec<usize>) {
+        let mut free_at = [0u64; 3];
+        let mut process_of_slot: Vec<u64> = (0..3).collect();
+        let mut timings = Vec::new();
+        for operation in plan {
+            let invoke = free_at[operation.slot] + operation.gap;
+            let effect = invoke + operation.to_effect;
+            let completion = effect + operation.to_completion;
+            let process = process_of_slot[operation.slot];
+            if operation.reported {
+                free_at[operation.slot] = completion + 1;
+            } else {
+                // A client that never hears back goes on as a new process, as in Jepsen.
+                free_at[operation.slot] = invoke + 1;
+                process_of_slot[operation.slot] += 3;
+            }
+            timings.push((invoke, effect, completion, process));
+        }
+        let mut order: Vec<usize> = (0..plan.len()).collect();
+        order.sort_by_key(|&index| (timings[index].1, index));
+        let mut register: Option<u8> = None;
+        // Per operation: the kind of completion and its value.
+        let mut outcomes = vec![(EventKind::Ok, Value::Null); plan.len()];
+        for index in order {
+            let operation = &plan[index];
+            let (old, new) = operation.argument;
+            outcomes[index] = match operation.f {
+                "read" => (EventKind::Ok, register.map_or(Value::Null, Value::from)),
+                "write" => {
+                    register = Some(old);
+                    (EventKind::Ok, json!(old))
+                }
+                _ if register == Some(old) => {
+                    register = Some(new);
+                    (EventKind::Ok, json!([old, new]))
+                }
+                _ => (EventKind::Fail, json!([old, new])),
+            };
+        }
+        let mut stamped = Vec::new();
+        for (index, operation) in plan.iter().enumerate() {
+            let (invoke, _, completion, process) = timings[index];
+            let (old, new) = operation.argument;
+            let argument = match operation.f {
+                "read" => Value::Null,
+                "write" => json!(old),
+                _ => json!([old, new]),
+            };
+            let event = |kind, value, time| Event {
+                process,
+                kind,
+                f: operation.f.to_owned(),
+                key: None,
+                value,
+                time,
+            };
+            stamped.push((invoke, 0, index, event(EventKind::Invoke, argument, invoke)));
+            if operation.reported {
+                let (kind, value) = outcomes[index].clone();
+                stamped.push((completion, 1, index, event(kind, value, completion)));
+            }
+        }
+        stamped.sort_by_key(|(time, class, index, _)| (*time, *class, *index));
+        let events: Vec<Event> = stamped.into_iter().map(|(_, _, _, event)| event).collect();
+        let ok_reads = events
+            .iter()
+            .enumerate()
+            .filter(|(_, event)| event.kind == EventKind::Ok && event.f == "read")
+            .map(|(position, _)| position)
+            .collect();
+        (events, ok_reads)
+    }
+
+    proptest! {
+        #[test]
+        fn executions_of_a_real_register_are_linearizable(plan in planned()) {
+            let (events, _) = simulate(&plan);
+            let report = check(&RegisterModel, &events, &CheckOptions::default());
+            prop_assert_eq!(report.expect("well-formed").verdict, Verdict::Linearizable);
+        }
+
+        #[test]
+        fn a_read_of_a_value_never_written_is_caught(
+            mut plan in planned(),
+            choice in any::<prop::sample::Index>(),
+        ) {
+            plan.push(Planned {
+                slot: 0,
+                f: "read",
+                argument: (0, 0),
+                gap: 0,
+                to_effect: 0,
+                to_completion: 0,
+                reported: true,
+            });
+            let (mut events, ok_reads) = simulate(&plan);
+            let position = ok_reads[choice.index(ok_reads.len())];
+            // Generated values are 0 to 2, so nobody wrote 9.
+            events[position].value = json!(9);
+            let report = check(&RegisterModel, &events, &CheckOptions::default());
+            match report.expect("well-formed").verdict {
+                Verdict::NotLinearizable(violation) => {
+                    prop_assert!(violation
+                        .operations
+                        .iter()
+                        .any(|operation| operation.complete_index == Some(position)));
+                }
+                other => prop_assert!(false, "a read of 9 passed as {:?}", other),
+            }
+        }
     }
 }
