@@ -61,7 +61,19 @@ enum Command {
     Mc(mc_command::McArgs),
 }
 
+/// Restores the default SIGPIPE action so `synod ... | head` ends quietly like other Unix
+/// tools; Rust ignores SIGPIPE by default, which turns a closed pipe into a panic in
+/// `println!`.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    die_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(arguments) => sim_command::run(arguments),

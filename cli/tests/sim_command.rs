@@ -129,3 +129,33 @@ fn a_single_seed_prints_its_trace_hash_and_writes_trace_and_history() {
     let events = synod_check::history::read_jsonl_file(&history).expect("valid history");
     assert_eq!(events.len(), 400);
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synod"))
+        .args([
+            "sim",
+            "--variant",
+            "no-dedup",
+            "--seeds",
+            "1..200",
+            "--failures-dir",
+        ])
+        .arg(scratch_directory("closed-pipe"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the synod binary runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut first_line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first_line)
+        .expect("one line");
+    // The reader is gone now, like `synod sim | head -1`.
+    let output = child.wait_with_output().expect("the command ends");
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(!errors.contains("panicked"), "{errors}");
+    assert!(first_line.starts_with("simulating"), "{first_line}");
+}
