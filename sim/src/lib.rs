@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod model_checker;
+pub mod packet;
 pub mod simulation;
 pub mod verdict;
 pub mod workload;

@@ -13,6 +13,9 @@
 //! a bound.
 
 use crate::config::{FaultKind, SimConfig};
+pub use crate::packet::Endpoint;
+pub use crate::packet::NodeOf;
+use crate::packet::Packet;
 use crate::workload::Workload;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -40,18 +43,6 @@ const STREAM_CLIENT_BASE: u64 = 2 << 32;
 
 /// Without healing, a run that has not finished after this many liveness bounds is stuck.
 const UNHEALED_RUN_LIMIT_FACTOR: u32 = 10;
-
-/// The node type a client talks to.
-pub type NodeOf<C> = <C as Client>::Node;
-
-/// Anything that can send or receive a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Endpoint {
-    /// A server node.
-    Node(NodeId),
-    /// A client.
-    Client(ClientId),
-}
 
 /// One fault (or its repair) the nemesis applies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -101,36 +92,6 @@ pub enum NemesisAction {
     },
     /// End the safety phase: heal partitions, restart and resume every node, stop faults.
     HealAll,
-}
-
-/// A message between endpoints, in flight.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Packet<C: Client> {
-    Message {
-        from: NodeId,
-        to: NodeId,
-        message: <NodeOf<C> as Node>::Message,
-    },
-    Request {
-        from: ClientId,
-        to: NodeId,
-        request: <NodeOf<C> as Node>::Request,
-    },
-    Response {
-        from: NodeId,
-        to: ClientId,
-        response: <NodeOf<C> as Node>::Response,
-    },
-}
-
-impl<C: Client> Packet<C> {
-    fn route(&self) -> (Endpoint, Endpoint) {
-        match self {
-            Packet::Message { from, to, .. } => (Endpoint::Node(*from), Endpoint::Node(*to)),
-            Packet::Request { from, to, .. } => (Endpoint::Client(*from), Endpoint::Node(*to)),
-            Packet::Response { from, to, .. } => (Endpoint::Node(*from), Endpoint::Client(*to)),
-        }
-    }
 }
 
 /// Something that happens at an instant of virtual time.

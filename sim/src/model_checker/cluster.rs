@@ -42,7 +42,8 @@
 
 use super::fingerprint::fingerprint;
 use super::model::{Model, Property};
-use crate::simulation::Endpoint;
+pub use crate::packet::Packet;
+use crate::packet::{Endpoint, NodeOf};
 use crate::workload::{KvWorkload, Workload};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -100,9 +101,6 @@ impl<C> CheckableClient for C where
 {
 }
 
-/// The node type a client talks to.
-type NodeOf<C> = <C as Client>::Node;
-
 /// What the network does with a sent packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NetworkSemantics {
@@ -127,49 +125,6 @@ pub enum SyncTiming {
     /// the request and the completion, as on a real disk; catches a reply that leaves
     /// before a sync issued in the same handler completes.
     Deferred,
-}
-
-/// A packet between endpoints.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Packet<C: Client> {
-    /// Between nodes.
-    Message {
-        /// The sender.
-        from: NodeId,
-        /// The receiver.
-        to: NodeId,
-        /// The payload.
-        message: <NodeOf<C> as Node>::Message,
-    },
-    /// From a client to a node.
-    Request {
-        /// The client.
-        from: ClientId,
-        /// The node.
-        to: NodeId,
-        /// The payload.
-        request: <NodeOf<C> as Node>::Request,
-    },
-    /// From a node to a client.
-    Response {
-        /// The node.
-        from: NodeId,
-        /// The client.
-        to: ClientId,
-        /// The payload.
-        response: <NodeOf<C> as Node>::Response,
-    },
-}
-
-impl<C: Client> Packet<C> {
-    /// (sender, receiver).
-    pub fn route(&self) -> (Endpoint, Endpoint) {
-        match self {
-            Packet::Message { from, to, .. } => (Endpoint::Node(*from), Endpoint::Node(*to)),
-            Packet::Request { from, to, .. } => (Endpoint::Client(*from), Endpoint::Node(*to)),
-            Packet::Response { from, to, .. } => (Endpoint::Node(*from), Endpoint::Client(*to)),
-        }
-    }
 }
 
 /// The packets in flight.
