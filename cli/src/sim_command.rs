@@ -10,11 +10,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use synod_check::history::write_jsonl;
 use synod_sim::config::{FaultSet, SimConfig};
 use synod_sim::simulation::RunReport;
+use synod_sim::sweep::sweep;
 use synod_sim::verdict::Finding;
 
 /// Failing seeds whose trace and history are written to disk; more are only listed.
@@ -273,60 +273,41 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
         )
         .expect("a valid progress template"),
     );
+    let violations = AtomicU64::new(0);
     let started = Instant::now();
-    let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel::<SeedResult>();
-    let mut results: Vec<SeedResult> = Vec::with_capacity(plan.seeds.len());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            let sender = sender.clone();
-            let next = &next;
-            scope.spawn(move || {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(&seed) = plan.seeds.get(index) else {
-                        break;
-                    };
-                    let config = SimConfig {
-                        seed,
-                        ..plan.base.clone()
-                    };
-                    let (report, findings) = plan.protocol.run(config, None);
-                    if sender
-                        .send(SeedResult {
-                            seed,
-                            report,
-                            findings,
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+    let run_seed = |seed| {
+        let config = SimConfig {
+            seed,
+            ..plan.base.clone()
+        };
+        plan.protocol.run(config, None)
+    };
+    let announce = |seed, (_, findings): &(RunReport, Vec<Finding>)| {
+        let failed = if findings.is_empty() {
+            violations.load(Ordering::Relaxed)
+        } else {
+            violations.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if !findings.is_empty() && failed <= FAILURE_LINES_MAX as u64 {
+            progress.suspend(|| {
+                let summary = findings[0].to_string();
+                let first_line = summary.lines().next().unwrap_or_default();
+                println!("seed {seed}: {first_line}");
             });
         }
-        drop(sender);
-        let mut violations = 0;
-        for result in receiver {
-            if !result.findings.is_empty() {
-                violations += 1;
-            }
-            if !result.findings.is_empty() && violations <= FAILURE_LINES_MAX {
-                progress.suspend(|| {
-                    let summary = result.findings[0].to_string();
-                    let first_line = summary.lines().next().unwrap_or_default();
-                    println!("seed {}: {first_line}", result.seed);
-                });
-            }
-            progress.set_message(format!("{violations} violations"));
-            progress.inc(1);
-            results.push(result);
-        }
-    });
+        progress.set_message(format!("{failed} violations"));
+        progress.inc(1);
+    };
+    let results: Vec<SeedResult> = sweep(&plan.seeds, jobs, run_seed, announce)
+        .into_iter()
+        .map(|(seed, (report, findings))| SeedResult {
+            seed,
+            report,
+            findings,
+        })
+        .collect();
     progress.finish_and_clear();
-    let elapsed = started.elapsed();
-    results.sort_by_key(|result| result.seed);
-    summarize(arguments, plan, &results, elapsed)
+    summarize(arguments, plan, &results, started.elapsed())
 }
 
 fn summarize(

@@ -30,5 +30,6 @@ pub mod config;
 pub mod model_checker;
 pub mod packet;
 pub mod simulation;
+pub mod sweep;
 pub mod verdict;
 pub mod workload;

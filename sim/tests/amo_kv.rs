@@ -50,30 +50,11 @@ fn sweep(
     faults: FaultSet,
 ) -> Vec<(u64, Vec<Finding>)> {
     let seeds: Vec<u64> = seeds.collect();
-    let halves: Vec<Vec<u64>> = seeds
-        .chunks(seeds.len().div_ceil(2))
-        .map(<[u64]>::to_vec)
-        .collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = halves
-            .into_iter()
-            .map(|half| {
-                let faults = faults.clone();
-                scope.spawn(move || {
-                    half.into_iter()
-                        .filter_map(|seed| {
-                            let (_, findings) = run(variant, config(seed, faults.clone()));
-                            (!findings.is_empty()).then_some((seed, findings))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("a sweep thread panicked"))
-            .collect()
-    })
+    let run_seed = |seed| run(variant, config(seed, faults.clone())).1;
+    synod_sim::sweep::sweep(&seeds, 2, run_seed, |_, _| {})
+        .into_iter()
+        .filter(|(_, findings)| !findings.is_empty())
+        .collect()
 }
 
 #[test]

@@ -144,30 +144,11 @@ fn sweep<T: Send>(
 ) -> Vec<T> {
     let faults: FaultSet = faults.parse().expect("valid fault list");
     let seeds: Vec<u64> = seeds.collect();
-    let halves: Vec<Vec<u64>> = seeds
-        .chunks(seeds.len().div_ceil(2))
-        .map(<[u64]>::to_vec)
-        .collect();
-    let summarize = &summarize;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = halves
-            .into_iter()
-            .map(|half| {
-                let faults = faults.clone();
-                scope.spawn(move || {
-                    half.into_iter()
-                        .map(|seed| {
-                            summarize(seed, run(variant, config(seed, faults.clone()), watch))
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("a sweep thread panicked"))
-            .collect()
-    })
+    let run_seed = |seed| summarize(seed, run(variant, config(seed, faults.clone()), watch));
+    synod_sim::sweep::sweep(&seeds, 2, run_seed, |_, _| {})
+        .into_iter()
+        .map(|(_, summary)| summary)
+        .collect()
 }
 
 /// The fault kinds that never destroy state: everything but crashes.
