@@ -13,6 +13,7 @@
 //! a bound.
 
 use crate::config::{FaultKind, SimConfig};
+use crate::model_checker::cluster::ClusterAction;
 pub use crate::packet::Endpoint;
 pub use crate::packet::NodeOf;
 use crate::packet::Packet;
@@ -40,6 +41,9 @@ const STREAM_WORKLOAD: u64 = 4;
 const STREAM_DISK: u64 = 5;
 const STREAM_NODE_BASE: u64 = 1 << 32;
 const STREAM_CLIENT_BASE: u64 = 2 << 32;
+
+/// Virtual time between two replayed model-checker actions.
+const REPLAY_STEP: Duration = Duration::from_micros(1);
 
 /// Without healing, a run that has not finished after this many liveness bounds is stuck.
 const UNHEALED_RUN_LIMIT_FACTOR: u32 = 10;
@@ -461,14 +465,67 @@ where
         self.finish(started.elapsed())
     }
 
-    fn boot(&mut self) {
-        let seed = self.config.seed;
-        self.trace_line(|| format!("seed {seed}"));
-        for index in 0..self.nodes.len() {
-            let node = NodeId(index as u32);
-            self.nodes[index].state = Some((self.make_node)(node));
-            self.with_node(node, |state, ctx| state.on_start(ctx));
+    /// Replays a model checker's path (`synod_sim::model_checker`) in the simulator: each
+    /// action is carried out in order instead of drawing events from the queue, with
+    /// syncs completing at once (the checker's default) and nothing random in between.
+    /// Invariants, the trace and the history work as in [`Simulation::run`], so a
+    /// counterexample found by the checker shows up here as the same violation, with a
+    /// trace and a history to inspect. Pair it with the workload the checker's clients ran
+    /// (e.g. [`crate::workload::ScriptedKvWorkload`]).
+    pub fn replay(mut self, actions: &[ClusterAction<C>]) -> RunReport {
+        let started = Instant::now();
+        self.faults_active = false;
+        self.boot_nodes();
+        self.settle_syncs();
+        for action in actions {
+            self.now = self.now + REPLAY_STEP;
+            self.trace_line(|| format!("replay {action:?}"));
+            match action.clone() {
+                ClusterAction::Deliver(packet) => self.process(SimEvent::Deliver(packet)),
+                ClusterAction::NodeTimer { node, timer } => {
+                    if let Some(&generation) = self.nodes[node.0 as usize].timers.get(&timer) {
+                        self.process(SimEvent::NodeTimer {
+                            node,
+                            timer,
+                            generation,
+                        });
+                    }
+                }
+                ClusterAction::ClientTimer { client, timer } => {
+                    if let Some(&generation) = self.clients[client.0 as usize].timers.get(&timer) {
+                        self.process(SimEvent::ClientTimer {
+                            client,
+                            timer,
+                            generation,
+                        });
+                    }
+                }
+                ClusterAction::Invoke { client } => self.process(SimEvent::Invoke { client }),
+                ClusterAction::CompleteSync { .. } => {}
+                ClusterAction::Crash { node } => self.crash(node, false),
+                ClusterAction::Restart { node } => self.restart(node),
+            }
+            self.settle_syncs();
+            self.check_invariants();
+            if self.invariant_violation.is_some() {
+                break;
+            }
         }
+        self.finish(started.elapsed())
+    }
+
+    /// In replay: completes every requested sync now and drops every other queued event
+    /// (the path says what is delivered and when timers fire).
+    fn settle_syncs(&mut self) {
+        while let Some(queued) = self.queue.pop() {
+            if let SimEvent::SyncDone { .. } = queued.event {
+                self.process(queued.event);
+            }
+        }
+    }
+
+    fn boot(&mut self) {
+        self.boot_nodes();
         for index in 0..self.clients.len() {
             let delay = self.random_think_time();
             self.schedule(
@@ -481,6 +538,16 @@ where
         if !self.scripted_nemesis && self.nemesis_kinds().next().is_some() {
             let delay = self.random_nemesis_interval();
             self.schedule(self.now + delay, SimEvent::NemesisTick);
+        }
+    }
+
+    fn boot_nodes(&mut self) {
+        let seed = self.config.seed;
+        self.trace_line(|| format!("seed {seed}"));
+        for index in 0..self.nodes.len() {
+            let node = NodeId(index as u32);
+            self.nodes[index].state = Some((self.make_node)(node));
+            self.with_node(node, |state, ctx| state.on_start(ctx));
         }
     }
 

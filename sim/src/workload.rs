@@ -77,22 +77,67 @@ impl Workload for KvWorkload {
     }
 
     fn describe_invoke(&self, command: &KvCommand) -> (String, Option<String>, Value) {
-        let value = command
-            .argument()
-            .map_or(Value::Null, |argument| Value::String(argument.to_string()));
-        (
-            command.name().to_string(),
-            Some(command.key().to_string()),
-            value,
-        )
+        describe_kv_invoke(command)
     }
 
     fn describe_ok(&self, command: &KvCommand, output: &KvOutput) -> Value {
-        match output {
-            KvOutput::Value(Some(read)) => Value::String(read.clone()),
-            KvOutput::Value(None) => Value::Null,
-            KvOutput::Done => self.describe_invoke(command).2,
+        describe_kv_ok(command, output)
+    }
+}
+
+/// `(f, key, value)` of a key-value command's invoke event.
+fn describe_kv_invoke(command: &KvCommand) -> (String, Option<String>, Value) {
+    let value = command
+        .argument()
+        .map_or(Value::Null, |argument| Value::String(argument.to_string()));
+    (
+        command.name().to_string(),
+        Some(command.key().to_string()),
+        value,
+    )
+}
+
+/// The `value` of a key-value command's `ok` event: what a read saw, else the argument.
+fn describe_kv_ok(command: &KvCommand, output: &KvOutput) -> Value {
+    match output {
+        KvOutput::Value(Some(read)) => Value::String(read.clone()),
+        KvOutput::Value(None) => Value::Null,
+        KvOutput::Done => describe_kv_invoke(command).2,
+    }
+}
+
+/// Fixed per-client lists of key-value commands, as the model checker's clients run them;
+/// used to replay a model-checker path in the simulator.
+#[derive(Clone, Debug)]
+pub struct ScriptedKvWorkload {
+    scripts: Vec<std::collections::VecDeque<KvCommand>>,
+}
+
+impl ScriptedKvWorkload {
+    /// Client `i` performs `scripts[i]` in order.
+    pub fn new(scripts: Vec<Vec<KvCommand>>) -> Self {
+        ScriptedKvWorkload {
+            scripts: scripts.into_iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl Workload for ScriptedKvWorkload {
+    type Operation = KvCommand;
+    type Output = KvOutput;
+
+    fn next_operation(&mut self, client: ClientId, _rng: &mut Rng) -> Option<KvCommand> {
+        self.scripts
+            .get_mut(usize::try_from(client.0).ok()?)?
+            .pop_front()
+    }
+
+    fn describe_invoke(&self, command: &KvCommand) -> (String, Option<String>, Value) {
+        describe_kv_invoke(command)
+    }
+
+    fn describe_ok(&self, command: &KvCommand, output: &KvOutput) -> Value {
+        describe_kv_ok(command, output)
     }
 }
 
