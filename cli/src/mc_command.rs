@@ -6,7 +6,17 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::time::Duration;
-use synod_sim::model_checker::checker::{Checker, Progress, Strategy, THREADS_MAX, Verdict};
+use synod_core::kv::KvCommand;
+use synod_core::node::NodeId;
+use synod_protocols::kv_state::{ReplicatedKvClient, SessionKv};
+use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
+use synod_sim::model_checker::checker::{
+    Checker, Progress, Report, Strategy, THREADS_MAX, Verdict,
+};
+use synod_sim::model_checker::cluster::{
+    ClusterModel, ClusterState, NetworkSemantics, kv_history_linearizable,
+};
+use synod_sim::model_checker::model::Model;
 use synod_sim::model_checker::two_phase_commit::{
     RESOURCE_MANAGERS_MAX, TwoPhaseCommit, TwoPhaseVariant,
 };
@@ -17,15 +27,21 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 /// Arguments of `synod mc`.
 #[derive(Args, Debug)]
 pub struct McArgs {
-    /// Model to check: `2pc` (two-phase commit).
+    /// Model to check: `2pc` (two-phase commit), or `paxos-kv` (the unmodified Multi-Paxos
+    /// nodes: 3 replicas, a client that puts and one that reads, ballots up to round
+    /// --rounds; try `--random 20000 --max-depth 200`).
     #[arg(long, default_value = "2pc")]
     model: String,
-    /// Model variant: `correct`, or `commit-early` (a broken TM the checker must catch).
+    /// Model variant: `correct`, or a broken one the checker must catch (2pc:
+    /// `commit-early`; paxos-kv: `forget-accepted-values`).
     #[arg(long, default_value = "correct")]
     variant: String,
     /// Resource managers (2pc).
     #[arg(long, default_value_t = 3)]
     rms: usize,
+    /// Highest ballot round explored (paxos-kv): every node may campaign this many times.
+    #[arg(long, default_value_t = 1)]
+    rounds: u64,
     /// Breadth first: the first counterexample is a shortest one.
     #[arg(long, conflicts_with_all = ["dfs", "random"])]
     bfs: bool,
@@ -76,20 +92,94 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 
 /// Runs `synod mc`; exit code 0 if no invariant broke, 1 on a violation.
 pub fn run(arguments: McArgs) -> anyhow::Result<ExitCode> {
-    if arguments.model != "2pc" {
-        bail!("unknown --model {:?}; the models are: 2pc", arguments.model);
+    match arguments.model.as_str() {
+        "2pc" => {
+            let variant = match arguments.variant.as_str() {
+                "correct" => TwoPhaseVariant::Correct,
+                "commit-early" => TwoPhaseVariant::CommitEarly,
+                other => {
+                    bail!("unknown --variant {other:?}; the variants are: correct, commit-early")
+                }
+            };
+            if !(1..=RESOURCE_MANAGERS_MAX).contains(&arguments.rms) {
+                bail!(
+                    "--rms must be 1 to {RESOURCE_MANAGERS_MAX}, not {}",
+                    arguments.rms
+                );
+            }
+            println!(
+                "model: two-phase commit, {} resource managers, {} variant",
+                arguments.rms, arguments.variant
+            );
+            explore(
+                &TwoPhaseCommit::with_variant(arguments.rms, variant),
+                &arguments,
+            )
+        }
+        "paxos-kv" => {
+            let variant = match arguments.variant.as_str() {
+                "correct" => PaxosVariant::Correct,
+                "forget-accepted-values" => PaxosVariant::ForgetAcceptedValues,
+                other => bail!(
+                    "unknown --variant {other:?}; the variants are: correct, forget-accepted-values"
+                ),
+            };
+            println!(
+                "model: Multi-Paxos, 3 replicas, 2 clients, ballot rounds up to {}, {} variant",
+                arguments.rounds, arguments.variant
+            );
+            explore(&paxos_model(variant, arguments.rounds), &arguments)
+        }
+        other => bail!("unknown --model {other:?}; the models are: 2pc, paxos-kv"),
     }
-    let variant = match arguments.variant.as_str() {
-        "correct" => TwoPhaseVariant::Correct,
-        "commit-early" => TwoPhaseVariant::CommitEarly,
-        other => bail!("unknown --variant {other:?}; the variants are: correct, commit-early"),
+}
+
+/// Multi-Paxos replicating the key-value state machine, as the checker explores it.
+type KvPaxos = PaxosNode<SessionKv>;
+/// Its client.
+type KvPaxosClient = ReplicatedKvClient<KvPaxos>;
+
+/// Three unmodified Multi-Paxos replicas and two clients (one puts, one reads) over FIFO
+/// channels; agreement and linearizability in every state; ballots above `rounds` pruned.
+fn paxos_model(variant: PaxosVariant, rounds: u64) -> ClusterModel<KvPaxosClient> {
+    let key = "k".to_string();
+    let put = KvCommand::Put {
+        key: key.clone(),
+        value: "a".to_string(),
     };
-    if !(1..=RESOURCE_MANAGERS_MAX).contains(&arguments.rms) {
-        bail!(
-            "--rms must be 1 to {RESOURCE_MANAGERS_MAX}, not {}",
-            arguments.rms
-        );
-    }
+    let client = |first_guess| KvPaxosClient::new(NodeId(first_guess), Default::default());
+    ClusterModel::new(
+        3,
+        move |_| KvPaxos::new(variant, PaxosConfig::default()),
+        NetworkSemantics::OrderedExactlyOnce,
+    )
+    .client(client(0), vec![put])
+    .client(client(1), vec![KvCommand::Get { key }])
+    .invariant("replicas agree", |state: &ClusterState<KvPaxosClient>| {
+        check_agreement(state.nodes.iter().filter_map(|slot| slot.state.as_ref())).is_ok()
+    })
+    .invariant(
+        "the history is linearizable",
+        |state: &ClusterState<KvPaxosClient>| kv_history_linearizable(&state.history),
+    )
+    .goal(
+        "every client is done",
+        |state: &ClusterState<KvPaxosClient>| state.all_clients_done(),
+    )
+    .prune(move |state: &ClusterState<KvPaxosClient>| {
+        state
+            .nodes
+            .iter()
+            .filter_map(|slot| slot.state.as_ref())
+            .any(|node| node.promised().round > rounds)
+    })
+}
+
+/// Runs the checker on `model` as the arguments say and prints the report.
+fn explore<M: Model>(model: &M, arguments: &McArgs) -> anyhow::Result<ExitCode>
+where
+    Report<M>: std::fmt::Display,
+{
     if !(1..=THREADS_MAX).contains(&arguments.threads) {
         bail!(
             "--threads must be 1 to {THREADS_MAX}, not {}",
@@ -109,11 +199,6 @@ pub fn run(arguments: McArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(parse_duration)
         .transpose()?;
-    let model = TwoPhaseCommit::with_variant(arguments.rms, variant);
-    println!(
-        "model: two-phase commit, {} resource managers, {} variant",
-        arguments.rms, arguments.variant
-    );
 
     let progress = ProgressBar::new_spinner();
     progress.set_style(
@@ -122,7 +207,7 @@ pub fn run(arguments: McArgs) -> anyhow::Result<ExitCode> {
     );
     progress.enable_steady_tick(PROGRESS_TICK);
     let mut checker =
-        Checker::new(&model)
+        Checker::new(model)
             .threads(arguments.threads)
             .on_progress(|snapshot: &Progress| {
                 let seconds = snapshot.elapsed.as_secs_f64().max(1e-9);
