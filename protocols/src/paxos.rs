@@ -338,6 +338,21 @@ impl<S: StateMachine> PaxosNode<S> {
         }
     }
 
+    /// Answers a message under a ballot lower than the one promised with a `Reject`;
+    /// returns true if it did (the caller then ignores the message).
+    fn refuse_stale(&self, from: NodeId, ballot: Ballot, ctx: &mut Context<Self>) -> bool {
+        if ballot >= self.promised {
+            return false;
+        }
+        ctx.send(
+            from,
+            PaxosMessage::Reject {
+                promised: self.promised,
+            },
+        );
+        true
+    }
+
     fn promise(&mut self, ballot: Ballot, ctx: &mut Context<Self>) {
         if ballot > self.promised {
             self.promised = ballot;
@@ -374,13 +389,7 @@ impl<S: StateMachine> PaxosNode<S> {
         from_slot: u64,
         ctx: &mut Context<Self>,
     ) {
-        if ballot < self.promised {
-            ctx.send(
-                from,
-                PaxosMessage::Reject {
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_stale(from, ballot, ctx) {
             return;
         }
         if ballot > self.promised && ballot.leader != ctx.id() {
@@ -555,13 +564,7 @@ impl<S: StateMachine> PaxosNode<S> {
     }
 
     fn on_accept(&mut self, from: NodeId, value: SlotValue<S>, ctx: &mut Context<Self>) {
-        if value.ballot < self.promised {
-            ctx.send(
-                from,
-                PaxosMessage::Reject {
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_stale(from, value.ballot, ctx) {
             return;
         }
         if value.ballot > self.promised && value.ballot.leader != ctx.id() {
@@ -658,13 +661,7 @@ impl<S: StateMachine> PaxosNode<S> {
         collect_below: u64,
         ctx: &mut Context<Self>,
     ) {
-        if ballot < self.promised {
-            ctx.send(
-                from,
-                PaxosMessage::Reject {
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_stale(from, ballot, ctx) {
             return;
         }
         if ballot > self.promised || !matches!(self.role, Role::Follower) {
