@@ -79,7 +79,7 @@ pub enum KvOutput {
 }
 
 /// The sequential key-value map every replica applies commands to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KvMap {
     entries: BTreeMap<String, String>,
 }

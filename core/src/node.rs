@@ -174,6 +174,13 @@ pub enum Effect<N: Node> {
         /// The record.
         record: N::Record,
     },
+    /// Append a record that supersedes every earlier one (a snapshot of everything the
+    /// node must remember): once it is durable, storage may discard the records before it,
+    /// and recovery hands back only it and the records after it.
+    Checkpoint {
+        /// The record.
+        record: N::Record,
+    },
     /// Make every record appended so far durable.
     Sync,
 }
@@ -282,6 +289,14 @@ impl<'a, N: Node> Context<'a, N> {
     pub fn persist(&mut self, record: N::Record) {
         self.records_appended += 1;
         self.effects.push(Effect::Persist { record });
+    }
+
+    /// Appends `record` as a checkpoint that supersedes every earlier record: once it is
+    /// durable, recovery hands back only it and what follows. Outputs emitted after this
+    /// wait for its sync, as with [`Context::persist`].
+    pub fn checkpoint(&mut self, record: N::Record) {
+        self.records_appended += 1;
+        self.effects.push(Effect::Checkpoint { record });
     }
 
     /// Asks the driver to make every record appended so far durable.

@@ -55,7 +55,7 @@ pub enum SessionError {
 }
 
 /// One client's session.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Session<R> {
     acknowledged_below: u64,
     results: BTreeMap<u64, R>,
@@ -71,7 +71,7 @@ impl<R> Default for Session<R> {
 }
 
 /// Every client's session, ordered by client id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionTable<R> {
     sessions: BTreeMap<ClientId, Session<R>>,
     max_sessions: usize,

@@ -40,7 +40,7 @@ pub enum Applied {
 }
 
 /// The map and the session table, advanced only by [`SessionKv::apply`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionKv {
     map: KvMap,
     sessions: SessionTable<Result<KvOutput, SessionError>>,
@@ -89,7 +89,7 @@ impl StateMachine for SessionKv {
     type Response = KvResponse;
     type Command = SessionCommand;
 
-    fn command(client: ClientId, request: KvRequest) -> SessionCommand {
+    fn command(client: ClientId, request: KvRequest, _now: Time) -> SessionCommand {
         request.into_command(client)
     }
 

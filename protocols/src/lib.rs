@@ -13,7 +13,9 @@
 //! drive them through the node contract.
 
 pub mod kv_state;
+pub mod mvcc;
 pub mod paxos;
 pub mod pb;
+pub mod raft;
 pub mod replicated;
 pub mod rpc;

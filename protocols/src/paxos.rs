@@ -756,7 +756,7 @@ impl<S: StateMachine> PaxosNode<S> {
         };
         let slot = *next_slot;
         *next_slot += 1;
-        let proposal = Proposal::Command(S::command(client, request));
+        let proposal = Proposal::Command(S::command(client, request, ctx.now()));
         pending.insert(
             slot,
             Pending {

@@ -197,6 +197,14 @@ impl NodeClock {
 type NodeOutput<C> = Packet<C>;
 
 /// Everything the simulator keeps about one node.
+/// A framed record appended in the current life.
+#[derive(Clone, Debug)]
+struct LifeFrame {
+    frame: Vec<u8>,
+    /// A checkpoint supersedes every earlier record once durable.
+    checkpoint: bool,
+}
+
 struct NodeSlot<C: Client> {
     state: Option<NodeOf<C>>,
     /// Incremented by every crash; sync completions from an earlier life are ignored.
@@ -206,7 +214,7 @@ struct NodeSlot<C: Client> {
     /// The bytes that survived: framed records from earlier lives and synced ones of this.
     disk: Vec<u8>,
     /// Framed records appended in this life, synced or not.
-    life_frames: Vec<Vec<u8>>,
+    life_frames: Vec<LifeFrame>,
     /// How many of `life_frames` are durable.
     life_durable: u64,
     gate: OutputGate<NodeOutput<C>>,
@@ -755,12 +763,8 @@ where
             Effect::CancelTimer { timer } => {
                 self.nodes[index].timers.remove(&timer);
             }
-            Effect::Persist { record } => {
-                let mut frame = Vec::new();
-                encode_record(&record, &mut frame)
-                    .expect("a protocol record fits in one frame (MAX_FRAME_PAYLOAD_BYTES)");
-                self.nodes[index].life_frames.push(frame);
-            }
+            Effect::Persist { record } => self.append_frame(index, &record, false),
+            Effect::Checkpoint { record } => self.append_frame(index, &record, true),
             Effect::Sync => {
                 let latency = self
                     .random_duration(self.config.sync_latency_min, self.config.sync_latency_max);
@@ -775,13 +779,32 @@ where
         }
     }
 
+    /// Frames `record` and appends it to the node's unsynced tail.
+    fn append_frame(
+        &mut self,
+        index: usize,
+        record: &<NodeOf<C> as Node>::Record,
+        checkpoint: bool,
+    ) {
+        let mut frame = Vec::new();
+        encode_record(record, &mut frame)
+            .expect("a protocol record fits in one frame (MAX_FRAME_PAYLOAD_BYTES)");
+        self.nodes[index]
+            .life_frames
+            .push(LifeFrame { frame, checkpoint });
+    }
+
     fn on_sync_done(&mut self, node: NodeId, life: u64, records: u64) {
         let slot = &mut self.nodes[node.0 as usize];
         if slot.life != life || slot.state.is_none() || records <= slot.life_durable {
             return;
         }
-        for frame in &slot.life_frames[slot.life_durable as usize..records as usize] {
-            slot.disk.extend_from_slice(frame);
+        for written in &slot.life_frames[slot.life_durable as usize..records as usize] {
+            if written.checkpoint {
+                // Everything before a durable checkpoint is superseded: storage drops it.
+                slot.disk.clear();
+            }
+            slot.disk.extend_from_slice(&written.frame);
         }
         slot.life_durable = records;
         let released = slot.gate.durable(records);
@@ -1138,7 +1161,9 @@ where
         slot.timers.clear();
         slot.gate.crash();
         let mut torn = false;
-        if tear && let Some(frame) = slot.life_frames.get(slot.life_durable as usize) {
+        if tear
+            && let Some(LifeFrame { frame, .. }) = slot.life_frames.get(slot.life_durable as usize)
+        {
             // A strict prefix of the first unsynced record reached the platter.
             let kept = self.disk_rng.below(frame.len() as u64) as usize;
             slot.disk.extend_from_slice(&frame[..kept]);

@@ -198,8 +198,8 @@ pub struct NodeSlot<C: Client> {
     pub state: Option<NodeOf<C>>,
     /// Records that survive a crash, oldest first, from every life.
     pub durable: Vec<<NodeOf<C> as Node>::Record>,
-    /// Records appended in this life and not yet synced.
-    pub unsynced: Vec<<NodeOf<C> as Node>::Record>,
+    /// Records appended in this life and not yet synced, each with whether it is a checkpoint.
+    pub unsynced: Vec<(<NodeOf<C> as Node>::Record, bool)>,
     /// Records synced in this life (the gate counts within a life).
     life_durable: u64,
     /// With deferred syncs: the records (counted within this life) that a requested sync
@@ -614,7 +614,8 @@ fn apply_node_effect<C: Client>(
         Effect::CancelTimer { timer } => {
             slot.timers.remove(&timer);
         }
-        Effect::Persist { record } => slot.unsynced.push(record),
+        Effect::Persist { record } => slot.unsynced.push((record, false)),
+        Effect::Checkpoint { record } => slot.unsynced.push((record, true)),
         Effect::Sync => {
             let appended = slot.life_durable + slot.unsynced.len() as u64;
             match sync_timing {
@@ -631,7 +632,13 @@ fn apply_node_effect<C: Client>(
 fn make_durable<C: Client>(slot: &mut NodeSlot<C>, network: &mut Network<C>, records: u64) {
     assert!(records >= slot.life_durable, "durability never goes back");
     let newly_durable = (records - slot.life_durable) as usize;
-    slot.durable.extend(slot.unsynced.drain(..newly_durable));
+    for (record, checkpoint) in slot.unsynced.drain(..newly_durable) {
+        if checkpoint {
+            // A durable checkpoint supersedes every earlier record.
+            slot.durable.clear();
+        }
+        slot.durable.push(record);
+    }
     slot.life_durable = records;
     let released = slot.gate.durable(records);
     for packet in released {

@@ -1,0 +1,1 @@
+//! The MVCC key-value state machine with etcd v3 semantics.

@@ -1,0 +1,1 @@
+//! Raft: the production consensus protocol, generic over the replicated state machine.

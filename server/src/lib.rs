@@ -1,0 +1,1 @@
+//! The real runtime: one task per node, peers over framed TCP, storage with fsync.

@@ -1,0 +1,1 @@
+//! Durable storage for Synod nodes: the write-ahead log and snapshots.
