@@ -112,7 +112,8 @@ pub struct SlotValue<S: StateMachine> {
 }
 
 /// Messages between nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound = "")]
 pub enum PaxosMessage<S: StateMachine> {
     /// Phase 1a: promise not to accept lower ballots; report accepted slots from `from_slot`.
     Prepare {

@@ -1,0 +1,175 @@
+//! Where a node's records go, and the group-commit thread that makes them durable.
+//!
+//! The node task never blocks on a disk: it hands each record to a dedicated storage thread
+//! in order, and asks for a sync. The thread drains every job queued before it fsyncs, so
+//! one fsync covers all records appended since the previous one (group commit), then tells
+//! the node how many records of its current life are durable; the node's
+//! [`synod_core::node::OutputGate`] releases the sends and replies that were waiting for them.
+
+use std::sync::{Arc, Mutex, mpsc};
+
+/// Why storage failed. A node whose storage fails stops: it can no longer promise
+/// durability, and nothing it acknowledged depends on records that were not synced.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O error from the file system.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else the storage engine reports.
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+/// An append-only record log with group commit; the durable records come back on restart.
+pub trait RecordLog: Send + 'static {
+    /// Appends one serialized record. A `checkpoint` supersedes every earlier record: once
+    /// it is durable, recovery returns only it and the records after it.
+    fn append(&mut self, payload: &[u8], checkpoint: bool) -> Result<(), LogError>;
+    /// Makes every appended record durable (one fsync for all of them).
+    fn sync(&mut self) -> Result<(), LogError>;
+}
+
+/// An in-memory log for tests: the synced records live in a shared vector that outlives
+/// the node, so a test can "crash" a node (drop it with unsynced records) and restart it
+/// from exactly what was synced.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    durable: Arc<Mutex<Vec<Vec<u8>>>>,
+    pending: Vec<(Vec<u8>, bool)>,
+}
+
+impl MemoryLog {
+    /// A log writing to `durable` (shared with the test that restarts the node).
+    pub fn new(durable: Arc<Mutex<Vec<Vec<u8>>>>) -> Self {
+        MemoryLog {
+            durable,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl RecordLog for MemoryLog {
+    fn append(&mut self, payload: &[u8], checkpoint: bool) -> Result<(), LogError> {
+        self.pending.push((payload.to_vec(), checkpoint));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        let mut durable = self
+            .durable
+            .lock()
+            .map_err(|_| LogError::Other("memory log poisoned".into()))?;
+        for (payload, checkpoint) in self.pending.drain(..) {
+            if checkpoint {
+                durable.clear();
+            }
+            durable.push(payload);
+        }
+        Ok(())
+    }
+}
+
+/// Work for the storage thread, in the order the node produced it.
+pub(crate) enum StorageJob {
+    Append { payload: Vec<u8>, checkpoint: bool },
+    Sync,
+}
+
+/// Runs `log` on its own thread. Jobs arrive on the returned sender; after each group
+/// commit `on_durable(records)` reports how many records of this life are durable, and on
+/// failure `on_error` is called once and the thread ends.
+pub(crate) fn spawn_storage_thread<L: RecordLog>(
+    mut log: L,
+    on_durable: impl Fn(u64) + Send + 'static,
+    on_error: impl FnOnce(LogError) + Send + 'static,
+) -> mpsc::Sender<StorageJob> {
+    let (sender, receiver) = mpsc::channel::<StorageJob>();
+    std::thread::Builder::new()
+        .name("synod-storage".into())
+        .spawn(move || {
+            let mut appended = 0u64;
+            let mut durable = 0u64;
+            let run =
+                |log: &mut L, job: StorageJob, appended: &mut u64| -> Result<bool, LogError> {
+                    match job {
+                        StorageJob::Append {
+                            payload,
+                            checkpoint,
+                        } => {
+                            log.append(&payload, checkpoint)?;
+                            *appended += 1;
+                            Ok(false)
+                        }
+                        StorageJob::Sync => Ok(true),
+                    }
+                };
+            while let Ok(job) = receiver.recv() {
+                let result = (|| {
+                    let mut sync_wanted = run(&mut log, job, &mut appended)?;
+                    // Group commit: take everything already queued before paying for an fsync.
+                    while let Ok(job) = receiver.try_recv() {
+                        sync_wanted |= run(&mut log, job, &mut appended)?;
+                    }
+                    if sync_wanted && appended > durable {
+                        log.sync()?;
+                        durable = appended;
+                        on_durable(durable);
+                    } else if sync_wanted {
+                        // Nothing new: the node may still be waiting on an earlier count.
+                        on_durable(durable);
+                    }
+                    Ok(())
+                })();
+                if let Err(error) = result {
+                    on_error(error);
+                    return;
+                }
+            }
+        })
+        .expect("the OS can start a thread");
+    sender
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_log_keeps_only_synced_records_and_honours_checkpoints() {
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let mut log = MemoryLog::new(durable.clone());
+        log.append(b"a", false).unwrap();
+        log.append(b"b", false).unwrap();
+        log.sync().unwrap();
+        log.append(b"c", false).unwrap();
+        assert_eq!(*durable.lock().unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        log.append(b"snap", true).unwrap();
+        log.append(b"d", false).unwrap();
+        log.sync().unwrap();
+        assert_eq!(
+            *durable.lock().unwrap(),
+            vec![b"snap".to_vec(), b"d".to_vec()]
+        );
+    }
+
+    #[test]
+    fn storage_thread_reports_every_record_durable_after_sync() {
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let (report, reports) = mpsc::channel();
+        let jobs = spawn_storage_thread(
+            MemoryLog::new(durable.clone()),
+            move |count| report.send(count).unwrap(),
+            |error| panic!("{error}"),
+        );
+        for payload in [b"x", b"y", b"z"] {
+            jobs.send(StorageJob::Append {
+                payload: payload.to_vec(),
+                checkpoint: false,
+            })
+            .unwrap();
+        }
+        jobs.send(StorageJob::Sync).unwrap();
+        assert_eq!(reports.recv().unwrap(), 3);
+        assert_eq!(durable.lock().unwrap().len(), 3);
+    }
+}

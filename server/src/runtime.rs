@@ -1,0 +1,454 @@
+//! One tokio task drives one sans-IO node: the same code the simulator and the model
+//! checker run, now on real time, real sockets and real storage.
+//!
+//! The task owns the node and is the only thing that touches it. Inputs (peer messages,
+//! client requests, fired timers, storage reports) arrive on one channel and are handled
+//! one at a time, exactly like the simulator's events. Effects are carried out as follows:
+//! - `Persist`/`Checkpoint` go to the storage thread in order, `Sync` asks it for a group
+//!   commit ([`crate::log`]);
+//! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
+//!   depends on are durable (the output-commit rule), then leaves through the peer
+//!   transport or to the waiting caller;
+//! - timers are tokio sleeps tagged with a generation, so a re-set or cancelled timer that
+//!   fires late is ignored.
+
+use crate::log::{RecordLog, StorageJob, spawn_storage_thread};
+use crate::transport::{PeerSender, start_listener};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
+use synod_core::rng::Rng;
+use synod_core::time::Time;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Inputs waiting for the node task; peer messages beyond this are dropped.
+pub const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Why a request did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The node stopped (shut down, or its storage failed).
+    #[error("the node has stopped")]
+    Stopped,
+    /// No answer within the caller's deadline; the request may or may not have executed.
+    #[error("no answer within {0:?}; the request may or may not have taken effect")]
+    Timeout(Duration),
+    /// A newer request from the same client replaced this one before it was answered.
+    #[error("superseded by a newer request from the same client")]
+    Superseded,
+}
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A durable record could not be decoded: the data directory belongs to another
+    /// version or protocol, or is damaged.
+    #[error(
+        "durable record {index} cannot be decoded ({error}); is this data directory from another protocol or version?"
+    )]
+    Record {
+        /// Position of the record among those recovered.
+        index: usize,
+        /// The decoder's message.
+        error: String,
+    },
+}
+
+/// Where a node starts from.
+pub enum Boot {
+    /// A brand new node with empty storage.
+    Fresh,
+    /// A restart: the serialized durable records, oldest first.
+    Recover(Vec<Vec<u8>>),
+}
+
+/// Where a node is and who its peers are.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node.
+    pub id: NodeId,
+    /// Every member's peer address, this node's included.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+}
+
+enum Input<N: Node> {
+    Message {
+        from: NodeId,
+        message: N::Message,
+    },
+    Request {
+        client: ClientId,
+        request: N::Request,
+        answer: oneshot::Sender<N::Response>,
+    },
+    Timer {
+        timer: N::Timer,
+        generation: u64,
+    },
+    Durable(u64),
+    StorageFailed(String),
+    Inspect(Box<dyn FnOnce(&N) + Send>),
+    Stop,
+}
+
+enum Output<N: Node> {
+    Send(NodeId, N::Message),
+    Reply(ClientId, N::Response),
+}
+
+/// A running node: send it requests, inspect it, stop it.
+pub struct NodeHandle<N: Node> {
+    inbox: mpsc::Sender<Input<N>>,
+    task: Option<JoinHandle<()>>,
+    listener: JoinHandle<()>,
+    peer_address: SocketAddr,
+}
+
+/// The bounds the runtime needs on a node's types (they cross threads and the network).
+pub trait RuntimeNode:
+    Node<
+        Message: Serialize + DeserializeOwned + Send,
+        Request: Send,
+        Response: Send,
+        Timer: Send,
+        Record: Send,
+    > + Send
+    + 'static
+{
+}
+impl<N> RuntimeNode for N where
+    N: Node<
+            Message: Serialize + DeserializeOwned + Send,
+            Request: Send,
+            Response: Send,
+            Timer: Send,
+            Record: Send,
+        > + Send
+        + 'static
+{
+}
+
+impl<N: RuntimeNode> NodeHandle<N> {
+    /// Starts `node` with `config`, recording into `log`, listening for peers on `listener`
+    /// (bound by the caller, so tests can use OS-chosen ports).
+    pub fn start(
+        mut node: N,
+        config: NodeConfig,
+        listener: TcpListener,
+        log: impl RecordLog,
+        boot: Boot,
+    ) -> Result<Self, StartError> {
+        let records = match boot {
+            Boot::Fresh => None,
+            Boot::Recover(payloads) => Some(
+                payloads
+                    .iter()
+                    .enumerate()
+                    .map(|(index, payload)| {
+                        postcard::from_bytes::<N::Record>(payload).map_err(|error| {
+                            StartError::Record {
+                                index,
+                                error: error.to_string(),
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let peer_address = listener.local_addr().unwrap_or(config.peers[&config.id]);
+        let (inbox, inputs) = mpsc::channel::<Input<N>>(INBOX_CAPACITY);
+        let deliver_inbox = inbox.clone();
+        let listener = start_listener::<N::Message, _>(listener, move |from, message| {
+            // A full inbox drops the message, like a lossy network.
+            let _ = deliver_inbox.try_send(Input::Message { from, message });
+        });
+        let durable_inbox = inbox.clone();
+        let error_inbox = inbox.clone();
+        let storage = spawn_storage_thread(
+            log,
+            move |count| {
+                let _ = durable_inbox.blocking_send(Input::Durable(count));
+            },
+            move |error| {
+                let _ = error_inbox.blocking_send(Input::StorageFailed(error.to_string()));
+            },
+        );
+        let peers = PeerSender::start(config.id, &config.peers);
+        let members: Vec<NodeId> = config.peers.keys().copied().collect();
+        let seed = seed_from_os(config.id);
+        let timer_inbox = inbox.clone();
+        let task = tokio::spawn(async move {
+            let mut driver = Driver::<N> {
+                id: config.id,
+                members,
+                epoch: Instant::now(),
+                rng: Rng::new(seed),
+                appended: 0,
+                gate: OutputGate::new(0),
+                timers: BTreeMap::new(),
+                next_generation: 0,
+                waiters: BTreeMap::new(),
+                storage,
+                peers,
+                inbox: timer_inbox,
+            };
+            driver.boot(&mut node, records);
+            driver.run(node, inputs).await;
+        });
+        Ok(NodeHandle {
+            inbox,
+            task: Some(task),
+            listener,
+            peer_address,
+        })
+    }
+
+    /// The address peers reach this node on.
+    pub fn peer_address(&self) -> SocketAddr {
+        self.peer_address
+    }
+
+    /// Sends `request` as `client` and waits up to `timeout` for the node's answer. One
+    /// request per client at a time: a newer one from the same client supersedes it.
+    pub async fn call(
+        &self,
+        client: ClientId,
+        request: N::Request,
+        timeout: Duration,
+    ) -> Result<N::Response, RuntimeError> {
+        let (answer, answered) = oneshot::channel();
+        self.inbox
+            .send(Input::Request {
+                client,
+                request,
+                answer,
+            })
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(RuntimeError::Superseded),
+            Err(_) => Err(RuntimeError::Timeout(timeout)),
+        }
+    }
+
+    /// Runs `look` on the node's current state (on the node's task) and returns its result.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        look: impl FnOnce(&N) -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let (sender, receiver) = oneshot::channel();
+        self.inbox
+            .send(Input::Inspect(Box::new(move |node| {
+                let _ = sender.send(look(node));
+            })))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        receiver.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Stops the node as a crash would: records not yet synced may be lost, held outputs
+    /// are never sent. Waits until the node task has ended.
+    pub async fn stop(mut self) {
+        let _ = self.inbox.send(Input::Stop).await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.listener.abort();
+    }
+}
+
+impl<N: Node> Drop for NodeHandle<N> {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        self.listener.abort();
+    }
+}
+
+/// A per-process seed for the node's RNG. Only the simulator needs reproducible
+/// randomness; here distinct nodes and restarts must simply not collide.
+fn seed_from_os(id: NodeId) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(id.0);
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+struct Driver<N: Node> {
+    id: NodeId,
+    members: Vec<NodeId>,
+    epoch: Instant,
+    rng: Rng,
+    appended: u64,
+    gate: OutputGate<Output<N>>,
+    timers: BTreeMap<N::Timer, u64>,
+    next_generation: u64,
+    waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
+    storage: std_mpsc::Sender<StorageJob>,
+    peers: PeerSender<N::Message>,
+    inbox: mpsc::Sender<Input<N>>,
+}
+
+impl<N: RuntimeNode> Driver<N> {
+    fn now(&self) -> Time {
+        Time(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    fn boot(&mut self, node: &mut N, records: Option<Vec<N::Record>>) {
+        self.handle(node, |node, ctx| match records {
+            None => node.on_start(ctx),
+            Some(records) => node.on_recover(records, ctx),
+        });
+    }
+
+    async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
+        while let Some(input) = inputs.recv().await {
+            match input {
+                Input::Message { from, message } => {
+                    self.handle(&mut node, |node, ctx| node.on_message(from, message, ctx));
+                }
+                Input::Request {
+                    client,
+                    request,
+                    answer,
+                } => {
+                    self.waiters.insert(client, answer);
+                    self.handle(&mut node, |node, ctx| node.on_request(client, request, ctx));
+                }
+                Input::Timer { timer, generation } => {
+                    if self.timers.get(&timer) == Some(&generation) {
+                        self.timers.remove(&timer);
+                        self.handle(&mut node, |node, ctx| node.on_timer(timer, ctx));
+                    }
+                }
+                Input::Durable(count) => {
+                    for output in self.gate.durable(count) {
+                        self.emit(output);
+                    }
+                }
+                Input::StorageFailed(error) => {
+                    tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
+                    return;
+                }
+                Input::Inspect(look) => look(&node),
+                Input::Stop => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, node: &mut N, handler: impl FnOnce(&mut N, &mut Context<N>)) {
+        let now = self.now();
+        let members = std::mem::take(&mut self.members);
+        let mut ctx = Context::with_records(self.id, &members, now, &mut self.rng, self.appended);
+        handler(node, &mut ctx);
+        let effects = ctx.into_effects();
+        self.members = members;
+        for effect in effects {
+            self.apply(effect);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect<N>) {
+        match effect {
+            Effect::Send {
+                to,
+                message,
+                records_required,
+            } => {
+                if let Some(output) = self
+                    .gate
+                    .submit(records_required, Output::Send(to, message))
+                {
+                    self.emit(output);
+                }
+            }
+            Effect::Reply {
+                client,
+                response,
+                records_required,
+            } => {
+                if let Some(output) = self
+                    .gate
+                    .submit(records_required, Output::Reply(client, response))
+                {
+                    self.emit(output);
+                }
+            }
+            Effect::SetTimer {
+                timer,
+                after_min,
+                after_max,
+            } => {
+                let low = after_min.as_nanos() as u64;
+                let high = (after_max.as_nanos() as u64).max(low);
+                let delay = Duration::from_nanos(self.rng.between(low, high));
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                self.timers.insert(timer.clone(), generation);
+                let inbox = self.inbox.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = inbox.send(Input::Timer { timer, generation }).await;
+                });
+            }
+            Effect::CancelTimer { timer } => {
+                self.timers.remove(&timer);
+            }
+            Effect::Persist { record } => self.append(&record, false),
+            Effect::Checkpoint { record } => self.append(&record, true),
+            Effect::Sync => {
+                let _ = self.storage.send(StorageJob::Sync);
+            }
+        }
+    }
+
+    fn append(&mut self, record: &N::Record, checkpoint: bool) {
+        self.appended += 1;
+        match postcard::to_stdvec(record) {
+            Ok(payload) => {
+                let _ = self.storage.send(StorageJob::Append {
+                    payload,
+                    checkpoint,
+                });
+            }
+            Err(error) => {
+                // Never acknowledge what was not written: stop the storage thread, which
+                // leaves every output that depends on this record held forever.
+                tracing::error!(%error, "cannot encode a record; the node will stop");
+                let (closed, _) = std_mpsc::channel();
+                self.storage = closed;
+            }
+        }
+    }
+
+    fn emit(&mut self, output: Output<N>) {
+        match output {
+            Output::Send(to, message) if to == self.id => {
+                let _ = self.inbox.try_send(Input::Message {
+                    from: self.id,
+                    message,
+                });
+            }
+            Output::Send(to, message) => self.peers.send(to, message),
+            Output::Reply(client, response) => {
+                if let Some(waiter) = self.waiters.remove(&client) {
+                    let _ = waiter.send(response);
+                }
+            }
+        }
+    }
+}
