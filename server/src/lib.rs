@@ -4,6 +4,7 @@
 //! simulator and the model checker run); [`transport`] carries peer messages;
 //! [`log`] makes records durable with group commit.
 
+pub mod api;
 pub mod log;
 pub mod runtime;
 pub mod transport;
