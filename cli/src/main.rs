@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 a violation was found, 2 bad arguments or input (for `check`, also
 //! a verdict the budget did not allow).
 
+mod bench_command;
 mod check_command;
 mod mc_command;
 mod registry;
@@ -59,6 +60,11 @@ enum Command {
     ///   synod mc --rms 10 --time-limit 30s              # bounded run with a progress line
     #[command(verbatim_doc_comment)]
     Mc(mc_command::McArgs),
+    /// Load an etcd v3 API endpoint (Synod or etcd) with a closed-loop workload and report
+    /// throughput and latency percentiles; optionally run the same load against a local
+    /// etcd side by side and print ratios.
+    #[command(verbatim_doc_comment)]
+    Bench(bench_command::BenchArgs),
 }
 
 /// Restores the default SIGPIPE action so `synod ... | head` ends quietly like other Unix
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
         Command::Sim(arguments) => sim_command::run(arguments),
         Command::Mc(arguments) => mc_command::run(arguments),
         Command::Check(arguments) => check_command::run(arguments),
+        Command::Bench(arguments) => bench_command::run(arguments),
     };
     match result {
         Ok(code) => code,
