@@ -9,35 +9,60 @@
 //! Memory is what bounds a model checker, so a slot is just the 8-byte key (plus the value,
 //! if any; zero-sized for a set): no control bytes, no cached hash. Capacities are not
 //! powers of two: a slot is picked by "fast range" (`key × capacity >> 64`), a shard grows
-//! by a quarter when it is 90% full, and shards start at staggered sizes so they do not
-//! all grow at once. Load therefore sits between 72% and 90% and averages about 80% over
+//! by an eighth when it is 95% full, and shards start at staggered sizes so they do not
+//! all grow at once. Load therefore sits between 84% and 95% and averages about 90% over
 //! the table, where a power-of-two table (hashbrown, as used by Stateright's `DashSet`)
-//! swings between 44% and 88%, all its shards in lockstep.
+//! swings between 44% and 88%, all its shards in lockstep. The price of the high load is
+//! longer probes when a key is new; duplicates, the great majority of lookups, are found
+//! within a cache line or two, and the depth-first search's per-thread cache of recent
+//! fingerprints answers most of them before they reach the table at all.
+//!
+//! A lookup's cache miss is the table's main cost, so [`FingerprintTable::prefetch`] lets
+//! the caller start the loads of several lookups at once.
 
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Shards in a table; with 2 threads the chance that both want the same shard is 1/1024.
 const SHARD_COUNT: usize = 1024;
-/// A shard's smallest capacity, in slots.
-const SHARD_CAPACITY_MIN: usize = 64;
+/// A shard's smallest capacity, in slots: 1,024 shards of 16 slots start the table at
+/// 128 KiB.
+const SHARD_CAPACITY_MIN: usize = 16;
 /// A shard grows once `len × LOAD_DENOMINATOR > capacity × LOAD_NUMERATOR`.
-const LOAD_NUMERATOR: usize = 9;
+const LOAD_NUMERATOR: usize = 19;
 /// See [`LOAD_NUMERATOR`].
-const LOAD_DENOMINATOR: usize = 10;
-/// A growing shard gains `capacity / GROWTH_DIVISOR` slots: growing by a quarter keeps the
-/// load high (72% to 90%) at the cost of re-inserting each key about four times over the
+const LOAD_DENOMINATOR: usize = 20;
+/// A growing shard gains `capacity / GROWTH_DIVISOR` slots: growing by an eighth keeps the
+/// load high (84% to 95%) at the cost of re-inserting each key about eight times over the
 /// run, which is cheap because a shard is small enough to sit in cache.
-const GROWTH_DIVISOR: usize = 4;
+const GROWTH_DIVISOR: usize = 8;
 /// The empty-slot marker: [`super::fingerprint::fingerprint`] never returns it.
 const EMPTY: u64 = 0;
 
 const _: () = assert!(SHARD_COUNT.is_power_of_two());
 const _: () = assert!(LOAD_NUMERATOR < LOAD_DENOMINATOR);
 
-/// A shard padded to its own cache line, so two threads locking neighbouring shards do not
-/// fight over one line.
+/// A shard behind its mutex, padded to its own cache line so two threads locking
+/// neighbouring shards do not fight over one line.
 #[repr(align(64))]
-struct Padded<T>(T);
+struct Padded<V> {
+    shard: Mutex<Shard<V>>,
+    /// Where the shard's keys are and how many, published (under the lock, whenever the
+    /// shard grows) for [`FingerprintTable::prefetch`] only, which reads them without the
+    /// lock. A stale pair makes a prefetch useless, never wrong: a prefetch is a hint that
+    /// never faults, and nothing ever dereferences these.
+    keys_hint: AtomicPtr<u64>,
+    capacity_hint: AtomicUsize,
+}
+
+impl<V> Padded<V> {
+    fn publish(&self, shard: &mut Shard<V>) {
+        self.keys_hint
+            .store(shard.keys.as_mut_ptr(), Ordering::Relaxed);
+        self.capacity_hint
+            .store(shard.keys.len(), Ordering::Relaxed);
+    }
+}
 
 /// One open-addressing array with linear probing.
 struct Shard<V> {
@@ -113,7 +138,7 @@ impl<V: Copy + Default> Shard<V> {
 
 /// A concurrent map from fingerprint to a small value (`()` for a set).
 pub(crate) struct FingerprintTable<V> {
-    shards: Box<[Padded<Mutex<Shard<V>>>]>,
+    shards: Box<[Padded<V>]>,
 }
 
 impl<V: Copy + Default> FingerprintTable<V> {
@@ -125,25 +150,61 @@ impl<V: Copy + Default> FingerprintTable<V> {
                 // growth factor, so the table's load stays near its average.
                 let capacity = SHARD_CAPACITY_MIN
                     + SHARD_CAPACITY_MIN * index / (GROWTH_DIVISOR * SHARD_COUNT);
-                Padded(Mutex::new(Shard::with_capacity(capacity)))
+                let mut shard = Shard::with_capacity(capacity);
+                let padded = Padded {
+                    keys_hint: AtomicPtr::new(std::ptr::null_mut()),
+                    capacity_hint: AtomicUsize::new(0),
+                    shard: Mutex::new(Shard::with_capacity(0)),
+                };
+                padded.publish(&mut shard);
+                *padded
+                    .shard
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = shard;
+                padded
             })
             .collect();
         FingerprintTable { shards }
     }
 
+    fn padded(&self, key: u64) -> &Padded<V> {
+        &self.shards[(key as usize) & (SHARD_COUNT - 1)]
+    }
+
     fn shard(&self, key: u64) -> MutexGuard<'_, Shard<V>> {
-        let index = (key as usize) & (SHARD_COUNT - 1);
         // A worker that panicked poisons nothing we rely on: the shard is consistent
         // between statements, so take the data anyway.
-        self.shards[index]
-            .0
+        self.padded(key)
+            .shard
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Asks the processor to start loading the slot where `key` would be, so that a later
+    /// [`FingerprintTable::insert`] finds it in cache. The checker computes every successor
+    /// of a state first and prefetches them all, so their cache misses (the table is far
+    /// larger than any cache) overlap instead of following one another.
+    pub(crate) fn prefetch(&self, key: u64) {
+        let padded = self.padded(key);
+        let capacity = padded.capacity_hint.load(Ordering::Relaxed);
+        let keys = padded.keys_hint.load(Ordering::Relaxed);
+        let home = ((u128::from(key) * capacity as u128) >> 64) as usize;
+        prefetch_address(keys.wrapping_add(home));
+    }
+
     /// Inserts `key` with `value` unless present; true if it was new.
     pub(crate) fn insert(&self, key: u64, value: V) -> bool {
-        self.shard(key).insert(key, value)
+        let padded = self.padded(key);
+        let mut shard = padded
+            .shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let capacity = shard.keys.len();
+        let inserted = shard.insert(key, value);
+        if shard.keys.len() != capacity {
+            padded.publish(&mut shard);
+        }
+        inserted
     }
 
     /// The value stored with `key`.
@@ -159,6 +220,20 @@ impl<V: Copy + Default> FingerprintTable<V> {
             .sum()
     }
 }
+
+/// Starts loading the cache line at `address` (a hint: any address is allowed, none is
+/// dereferenced).
+#[cfg(target_arch = "x86_64")]
+fn prefetch_address(address: *const u64) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    // SAFETY: the only requirement is the SSE target feature, which every x86_64
+    // processor has; a prefetch never dereferences or faults on its address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(address.cast()) };
+}
+
+/// Elsewhere prefetching is left to the hardware.
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_address(_address: *const u64) {}
 
 #[cfg(test)]
 mod tests {
