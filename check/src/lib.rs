@@ -63,6 +63,7 @@
 //! ```
 
 pub mod checker;
+pub mod etcd;
 mod fast_hash;
 pub mod format;
 pub mod history;

@@ -1,0 +1,1349 @@
+//! The etcd-like key-value model: `get`, `put`, `delete`, `cas` and leases, with cluster-wide
+//! revisions.
+//!
+//! # The history vocabulary
+//!
+//! The events are the [history format](crate::history)'s, with extra fields that older readers
+//! ignore: [`EtcdEvent`] reads them. Keys and values are strings, and every written value is
+//! unique.
+//!
+//! | `f`            | invoke                                  | `ok`                                                       |
+//! |----------------|-----------------------------------------|------------------------------------------------------------|
+//! | `put`          | `value`: the value; `lease`: optional   | `revision`: the revision the put created                   |
+//! | `get`          | `value`: `null`                         | `value`: read or `null`; `revision`: the header revision; `mod_revision`: the key's (0 if absent) |
+//! | `delete`       | `value`: `null`                         | `value`: keys deleted (0 or 1); `revision`: the store's after it |
+//! | `cas`          | `value`: `[expected, new]`              | `succeeded`: `true` or `false`; `revision`                 |
+//! | `lease-grant`  | no `key`; `value`: the TTL in seconds   | `lease`: the lease's id                                    |
+//! | `lease-revoke` | no `key`; `lease`: the id               | optionally `revision`                                      |
+//!
+//! A `cas` is a transaction: if the key holds `expected` (or, when `expected` is `null`, if the
+//! key is absent), put `new`; otherwise do nothing. Both answers are real outcomes. A
+//! `lease-revoke` deletes every key whose last write attached it to the lease, atomically.
+//! Revisions are cluster-wide: every operation that changes something creates the next one, and
+//! one that changes nothing (a read, a failed `cas`, a `delete` of an absent key) reports the
+//! store's revision at the time. `fail` means the operation did not happen; `info` (or no
+//! completion) means it may have happened at any instant after its invoke, or never. An `ok`
+//! without a `revision` is accepted; it just constrains less.
+//!
+//! # How it is checked
+//!
+//! Two passes, the cheap one first.
+//!
+//! 1. **Revisions across keys** (no search): over the `ok` operations, writes that changed
+//!    something have distinct revisions; if operation A completed before operation B was
+//!    invoked, B's revision is at least A's, and above it when B changed something; a `get` that
+//!    observed revision `r` and `mod_revision` `m` rules out any write of that key that created a
+//!    revision in `(m, r]`.
+//! 2. **Linearizability per key** with the crate's search: each key is checked on its own,
+//!    except that keys attached to a common lease are checked together with that lease's revokes
+//!    (a revoke deletes them in one step). The state is, per key, the write that produced its
+//!    value (so a `get` must match both the value and that write's revision) plus the revision of
+//!    the partition's latest change, which each later change must exceed and each read must
+//!    reach.
+//!
+//! Either pass's violation comes back as a [`Violation`] naming the operations, their revisions
+//! and why they cannot be ordered, so [`crate::html::render_violation`] draws both kinds.
+//!
+//! Not modelled: lease expiry (the vocabulary has no event for it: a workload must use TTLs longer
+//! than its run, or an expired lease's keys vanish unexplained), keep-alives, and whether a put
+//! names a lease that exists.
+//!
+//! # Example
+//!
+//! ```
+//! use synod_check::etcd::{check_etcd_history, read_etcd_jsonl};
+//! use synod_check::{Budget, Verdict};
+//!
+//! // The put created revision 5; a get that started after it reports an older store.
+//! let history = r#"
+//! {"process":1,"type":"invoke","f":"put","key":"a","value":"x","time":1}
+//! {"process":1,"type":"ok","f":"put","key":"a","value":"x","time":2,"revision":5}
+//! {"process":2,"type":"invoke","f":"get","key":"b","value":null,"time":3}
+//! {"process":2,"type":"ok","f":"get","key":"b","value":null,"time":4,"revision":4,"mod_revision":0}
+//! "#;
+//! let events = read_etcd_jsonl(history.as_bytes(), "h.jsonl")?;
+//! let Verdict::NotLinearizable(violation) = check_etcd_history(&events, Budget::default())? else {
+//!     panic!("the revision went backwards");
+//! };
+//! assert!(violation.refusals[0].contains("observed revision 4, which is below revision 5"));
+//! # Ok::<(), synod_check::HistoryError>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::ops::Bound;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use crate::checker::{Budget, Verdict, Violation};
+use crate::checker::{CheckOptions, CheckReport, check};
+use crate::fast_hash::{FastHashMap, Interner};
+use crate::history::pair_operations;
+use crate::history::{EVENT_LINE_BYTES_MAX, Event, HistoryError, Operation, Outcome};
+use crate::keyed_state::{ABSENT, CellStates, Values};
+use crate::model::{Interpretation, Model, SequentialSpecification};
+
+/// The model's name in messages.
+const MODEL_NAME: &str = "etcd key-value";
+
+/// The operation names the model has, for error messages.
+const SUPPORTED_OPERATIONS: &str = "get, put, delete, cas, lease-grant, lease-revoke";
+
+/// How many keys a lease group's partition name lists before "and N more".
+const PARTITION_NAME_KEYS_MAX: usize = 3;
+
+/// The fields the etcd vocabulary adds to an event; each is absent unless the event has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdFields {
+    /// On `ok`: the revision the operation created or observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+    /// On a `get`'s `ok`: the key's mod_revision (0 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mod_revision: Option<u64>,
+    /// On a `cas`'s `ok`: whether the comparison held and the put happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<bool>,
+    /// A lease id: on a `put`'s invoke, the lease to attach; on `lease-grant`'s `ok`, the lease
+    /// granted; on `lease-revoke`, the lease revoked. Compared by its JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Value>,
+}
+
+/// One event of an etcd-like history: the common fields and the etcd ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdEvent {
+    /// The fields every history has.
+    #[serde(flatten)]
+    pub event: Event,
+    /// The etcd vocabulary's fields.
+    #[serde(flatten)]
+    pub fields: EtcdFields,
+}
+
+impl From<Event> for EtcdEvent {
+    /// An event without any etcd field.
+    fn from(event: Event) -> EtcdEvent {
+        EtcdEvent {
+            event,
+            fields: EtcdFields::default(),
+        }
+    }
+}
+
+/// One event as a JSON line (without the newline): the common fields in the history format's
+/// order, then the etcd fields it has.
+pub fn to_etcd_jsonl_line(event: &EtcdEvent) -> String {
+    serde_json::to_string(event).expect("an event always serializes")
+}
+
+/// Reads an etcd-like JSON Lines history, keeping the etcd fields that [`read_jsonl`]
+/// (crate::history::read_jsonl) drops. Same rules: blank lines are skipped, a line over
+/// [`EVENT_LINE_BYTES_MAX`] bytes or one that is not an event is an error naming its line.
+pub fn read_etcd_jsonl<R: BufRead>(
+    input: R,
+    source_name: &str,
+) -> Result<Vec<EtcdEvent>, HistoryError> {
+    let mut input = input;
+    let mut events = Vec::new();
+    let mut buffer = Vec::new();
+    let mut line_number = 0;
+    loop {
+        line_number += 1;
+        buffer.clear();
+        let read_error = |source| HistoryError::Read {
+            source_name: source_name.to_owned(),
+            line: line_number,
+            source,
+        };
+        // One byte over the limit tells a line of exactly the limit from a longer one.
+        let limit = u64::try_from(EVENT_LINE_BYTES_MAX + 1).unwrap_or(u64::MAX);
+        let bytes_read = input
+            .by_ref()
+            .take(limit)
+            .read_until(b'\n', &mut buffer)
+            .map_err(read_error)?;
+        if bytes_read == 0 {
+            return Ok(events);
+        }
+        if buffer.last() == Some(&b'\n') {
+            buffer.pop();
+        }
+        if buffer.len() > EVENT_LINE_BYTES_MAX {
+            return Err(read_error(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("line is longer than {EVENT_LINE_BYTES_MAX} bytes"),
+            )));
+        }
+        let line = std::str::from_utf8(&buffer)
+            .map_err(|error| read_error(io::Error::new(io::ErrorKind::InvalidData, error)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event =
+            serde_json::from_str::<EtcdEvent>(line).map_err(|error| HistoryError::Malformed {
+                source_name: source_name.to_owned(),
+                line: line_number,
+                message: error.to_string(),
+            })?;
+        events.push(event);
+    }
+}
+
+/// Reads an etcd-like JSON Lines history from a file; an empty one is an error.
+pub fn read_etcd_jsonl_file(path: &Path) -> Result<Vec<EtcdEvent>, HistoryError> {
+    let file = File::open(path).map_err(|source| HistoryError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let source_name = path.display().to_string();
+    let events = read_etcd_jsonl(BufReader::new(file), &source_name)?;
+    if events.is_empty() {
+        return Err(HistoryError::NoEvents { source_name });
+    }
+    Ok(events)
+}
+
+/// Checks whether an etcd-like history is linearizable, key by key (lease groups together) on
+/// the calling thread, within `budget`. Like [`check_kv_history`](crate::kv::check_kv_history),
+/// a malformed history is an error rather than a verdict.
+pub fn check_etcd_history(events: &[EtcdEvent], budget: Budget) -> Result<Verdict, HistoryError> {
+    let options = CheckOptions {
+        budget,
+        ..CheckOptions::default()
+    };
+    Ok(check_etcd(events, &options)?.verdict)
+}
+
+/// Checks an etcd-like history: the revision pass, then (if it finds nothing) the search of each
+/// partition, as [`check`] does for the other models.
+pub fn check_etcd(
+    events: &[EtcdEvent],
+    options: &CheckOptions,
+) -> Result<CheckReport, HistoryError> {
+    let model = EtcdModel::new(events)?;
+    if let Some(violation) = revision_violation(&model.operations, &model.commands) {
+        return Ok(CheckReport {
+            verdict: Verdict::NotLinearizable(violation),
+            operations: model.operations.len(),
+            partitions: model.partition_count(options.partition),
+            states_explored: 0,
+        });
+    }
+    let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
+    check(&model, &plain, options)
+}
+
+/// One etcd operation as the model reads it; `None` revisions and outcomes are unknown (the
+/// operation ended `info`, or its `ok` did not say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdCommand {
+    /// A read of `key` that found `read` (`None`: absent).
+    Get {
+        /// The key.
+        key: String,
+        /// The value read.
+        read: Option<String>,
+        /// The key's mod_revision as reported.
+        mod_revision: Option<u64>,
+        /// The store revision the read observed.
+        revision: Option<u64>,
+    },
+    /// Sets `key` to `value`, attached to `lease` if any.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// The lease's JSON text, if the put attaches one.
+        lease: Option<String>,
+        /// The revision the put created.
+        revision: Option<u64>,
+    },
+    /// Deletes `key`.
+    Delete {
+        /// The key.
+        key: String,
+        /// Whether it deleted the key (`ok` value 1) or found nothing (0).
+        deleted: Option<bool>,
+        /// The store revision after it.
+        revision: Option<u64>,
+    },
+    /// If `key` holds `expected` (absent when `None`), sets it to `new`.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value compared with; `None` requires the key to be absent.
+        expected: Option<String>,
+        /// The value put when the comparison holds.
+        new: String,
+        /// Whether the comparison held.
+        succeeded: Option<bool>,
+        /// The revision created (succeeded) or observed (not).
+        revision: Option<u64>,
+    },
+    /// Deletes every key attached to `lease`, atomically.
+    Revoke {
+        /// The lease's JSON text.
+        lease: String,
+        /// The revision after it, if reported.
+        revision: Option<u64>,
+    },
+}
+
+impl EtcdCommand {
+    /// The key it acts on (none for a revoke).
+    fn key(&self) -> Option<&str> {
+        match self {
+            EtcdCommand::Get { key, .. }
+            | EtcdCommand::Put { key, .. }
+            | EtcdCommand::Delete { key, .. }
+            | EtcdCommand::Cas { key, .. } => Some(key),
+            EtcdCommand::Revoke { .. } => None,
+        }
+    }
+
+    /// Its revision, if known.
+    fn revision(&self) -> Option<u64> {
+        match self {
+            EtcdCommand::Get { revision, .. }
+            | EtcdCommand::Put { revision, .. }
+            | EtcdCommand::Delete { revision, .. }
+            | EtcdCommand::Cas { revision, .. }
+            | EtcdCommand::Revoke { revision, .. } => *revision,
+        }
+    }
+
+    /// Whether it is known to have changed something (and so to have created its revision).
+    fn changed(&self) -> bool {
+        match self {
+            EtcdCommand::Put { .. } => true,
+            EtcdCommand::Delete { deleted, .. } => *deleted == Some(true),
+            EtcdCommand::Cas { succeeded, .. } => *succeeded == Some(true),
+            EtcdCommand::Get { .. } | EtcdCommand::Revoke { .. } => false,
+        }
+    }
+}
+
+/// The etcd-like model for one history: it knows each operation's etcd fields and which keys
+/// share a lease, so it is built from the history it checks ([`check_etcd`] does that).
+#[derive(Debug)]
+pub struct EtcdModel {
+    /// The history's operations, in invoke order.
+    operations: Vec<Operation>,
+    /// Each operation's command (`None`: it constrains nothing), by position in `operations`.
+    commands: Vec<Option<EtcdCommand>>,
+    /// Each operation's partition, by position in `operations`.
+    partitions: Vec<String>,
+    /// Position in `operations` of the operation invoked at each event index.
+    by_invoke_index: HashMap<usize, usize>,
+}
+
+impl EtcdModel {
+    /// Reads and validates a history's operations and groups keys by lease.
+    pub fn new(events: &[EtcdEvent]) -> Result<EtcdModel, HistoryError> {
+        let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
+        let operations = pair_operations(&plain)?;
+        let fields_of = |index: Option<usize>| index.map(|index| &events[index].fields);
+        let mut commands = Vec::with_capacity(operations.len());
+        for operation in &operations {
+            commands.push(read_command(
+                operation,
+                &events[operation.invoke_index].fields,
+                fields_of(operation.complete_index),
+            )?);
+        }
+        let partitions = lease_groups(&operations, events);
+        let by_invoke_index = operations
+            .iter()
+            .enumerate()
+            .map(|(position, operation)| (operation.invoke_index, position))
+            .collect();
+        Ok(EtcdModel {
+            operations,
+            commands,
+            partitions,
+            by_invoke_index,
+        })
+    }
+
+    /// How many partitions the search splits the history into.
+    fn partition_count(&self, partition: bool) -> usize {
+        if !partition {
+            return 1;
+        }
+        let mut names: Vec<&str> = self.partitions.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
+    }
+}
+
+/// Reads one operation: its command, or `None` if it constrains nothing.
+fn read_command(
+    operation: &Operation,
+    invoke_fields: &EtcdFields,
+    completion_fields: Option<&EtcdFields>,
+) -> Result<Option<EtcdCommand>, HistoryError> {
+    let index = operation.invoke_index;
+    let complete_index = operation.complete_index.unwrap_or(index);
+    let invalid = |index, message: String| HistoryError::InvalidValue {
+        index,
+        f: operation.f.clone(),
+        message,
+    };
+    let ok = operation.outcome == Outcome::Ok;
+    let done = completion_fields.filter(|_| ok);
+    let revision = done.and_then(|fields| fields.revision);
+    let key = || {
+        operation
+            .key
+            .clone()
+            .ok_or_else(|| HistoryError::MissingKey {
+                index,
+                f: operation.f.clone(),
+            })
+    };
+    let command = match operation.f.as_str() {
+        "get" => {
+            let key = key()?;
+            let Some(output) = &operation.output else {
+                return Ok(None);
+            };
+            let read = match output {
+                Value::Null => None,
+                Value::String(read) => Some(read.clone()),
+                other => {
+                    return Err(invalid(
+                        complete_index,
+                        format!("result must be the string read or null, found {other}"),
+                    ));
+                }
+            };
+            EtcdCommand::Get {
+                key,
+                read,
+                mod_revision: done.and_then(|fields| fields.mod_revision),
+                revision,
+            }
+        }
+        "put" => {
+            let key = key()?;
+            let Value::String(value) = &operation.input else {
+                return Err(invalid(
+                    index,
+                    format!(
+                        "argument must be the string to put, found {}",
+                        operation.input
+                    ),
+                ));
+            };
+            EtcdCommand::Put {
+                key,
+                value: value.clone(),
+                lease: lease_text(invoke_fields.lease.as_ref()),
+                revision,
+            }
+        }
+        "delete" => {
+            let key = key()?;
+            let deleted = match &operation.output {
+                None => None,
+                Some(count) => match count.as_u64() {
+                    Some(0) => Some(false),
+                    Some(1) => Some(true),
+                    _ => {
+                        return Err(invalid(
+                            complete_index,
+                            format!(
+                                "result must be the number of keys deleted, 0 or 1, found {count}"
+                            ),
+                        ));
+                    }
+                },
+            };
+            EtcdCommand::Delete {
+                key,
+                deleted,
+                revision,
+            }
+        }
+        "cas" => {
+            let key = key()?;
+            let (expected, new) = match operation.input.as_array().map(Vec::as_slice) {
+                Some(
+                    [
+                        expected @ (Value::Null | Value::String(_)),
+                        Value::String(new),
+                    ],
+                ) => (expected.as_str().map(str::to_owned), new.clone()),
+                _ => {
+                    return Err(invalid(
+                        index,
+                        format!(
+                            "argument must be [expected, new] with expected a string or null and \
+                             new a string, found {}",
+                            operation.input
+                        ),
+                    ));
+                }
+            };
+            let succeeded = match done {
+                None => None,
+                Some(fields) => Some(fields.succeeded.ok_or_else(|| {
+                    invalid(
+                        complete_index,
+                        "ok needs \"succeeded\": true or false (both are real outcomes)".to_owned(),
+                    )
+                })?),
+            };
+            EtcdCommand::Cas {
+                key,
+                expected,
+                new,
+                succeeded,
+                revision,
+            }
+        }
+        "lease-grant" => return Ok(None),
+        "lease-revoke" => {
+            let lease = lease_text(invoke_fields.lease.as_ref())
+                .or_else(|| lease_text(completion_fields.and_then(|f| f.lease.as_ref())))
+                .ok_or_else(|| invalid(index, "needs the \"lease\" it revokes".to_owned()))?;
+            EtcdCommand::Revoke { lease, revision }
+        }
+        _ => {
+            return Err(HistoryError::UnsupportedOperation {
+                index,
+                model: MODEL_NAME,
+                f: operation.f.clone(),
+                supported: SUPPORTED_OPERATIONS,
+            });
+        }
+    };
+    // A failed operation never happened, so it constrains nothing.
+    Ok(Some(command).filter(|_| operation.outcome != Outcome::Fail))
+}
+
+/// A lease id's JSON text, or `None` for none (absent or `null`).
+fn lease_text(lease: Option<&Value>) -> Option<String> {
+    lease
+        .filter(|lease| !lease.is_null())
+        .map(|lease| lease.to_string())
+}
+
+/// Each operation's partition: its key, except that keys attached to a common lease (and that
+/// lease's grants and revokes) share one.
+fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> Vec<String> {
+    // Union-find over keys and leases, as node ids.
+    let mut nodes: BTreeMap<(bool, String), usize> = BTreeMap::new();
+    let mut parent: Vec<usize> = Vec::new();
+    fn node(
+        nodes: &mut BTreeMap<(bool, String), usize>,
+        parent: &mut Vec<usize>,
+        is_lease: bool,
+        name: &str,
+    ) -> usize {
+        *nodes.entry((is_lease, name.to_owned())).or_insert_with(|| {
+            parent.push(parent.len());
+            parent.len() - 1
+        })
+    }
+    fn root(parent: &mut [usize], mut node: usize) -> usize {
+        while parent[node] != node {
+            parent[node] = parent[parent[node]];
+            node = parent[node];
+        }
+        node
+    }
+    let lease_of = |operation: &Operation| {
+        let invoke = &events[operation.invoke_index].fields;
+        let completion = operation.complete_index.map(|index| &events[index].fields);
+        lease_text(invoke.lease.as_ref())
+            .or_else(|| lease_text(completion.and_then(|fields| fields.lease.as_ref())))
+    };
+    let mut node_of_operation = Vec::with_capacity(operations.len());
+    for operation in operations {
+        let key_node = operation
+            .key
+            .as_deref()
+            .map(|key| node(&mut nodes, &mut parent, false, key));
+        let lease_node =
+            lease_of(operation).map(|lease| node(&mut nodes, &mut parent, true, &lease));
+        if let (Some(key_node), Some(lease_node)) = (key_node, lease_node) {
+            let (a, b) = (root(&mut parent, key_node), root(&mut parent, lease_node));
+            parent[a] = b;
+        }
+        node_of_operation.push(key_node.or(lease_node));
+    }
+    // Name each group after its keys (or, with none, its leases), in order.
+    let mut members: BTreeMap<usize, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+    for ((is_lease, name), &id) in &nodes {
+        let group = members.entry(root(&mut parent, id)).or_default();
+        if *is_lease {
+            group.1.push(name);
+        } else {
+            group.0.push(name);
+        }
+    }
+    let names: BTreeMap<usize, String> = members
+        .into_iter()
+        .map(|(group, (keys, leases))| (group, partition_name(&keys, &leases)))
+        .collect();
+    node_of_operation
+        .into_iter()
+        .map(|node| match node {
+            Some(node) => names[&root(&mut parent, node)].clone(),
+            // Neither key nor lease: a grant whose answer never came; it constrains nothing.
+            None => String::new(),
+        })
+        .collect()
+}
+
+/// A partition's name: its one key, or its keys and the leases joining them.
+fn partition_name(keys: &[&str], leases: &[&str]) -> String {
+    match (keys, leases) {
+        ([key], _) => (*key).to_owned(),
+        ([], leases) => format!("lease {}", leases.join(", ")),
+        (keys, leases) => {
+            let mut shown: Vec<String> = keys
+                .iter()
+                .take(PARTITION_NAME_KEYS_MAX)
+                .map(|key| format!("{key:?}"))
+                .collect();
+            if keys.len() > PARTITION_NAME_KEYS_MAX {
+                shown.push(format!("{} more", keys.len() - PARTITION_NAME_KEYS_MAX));
+            }
+            format!("{} (lease {})", shown.join(", "), leases.join(", "))
+        }
+    }
+}
+
+impl Model for EtcdModel {
+    type Command = EtcdCommand;
+    type Specification = EtcdSpecification;
+
+    fn name(&self) -> &'static str {
+        MODEL_NAME
+    }
+
+    fn interpret(
+        &self,
+        operation: &Operation,
+    ) -> Result<Interpretation<EtcdCommand>, HistoryError> {
+        let position = self
+            .by_invoke_index
+            .get(&operation.invoke_index)
+            .copied()
+            .filter(|&position| self.operations[position] == *operation)
+            .ok_or_else(|| HistoryError::InvalidValue {
+                index: operation.invoke_index,
+                f: operation.f.clone(),
+                message: "is not an operation of the history this model was built from".to_owned(),
+            })?;
+        Ok(Interpretation {
+            partition: self.partitions[position].clone(),
+            command: self.commands[position].clone(),
+        })
+    }
+
+    fn specification(&self, commands: &[&EtcdCommand]) -> (EtcdSpecification, Vec<EtcdInput>) {
+        let mut cells: FastHashMap<&str, u32> = FastHashMap::default();
+        let mut keys = Vec::new();
+        let mut values = Values::default();
+        let mut leases = Interner::default();
+        // Writer 0 stands for "absent".
+        let mut writers = vec![Writer {
+            value: ABSENT,
+            revision: Some(0),
+            lease: NO_LEASE,
+        }];
+        let mut lease_id = |lease: &Option<String>| {
+            lease
+                .as_deref()
+                .map_or(NO_LEASE, |lease| leases.intern(lease) + 1)
+        };
+        let mut inputs = Vec::with_capacity(commands.len());
+        for command in commands {
+            let cell = command.key().map(|key| {
+                *cells.entry(key).or_insert_with(|| {
+                    keys.push(key.to_owned());
+                    (keys.len() - 1) as u32
+                })
+            });
+            let cell = cell.unwrap_or(0);
+            let mut writer = |value: u32, revision, lease| {
+                writers.push(Writer {
+                    value,
+                    revision,
+                    lease,
+                });
+                (writers.len() - 1) as u32
+            };
+            inputs.push(match command {
+                EtcdCommand::Get {
+                    read,
+                    mod_revision,
+                    revision,
+                    ..
+                } => EtcdInput::Get {
+                    cell,
+                    value: read.as_deref().map_or(ABSENT, |read| values.intern(read)),
+                    mod_revision: *mod_revision,
+                    revision: *revision,
+                },
+                EtcdCommand::Put {
+                    value,
+                    lease,
+                    revision,
+                    ..
+                } => {
+                    let lease = lease_id(lease);
+                    EtcdInput::Put {
+                        cell,
+                        writer: writer(values.intern(value), *revision, lease),
+                        revision: *revision,
+                    }
+                }
+                EtcdCommand::Delete {
+                    deleted, revision, ..
+                } => EtcdInput::Delete {
+                    cell,
+                    deleted: *deleted,
+                    revision: *revision,
+                },
+                EtcdCommand::Cas {
+                    expected,
+                    new,
+                    succeeded,
+                    revision,
+                    ..
+                } => {
+                    // A cas that did not succeed writes nothing, so its writer is never stored.
+                    let new_revision = revision.filter(|_| *succeeded == Some(true));
+                    let expected = expected
+                        .as_deref()
+                        .map_or(ABSENT, |expected| values.intern(expected));
+                    let new = values.intern(new);
+                    EtcdInput::Cas {
+                        cell,
+                        expected,
+                        writer: writer(new, new_revision, NO_LEASE),
+                        succeeded: *succeeded,
+                        revision: *revision,
+                    }
+                }
+                EtcdCommand::Revoke { lease, revision } => EtcdInput::Revoke {
+                    lease: lease_id(&Some(lease.clone())),
+                    revision: *revision,
+                },
+            });
+        }
+        let specification = EtcdSpecification {
+            states: CellStates::new(keys.len()),
+            keys,
+            values,
+            writers,
+        };
+        (specification, inputs)
+    }
+}
+
+/// The lease id of a write that attached none.
+const NO_LEASE: u32 = 0;
+
+/// A write that can be a key's current value.
+#[derive(Debug, Clone, Copy)]
+struct Writer {
+    /// The value id it wrote.
+    value: u32,
+    /// The revision it created, if known.
+    revision: Option<u64>,
+    /// The lease it attached the key to ([`NO_LEASE`] if none).
+    lease: u32,
+}
+
+/// An etcd command compiled for the search: keys are cells, values and writes are ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdInput {
+    /// Reads `value` with `mod_revision` from `cell` at store revision `revision`.
+    Get {
+        /// The key's cell.
+        cell: u32,
+        /// The value id read.
+        value: u32,
+        /// The key's mod_revision as reported.
+        mod_revision: Option<u64>,
+        /// The store revision observed.
+        revision: Option<u64>,
+    },
+    /// Makes `writer` the cell's current write.
+    Put {
+        /// The key's cell.
+        cell: u32,
+        /// The write's id.
+        writer: u32,
+        /// The revision created.
+        revision: Option<u64>,
+    },
+    /// Empties the cell.
+    Delete {
+        /// The key's cell.
+        cell: u32,
+        /// Whether it found the key (`None`: unknown, as for `info`).
+        deleted: Option<bool>,
+        /// The store revision after it.
+        revision: Option<u64>,
+    },
+    /// Makes `writer` current if the cell holds `expected`.
+    Cas {
+        /// The key's cell.
+        cell: u32,
+        /// The value id compared with ([`ABSENT`]: the key must be absent).
+        expected: u32,
+        /// The write's id, current if the comparison holds.
+        writer: u32,
+        /// Whether the comparison held (`None`: unknown).
+        succeeded: Option<bool>,
+        /// The revision created or observed.
+        revision: Option<u64>,
+    },
+    /// Empties every cell whose write attached `lease`.
+    Revoke {
+        /// The lease id.
+        lease: u32,
+        /// The revision after it.
+        revision: Option<u64>,
+    },
+}
+
+/// The state of one partition: its keys' current writes and the revision of its latest change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EtcdState {
+    /// The [`CellStates`] id of the cells' writer ids.
+    cells: u32,
+    /// The largest revision created by a change linearized so far (0 before any): a function
+    /// of the set of linearized operations, so it never multiplies the configurations.
+    revision: u64,
+}
+
+/// The sequential etcd store over one partition's keys.
+#[derive(Debug)]
+pub struct EtcdSpecification {
+    /// The key of each cell.
+    keys: Vec<String>,
+    /// Interned values.
+    values: Values,
+    /// Every write, by id; 0 is "absent".
+    writers: Vec<Writer>,
+    /// The cells' states, over writer ids.
+    states: CellStates,
+}
+
+/// Why a step is refused, or `None` if it fits; shared by `step` and `explain_refusal`.
+enum Refusal {
+    /// A read saw another value.
+    Value,
+    /// A read saw another mod_revision.
+    ModRevision,
+    /// A change's revision is not above the partition's latest change.
+    ChangeRevision,
+    /// A read's revision is below the partition's latest change.
+    ReadRevision,
+    /// A cas reported the comparison's wrong outcome.
+    Comparison,
+    /// A delete reported the wrong count.
+    DeleteCount,
+}
+
+impl EtcdSpecification {
+    /// The writer current in `cell`.
+    fn writer(&self, state: &EtcdState, cell: u32) -> Writer {
+        self.writers[self.states.get(state.cells, cell) as usize]
+    }
+
+    /// A value id as JSON, `null` for absent.
+    fn value_json(&self, value: u32) -> String {
+        self.values
+            .resolve(value)
+            .map_or_else(|| "null".to_owned(), |text| Value::from(text).to_string())
+    }
+
+    /// A cell's current contents for people: `"x" (mod_revision 5)` or `absent`.
+    fn describe_cell(&self, state: &EtcdState, cell: u32) -> String {
+        let writer = self.writer(state, cell);
+        match (self.values.resolve(writer.value), writer.revision) {
+            (None, _) => "absent".to_owned(),
+            (Some(text), Some(revision)) => {
+                format!("{} (mod_revision {revision})", Value::from(text))
+            }
+            (Some(text), None) => format!("{} (mod_revision unknown)", Value::from(text)),
+        }
+    }
+
+    /// Why `input` cannot come next in `state`, or `None` if it can.
+    fn refusal(&self, state: &EtcdState, input: &EtcdInput) -> Option<Refusal> {
+        // A change must create a revision above every change before it; anything else must
+        // observe at least the latest.
+        let change = |revision: Option<u64>| {
+            revision
+                .filter(|&revision| revision <= state.revision)
+                .map(|_| Refusal::ChangeRevision)
+        };
+        let observe = |revision: Option<u64>| {
+            revision
+                .filter(|&revision| revision < state.revision)
+                .map(|_| Refusal::ReadRevision)
+        };
+        match *input {
+            EtcdInput::Get {
+                cell,
+                value,
+                mod_revision,
+                revision,
+            } => {
+                let writer = self.writer(state, cell);
+                if writer.value != value {
+                    return Some(Refusal::Value);
+                }
+                let mod_matches = match (mod_revision, writer.revision) {
+                    (Some(reported), Some(actual)) => reported == actual,
+                    // A value whose write's revision is unknown was still written: not 0.
+                    (Some(reported), None) => reported != 0,
+                    (None, _) => true,
+                };
+                if !mod_matches {
+                    return Some(Refusal::ModRevision);
+                }
+                observe(revision)
+            }
+            EtcdInput::Put { revision, .. } => change(revision),
+            EtcdInput::Delete {
+                cell,
+                deleted,
+                revision,
+            } => {
+                let present = self.writer(state, cell).value != ABSENT;
+                match deleted {
+                    Some(deleted) if deleted != present => Some(Refusal::DeleteCount),
+                    Some(true) => change(revision),
+                    Some(false) => observe(revision),
+                    None => None,
+                }
+            }
+            EtcdInput::Cas {
+                cell,
+                expected,
+                succeeded,
+                revision,
+                ..
+            } => {
+                let holds = self.writer(state, cell).value == expected;
+                match succeeded {
+                    Some(succeeded) if succeeded != holds => Some(Refusal::Comparison),
+                    Some(true) => change(revision),
+                    Some(false) => observe(revision),
+                    None => None,
+                }
+            }
+            EtcdInput::Revoke { lease, revision } => {
+                if self.attached_cells(state, lease).next().is_some() {
+                    change(revision)
+                } else {
+                    observe(revision)
+                }
+            }
+        }
+    }
+
+    /// The cells holding a write that attached `lease`.
+    fn attached_cells(&self, state: &EtcdState, lease: u32) -> impl Iterator<Item = u32> {
+        let state = *state;
+        (0..self.states.cell_count() as u32).filter(move |&cell| {
+            let writer = self.writer(&state, cell);
+            writer.value != ABSENT && writer.lease == lease
+        })
+    }
+
+    /// The state after `input`, which `refusal` accepts in `state`.
+    fn effect(&mut self, state: &EtcdState, input: &EtcdInput) -> EtcdState {
+        // The revision after a change: its own if known (above the latest, as `refusal`
+        // checked), else the latest (an `info` change's revision is unknown).
+        let changed = |cells, revision: Option<u64>| EtcdState {
+            cells,
+            revision: revision.unwrap_or(state.revision),
+        };
+        match *input {
+            EtcdInput::Get { .. }
+            | EtcdInput::Delete {
+                deleted: Some(false),
+                ..
+            }
+            | EtcdInput::Cas {
+                succeeded: Some(false),
+                ..
+            } => *state,
+            EtcdInput::Put {
+                cell,
+                writer,
+                revision,
+            } => changed(self.states.set(state.cells, cell, writer), revision),
+            EtcdInput::Delete { cell, revision, .. } => {
+                changed(self.states.set(state.cells, cell, ABSENT), revision)
+            }
+            EtcdInput::Cas {
+                cell,
+                expected,
+                writer,
+                revision,
+                ..
+            } => {
+                if self.writer(state, cell).value != expected {
+                    return *state;
+                }
+                changed(self.states.set(state.cells, cell, writer), revision)
+            }
+            EtcdInput::Revoke { lease, revision } => {
+                let attached: Vec<u32> = self.attached_cells(state, lease).collect();
+                if attached.is_empty() {
+                    return *state;
+                }
+                let mut cells = state.cells;
+                for cell in attached {
+                    cells = self.states.set(cells, cell, ABSENT);
+                }
+                changed(cells, revision)
+            }
+        }
+    }
+
+    /// `key "a"` when the partition has several keys, else nothing.
+    fn which_key(&self, cell: u32) -> String {
+        if self.states.cell_count() > 1 {
+            format!(" of key {:?}", self.keys[cell as usize])
+        } else {
+            String::new()
+        }
+    }
+}
+
+impl SequentialSpecification for EtcdSpecification {
+    type State = EtcdState;
+    type Input = EtcdInput;
+
+    fn initial_state(&mut self) -> EtcdState {
+        EtcdState {
+            cells: self.states.initial(),
+            revision: 0,
+        }
+    }
+
+    fn step(&mut self, state: &EtcdState, input: &EtcdInput) -> Option<EtcdState> {
+        if self.refusal(state, input).is_some() {
+            return None;
+        }
+        Some(self.effect(state, input))
+    }
+
+    fn is_read_only(&self, input: &EtcdInput) -> bool {
+        // These never change the state (not even its revision), so the search may place one
+        // as soon as it fits.
+        matches!(
+            input,
+            EtcdInput::Get { .. }
+                | EtcdInput::Delete {
+                    deleted: Some(false),
+                    ..
+                }
+                | EtcdInput::Cas {
+                    succeeded: Some(false),
+                    ..
+                }
+        )
+    }
+
+    fn describe_state(&self, state: &EtcdState) -> String {
+        let contents = if self.states.cell_count() == 1 {
+            format!("the key {}", self.describe_cell(state, 0))
+        } else {
+            let cells: Vec<String> = self
+                .keys
+                .iter()
+                .enumerate()
+                .map(|(cell, key)| format!("{key:?}: {}", self.describe_cell(state, cell as u32)))
+                .collect();
+            format!("the keys {{{}}}", cells.join(", "))
+        };
+        if state.revision == 0 {
+            contents
+        } else {
+            format!("{contents}, last changed at revision {}", state.revision)
+        }
+    }
+
+    fn explain_refusal(&self, state: &EtcdState, input: &EtcdInput) -> String {
+        let Some(refusal) = self.refusal(state, input) else {
+            return "cannot come next".to_owned();
+        };
+        let latest = state.revision;
+        let revision = |revision: Option<u64>| revision.map_or(0, |revision| revision);
+        match (refusal, *input) {
+            (Refusal::Value, EtcdInput::Get { cell, .. }) => format!(
+                "would read {}{}",
+                self.value_json(self.writer(state, cell).value),
+                self.which_key(cell)
+            ),
+            (Refusal::ModRevision, EtcdInput::Get { cell, .. }) => {
+                let writer = self.writer(state, cell);
+                match writer.revision {
+                    Some(actual) => format!(
+                        "would read mod_revision {actual}{}, the revision of the write of that \
+                         value",
+                        self.which_key(cell)
+                    ),
+                    None => "reports mod_revision 0 for a value that was written".to_owned(),
+                }
+            }
+            (Refusal::ReadRevision, input) => format!(
+                "observed revision {}, below revision {latest} of the partition's latest change",
+                revision(input_revision(&input))
+            ),
+            (Refusal::ChangeRevision, input) => format!(
+                "created revision {}, not above revision {latest} of the partition's latest change",
+                revision(input_revision(&input))
+            ),
+            (
+                Refusal::Comparison,
+                EtcdInput::Cas {
+                    cell,
+                    expected,
+                    succeeded,
+                    ..
+                },
+            ) => {
+                let holds = self.value_json(self.writer(state, cell).value);
+                if succeeded == Some(true) {
+                    format!(
+                        "would fail: the key{} holds {holds}, not {}",
+                        self.which_key(cell),
+                        self.value_json(expected)
+                    )
+                } else {
+                    format!(
+                        "would succeed: the key{} holds {holds}",
+                        self.which_key(cell)
+                    )
+                }
+            }
+            (Refusal::DeleteCount, EtcdInput::Delete { cell, deleted, .. }) => {
+                if deleted == Some(true) {
+                    format!(
+                        "would delete nothing: the key{} is absent",
+                        self.which_key(cell)
+                    )
+                } else {
+                    format!(
+                        "would delete {}{}",
+                        self.value_json(self.writer(state, cell).value),
+                        self.which_key(cell)
+                    )
+                }
+            }
+            _ => "cannot come next".to_owned(),
+        }
+    }
+}
+
+/// The revision an input reports, if any.
+fn input_revision(input: &EtcdInput) -> Option<u64> {
+    match *input {
+        EtcdInput::Get { revision, .. }
+        | EtcdInput::Put { revision, .. }
+        | EtcdInput::Delete { revision, .. }
+        | EtcdInput::Cas { revision, .. }
+        | EtcdInput::Revoke { revision, .. } => revision,
+    }
+}
+
+/// The first contradiction among the `ok` operations' revisions, found without any search (see
+/// the module docs), or `None`.
+fn revision_violation(
+    operations: &[Operation],
+    commands: &[Option<EtcdCommand>],
+) -> Option<Violation> {
+    // The `ok` operations that report a revision, with it.
+    let known: Vec<(usize, &EtcdCommand, u64)> = operations
+        .iter()
+        .zip(commands)
+        .enumerate()
+        .filter(|(_, (operation, _))| operation.outcome == Outcome::Ok)
+        .filter_map(|(position, (_, command))| {
+            let command = command.as_ref()?;
+            Some((position, command, command.revision()?))
+        })
+        .collect();
+
+    // Two changes never share a revision.
+    let mut creator: HashMap<u64, usize> = HashMap::new();
+    for &(position, command, revision) in &known {
+        if !command.changed() {
+            continue;
+        }
+        if let Some(&first) = creator.get(&revision) {
+            return Some(pair_violation(
+                operations,
+                first,
+                position,
+                format!("the cluster at revision {revision}"),
+                format!(
+                    "also reports creating revision {revision}: two changes cannot share a \
+                     revision"
+                ),
+            ));
+        }
+        creator.insert(revision, position);
+    }
+
+    // Real time: an operation invoked after another completed reports at least its revision,
+    // and more if it changed something.
+    let mut moments: Vec<(usize, bool, usize)> = Vec::with_capacity(known.len() * 2);
+    for (slot, &(position, _, _)) in known.iter().enumerate() {
+        let operation = &operations[position];
+        moments.push((operation.invoke_index, false, slot));
+        if let Some(complete) = operation.complete_index {
+            moments.push((complete, true, slot));
+        }
+    }
+    moments.sort_unstable();
+    let mut highest_completed: Option<(u64, usize)> = None;
+    for (_, is_completion, slot) in moments {
+        let (position, command, revision) = known[slot];
+        if is_completion {
+            if highest_completed.is_none_or(|(highest, _)| revision > highest) {
+                highest_completed = Some((revision, position));
+            }
+            continue;
+        }
+        let Some((highest, before)) = highest_completed else {
+            continue;
+        };
+        let changed = command.changed();
+        if revision < highest || (changed && revision == highest) {
+            let what = if changed { "created" } else { "observed" };
+            let relation = if revision < highest {
+                "is below"
+            } else {
+                "is not above"
+            };
+            return Some(pair_violation(
+                operations,
+                before,
+                position,
+                format!("the cluster at revision {highest} or later"),
+                format!(
+                    "{what} revision {revision}, which {relation} revision {highest} of process \
+                     {}'s {}, completed before this was invoked",
+                    operations[before].process, operations[before].f
+                ),
+            ));
+        }
+    }
+
+    // A read that observed revision r and mod_revision m: no change of its key created a
+    // revision in (m, r].
+    let mut changes_by_key: BTreeMap<&str, BTreeMap<u64, usize>> = BTreeMap::new();
+    for &(position, command, revision) in &known {
+        if let (true, Some(key)) = (command.changed(), command.key()) {
+            changes_by_key
+                .entry(key)
+                .or_default()
+                .insert(revision, position);
+        }
+    }
+    for &(position, command, revision) in &known {
+        let EtcdCommand::Get {
+            key,
+            read,
+            mod_revision: Some(mod_revision),
+            ..
+        } = command
+        else {
+            continue;
+        };
+        if *mod_revision > revision {
+            return Some(pair_violation(
+                operations,
+                position,
+                position,
+                format!("key {key:?} at revision {revision}"),
+                format!(
+                    "reports mod_revision {mod_revision}, above the revision {revision} it observed"
+                ),
+            ));
+        }
+        if read.is_none() {
+            continue;
+        }
+        let later_change = changes_by_key.get(key.as_str()).and_then(|changes| {
+            changes
+                .range((Bound::Excluded(*mod_revision), Bound::Included(revision)))
+                .next()
+        });
+        if let Some((&changed_at, &change)) = later_change {
+            return Some(pair_violation(
+                operations,
+                change,
+                position,
+                format!("key {key:?} changed at revision {changed_at}"),
+                format!(
+                    "observed revision {revision} with the key last changed at {mod_revision}, \
+                     but process {}'s {} changed it at revision {changed_at}",
+                    operations[change].process, operations[change].f
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// A violation between two operations: `first` fits, then `second` cannot (one operation when
+/// they are the same).
+fn pair_violation(
+    operations: &[Operation],
+    first: usize,
+    second: usize,
+    state_after_first: String,
+    refusal: String,
+) -> Violation {
+    let mut involved = vec![first, second];
+    involved.sort_by_key(|&position| operations[position].invoke_index);
+    involved.dedup();
+    let index_of = |position| {
+        involved
+            .iter()
+            .position(|&other| other == position)
+            .expect("both operations are involved")
+    };
+    let longest_prefix = if first == second {
+        Vec::new()
+    } else {
+        vec![index_of(first)]
+    };
+    Violation {
+        model: MODEL_NAME,
+        key: String::new(),
+        partitioned: false,
+        operations: involved
+            .iter()
+            .map(|&position| operations[position].clone())
+            .collect(),
+        longest_prefix,
+        state_after_prefix: state_after_first,
+        stuck: vec![index_of(second)],
+        refusals: vec![refusal],
+        failing: index_of(second),
+    }
+}
