@@ -277,6 +277,15 @@ impl<S: StateMachine> PaxosNode<S> {
         self.promised
     }
 
+    /// The node this replica believes leads (itself while it leads).
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        if self.is_leader() {
+            Some(self.promised.leader)
+        } else {
+            self.leader_hint
+        }
+    }
+
     /// True if this node currently leads.
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })

@@ -5,6 +5,7 @@
 //! [`log`] makes records durable with group commit.
 
 pub mod api;
+pub mod etcd;
 pub mod log;
 pub mod runtime;
 pub mod transport;

@@ -138,11 +138,24 @@ impl<N: RuntimeNode> NodeHandle<N> {
     /// Starts `node` with `config`, recording into `log`, listening for peers on `listener`
     /// (bound by the caller, so tests can use OS-chosen ports).
     pub fn start(
+        node: N,
+        config: NodeConfig,
+        listener: TcpListener,
+        log: impl RecordLog,
+        boot: Boot,
+    ) -> Result<Self, StartError> {
+        Self::start_observed(node, config, listener, log, boot, |_| {})
+    }
+
+    /// Like [`NodeHandle::start`], calling `observe` with the node after every input it
+    /// handles (on the node's task: keep it cheap, e.g. publish a few numbers).
+    pub fn start_observed(
         mut node: N,
         config: NodeConfig,
         listener: TcpListener,
         log: impl RecordLog,
         boot: Boot,
+        observe: impl FnMut(&N) + Send + 'static,
     ) -> Result<Self, StartError> {
         let records = match boot {
             Boot::Fresh => None,
@@ -197,8 +210,10 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 storage,
                 peers,
                 inbox: timer_inbox,
+                observe: Box::new(observe),
             };
             driver.boot(&mut node, records);
+            (driver.observe)(&node);
             driver.run(node, inputs).await;
         });
         Ok(NodeHandle {
@@ -301,6 +316,7 @@ struct Driver<N: Node> {
     storage: std_mpsc::Sender<StorageJob>,
     peers: PeerSender<N::Message>,
     inbox: mpsc::Sender<Input<N>>,
+    observe: Box<dyn FnMut(&N) + Send>,
 }
 
 impl<N: RuntimeNode> Driver<N> {
@@ -344,9 +360,13 @@ impl<N: RuntimeNode> Driver<N> {
                     tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
                     return;
                 }
-                Input::Inspect(look) => look(&node),
+                Input::Inspect(look) => {
+                    look(&node);
+                    continue;
+                }
                 Input::Stop => return,
             }
+            (self.observe)(&node);
         }
     }
 

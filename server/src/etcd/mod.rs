@@ -1,0 +1,361 @@
+//! The etcd v3 API over a consensus node replicating the MVCC state machine.
+//!
+//! Every gRPC call becomes an [`MvccOperation`] run by [`Proxy::execute`] on the local node
+//! under a session of this server's: a pooled client id with its own sequence numbers, so a
+//! request retried after a timeout or a leader change executes at most once. A node that
+//! does not lead answers "not leader"; the call is then forwarded to the leader's client
+//! endpoint ([`Forwarder`]), so clients never need to find the leader themselves.
+
+pub mod convert;
+pub mod services;
+
+use crate::api::etcdserverpb as pb;
+use crate::runtime::{NodeHandle, RuntimeError, RuntimeNode};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use synod_core::node::{ClientId, NodeId};
+use synod_core::session::SessionError;
+use synod_protocols::kv_state::ReplicatedClientConfig;
+use synod_protocols::mvcc::api::MvccError;
+use synod_protocols::mvcc::machine::{
+    MvccMachine, MvccOperation, MvccOutput, MvccRequest, MvccResponse, RequestError,
+};
+use synod_protocols::paxos::PaxosNode;
+use tokio::sync::watch;
+use tonic::Status;
+
+/// etcd's text for a call that found no leader in time.
+pub const NO_LEADER: &str = "etcdserver: no leader";
+/// etcd's text for a call that timed out.
+pub const TIMED_OUT: &str = "etcdserver: request timed out";
+
+/// What the API needs to see of a consensus node, beyond the runtime contract.
+pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse> + Sync {
+    /// Term (or ballot round), leader, commit and apply progress.
+    fn status(&self) -> ConsensusStatus;
+    /// The applied state machine.
+    fn machine(&self) -> &MvccMachine;
+}
+
+/// A consensus node's progress, as the API reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsensusStatus {
+    /// The current term (Raft) or ballot round (Paxos).
+    pub term: u64,
+    /// The node believed to lead.
+    pub leader: Option<NodeId>,
+    /// Entries known committed.
+    pub commit_index: u64,
+    /// Entries applied to the state machine.
+    pub applied_index: u64,
+}
+
+impl Consensus for PaxosNode<MvccMachine> {
+    fn status(&self) -> ConsensusStatus {
+        ConsensusStatus {
+            term: self.promised().round,
+            leader: self.leader_hint(),
+            commit_index: self.executed_below(),
+            applied_index: self.executed_below(),
+        }
+    }
+
+    fn machine(&self) -> &MvccMachine {
+        self.store()
+    }
+}
+
+/// What the node task publishes after every input: cheap numbers for headers, status and
+/// waking watchers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Consensus progress.
+    pub status: ConsensusStatus,
+    /// The store's current revision.
+    pub revision: i64,
+    /// The store's compacted revision.
+    pub compacted: i64,
+}
+
+/// Returns the observer to pass to [`NodeHandle::start_observed`] and the receiver the API
+/// reads from.
+pub fn observer<N: Consensus>() -> (impl FnMut(&N) + Send + 'static, watch::Receiver<Observed>) {
+    let (sender, receiver) = watch::channel(Observed::default());
+    let observe = move |node: &N| {
+        let store = node.machine().store();
+        let observed = Observed {
+            status: node.status(),
+            revision: store.revision(),
+            compacted: store.compacted_revision(),
+        };
+        sender.send_if_modified(|current| {
+            if *current == observed {
+                false
+            } else {
+                *current = observed;
+                true
+            }
+        });
+    };
+    (observe, receiver)
+}
+
+/// Who this member is and who the others are.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// The cluster's id (the same on every member).
+    pub cluster_id: u64,
+    /// Every member, by node id.
+    pub members: BTreeMap<NodeId, MemberInfo>,
+    /// This member.
+    pub me: NodeId,
+}
+
+/// One member as the Cluster API lists it.
+#[derive(Clone, Debug)]
+pub struct MemberInfo {
+    /// etcd-style 64-bit member id.
+    pub member_id: u64,
+    /// Human-readable name.
+    pub name: String,
+    /// Peer URLs.
+    pub peer_urls: Vec<String>,
+    /// Client URLs.
+    pub client_urls: Vec<String>,
+}
+
+impl Membership {
+    /// This member's etcd id.
+    pub fn member_id(&self) -> u64 {
+        self.members
+            .get(&self.me)
+            .map_or(0, |member| member.member_id)
+    }
+
+    /// The etcd id of `node`, or 0 if unknown.
+    pub fn member_id_of(&self, node: Option<NodeId>) -> u64 {
+        node.and_then(|node| self.members.get(&node))
+            .map_or(0, |member| member.member_id)
+    }
+}
+
+/// Where a call ended up.
+pub enum Outcome {
+    /// Executed here (or by the leader through this node).
+    Done(MvccOutput, pb::ResponseHeader),
+    /// Another node leads: forward the original call there.
+    Redirect(NodeId),
+}
+
+/// A session this server uses on behalf of gRPC callers.
+struct Session {
+    client: ClientId,
+    next_sequence: u64,
+}
+
+/// Runs operations on the local node with exactly-once sessions.
+pub struct Proxy<N: Consensus> {
+    node: Arc<NodeHandle<N>>,
+    observed: watch::Receiver<Observed>,
+    membership: Membership,
+    idle: Mutex<Vec<Session>>,
+    client_base: u64,
+    next_client: AtomicU64,
+    /// How long one call may wait in all (elections, retries) before giving up.
+    pub request_timeout: Duration,
+    /// How long one attempt waits for the node before retrying the same request.
+    pub attempt_timeout: Duration,
+}
+
+impl<N: Consensus> Proxy<N> {
+    /// A proxy for `node`.
+    pub fn new(
+        node: Arc<NodeHandle<N>>,
+        observed: watch::Receiver<Observed>,
+        membership: Membership,
+    ) -> Self {
+        // Client ids must never repeat across restarts of this server (a reused id would
+        // meet its old session's sequence numbers): take 40 random bits per process.
+        let client_base = random_u64() << 24;
+        Proxy {
+            node,
+            observed,
+            membership,
+            idle: Mutex::new(Vec::new()),
+            client_base,
+            next_client: AtomicU64::new(0),
+            request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_millis(
+                ReplicatedClientConfig::default().give_up_after.as_millis() as u64,
+            ),
+        }
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<NodeHandle<N>> {
+        &self.node
+    }
+
+    /// The latest published numbers.
+    pub fn observed(&self) -> Observed {
+        *self.observed.borrow()
+    }
+
+    /// A receiver that wakes when the published numbers change.
+    pub fn subscribe(&self) -> watch::Receiver<Observed> {
+        self.observed.clone()
+    }
+
+    /// Membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// A response header for `revision`.
+    pub fn header(&self, revision: i64) -> pb::ResponseHeader {
+        let observed = self.observed();
+        pb::ResponseHeader {
+            cluster_id: self.membership.cluster_id,
+            member_id: self.membership.member_id(),
+            revision: if revision > 0 {
+                revision
+            } else {
+                observed.revision
+            },
+            raft_term: observed.status.term,
+        }
+    }
+
+    fn take_session(&self) -> Session {
+        if let Some(session) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return session;
+        }
+        let index = self.next_client.fetch_add(1, Ordering::Relaxed);
+        Session {
+            client: ClientId(self.client_base | (index & 0xff_ffff)),
+            next_sequence: 1,
+        }
+    }
+
+    fn return_session(&self, session: Session) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(session);
+        }
+    }
+
+    /// Runs `operation` on the local node under a session, retrying the same request
+    /// through timeouts and elections until it is answered or `request_timeout` passes.
+    pub async fn execute(&self, operation: MvccOperation) -> Result<Outcome, Status> {
+        let mut session = self.take_session();
+        let sequence = session.next_sequence;
+        let request = MvccRequest {
+            sequence,
+            acknowledged_below: sequence,
+            operation,
+        };
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let result = loop {
+            let answer = self
+                .node
+                .call(session.client, request.clone(), self.attempt_timeout)
+                .await;
+            match answer {
+                Ok(MvccResponse {
+                    sequence: answered,
+                    result,
+                }) if answered == sequence => match result {
+                    Ok(output) => {
+                        let revision = revision_of(&output);
+                        break Ok(Outcome::Done(output, self.header(revision)));
+                    }
+                    Err(RequestError::NotLeader { hint: Some(leader) })
+                        if leader != self.membership.me
+                            && self.membership.members.contains_key(&leader) =>
+                    {
+                        break Ok(Outcome::Redirect(leader));
+                    }
+                    Err(RequestError::NotLeader { .. }) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break Err(Status::unavailable(NO_LEADER));
+                        }
+                        // Wait for the node's state to change (an election), at most 20 ms.
+                        let mut changes = self.observed.clone();
+                        let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed())
+                            .await;
+                    }
+                    Err(error) => break Err(request_error(error)),
+                },
+                Ok(_) | Err(RuntimeError::Timeout(_)) | Err(RuntimeError::Superseded) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        break Err(Status::deadline_exceeded(TIMED_OUT));
+                    }
+                }
+                Err(RuntimeError::Stopped) => {
+                    break Err(Status::unavailable("etcdserver: server stopped"));
+                }
+            }
+        };
+        // Whatever happened, this sequence number is finished with: the next request of
+        // the session acknowledges it (a late execution is answered to nobody).
+        session.next_sequence = sequence + 1;
+        self.return_session(session);
+        result
+    }
+}
+
+/// The header revision an output reports.
+fn revision_of(output: &MvccOutput) -> i64 {
+    match output {
+        MvccOutput::Range(response) => response.header.revision,
+        MvccOutput::Put(response) => response.header.revision,
+        MvccOutput::DeleteRange(response) => response.header.revision,
+        MvccOutput::Txn(response) => response.header.revision,
+        MvccOutput::Compact(response) => response.header.revision,
+        MvccOutput::LeaseGrant(response) => response.header.revision,
+        MvccOutput::LeaseRevoke(response) => response.header.revision,
+        MvccOutput::LeaseKeepAlive(response) => response.header.revision,
+        MvccOutput::LeaseTimeToLive(response) => response.header.revision,
+        MvccOutput::LeaseLeases(response) => response.header.revision,
+    }
+}
+
+/// A gRPC status with etcd's code and text for a refused request.
+pub fn request_error(error: RequestError) -> Status {
+    match error {
+        RequestError::NotLeader { .. } => Status::unavailable(NO_LEADER),
+        RequestError::Session(error @ SessionError::TooManySessions { .. })
+        | RequestError::Session(error @ SessionError::TooManyUnacknowledged { .. }) => {
+            Status::resource_exhausted(format!("etcdserver: {error}"))
+        }
+        RequestError::Store(error) => store_error(error),
+        RequestError::NotReadOnly => Status::internal(error.to_string()),
+    }
+}
+
+/// etcd's codes and texts for store errors.
+pub fn store_error(error: MvccError) -> Status {
+    match error {
+        MvccError::Compacted | MvccError::FutureRevision => {
+            Status::out_of_range(format!("etcdserver: {error}"))
+        }
+        MvccError::LeaseNotFound => Status::not_found(error.to_string()),
+        MvccError::LeaseExists => Status::failed_precondition(error.to_string()),
+        _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+/// 64 bits that differ between processes and restarts.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
