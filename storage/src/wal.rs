@@ -1,0 +1,622 @@
+//! The write-ahead log: segments of CRC32C-framed records, group commit, snapshots for
+//! checkpoints, and recovery that tells a torn tail from corruption.
+//!
+//! See the crate documentation for the on-disk layout and the crash-consistency argument.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::StorageError;
+use crate::segment::{
+    MAX_RECORD_BYTES, RECORD_OVERHEAD_BYTES, SEGMENT_HEADER_BYTES, check_segment_header,
+    encode_record_frame, encode_segment_header, parse_segment_file_name, record_bytes,
+    scan_segment, segment_file_name,
+};
+use crate::snapshot::{
+    decode_snapshot, encode_snapshot_header, parse_snapshot_file_name, snapshot_file_name,
+};
+
+/// The suffix of files being written before they are renamed into place.
+const TEMPORARY_SUFFIX: &str = ".tmp";
+/// Zeros written per call when preallocating a segment: large enough to be cheap, small
+/// enough not to matter as a buffer.
+const PREALLOCATE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How a [`Wal`] lays out and writes its files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment is closed and a new one started once the next record would take it past
+    /// this size (a single larger record still gets a segment of its own).
+    pub segment_bytes: u64,
+    /// Write every new segment full of zeros up front (and fsync it) so that later
+    /// fsyncs flush only data, not block allocations and the file size.
+    pub preallocate: bool,
+    /// Appended records are buffered in memory and written to the file when this many
+    /// bytes are waiting, and at every sync. Zero writes each record at once.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes: 64 * 1024 * 1024,
+            preallocate: false,
+            write_buffer_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What [`Wal::open`] found on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The durable records, oldest first: the newest checkpoint (if any) and every record
+    /// after it. This is what a node's `on_recover` receives.
+    pub records: Vec<Vec<u8>>,
+    /// The index of `records[0]` (the checkpoint's index when there is one).
+    pub first_index: u64,
+    /// The index the next appended record will get.
+    pub next_index: u64,
+    /// Whether `records[0]` came from a snapshot, i.e. is a checkpoint.
+    pub from_snapshot: bool,
+    /// The incomplete write that was cut off the end of the log, if there was one.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// The end of the last segment that a crash left half written, and that recovery removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the first incomplete or unverifiable record started; the file now ends here.
+    pub offset: u64,
+    /// How many bytes were cut off.
+    pub discarded_bytes: u64,
+    /// Why the first discarded record did not verify.
+    pub reason: String,
+}
+
+/// Points inside [`Wal::append_checkpoint`] where tests stop it to simulate a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum CheckpointStep {
+    /// The snapshot's bytes are in its temporary file, not yet fsynced.
+    TemporaryWritten,
+    /// The temporary file is fsynced and renamed; the directory is not yet fsynced.
+    Renamed,
+    /// The directory is fsynced: the checkpoint is durable.
+    Durable,
+    /// The new segment's temporary file is written, not yet renamed.
+    SegmentTemporaryWritten,
+    /// The new segment is in place.
+    SegmentCreated,
+    /// The superseded segments are deleted, the older snapshots not yet.
+    SegmentsDeleted,
+}
+
+/// A write-ahead log in one directory. See the crate documentation.
+///
+/// Dropping a `Wal` without [`Wal::sync`] loses the records appended since the last sync,
+/// exactly as a crash would; they were never reported durable.
+#[derive(Debug)]
+pub struct Wal {
+    directory: PathBuf,
+    options: WalOptions,
+    /// The segment records are appended to.
+    segment: File,
+    segment_path: PathBuf,
+    /// The index of the first record of `segment`.
+    segment_first_index: u64,
+    /// Bytes of `segment` written so far (header and records); the file position.
+    segment_end: u64,
+    /// Encoded frames appended but not yet written to `segment`.
+    pending: Vec<u8>,
+    /// Bytes were written to `segment` since its last fsync.
+    segment_dirty: bool,
+    /// The index the next record gets.
+    next_index: u64,
+    /// Records with a smaller index are durable.
+    durable_index: u64,
+    /// The index of the first record appended in this process's life.
+    life_first_index: u64,
+    /// A write or sync failed: the state on disk is unknown until reopened.
+    poisoned: bool,
+}
+
+/// The files of a log directory, by kind and index.
+#[derive(Debug, Default)]
+struct Listing {
+    segments: BTreeMap<u64, PathBuf>,
+    snapshots: BTreeMap<u64, PathBuf>,
+    temporaries: Vec<PathBuf>,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `directory` and recovers its durable records.
+    ///
+    /// A torn tail of the last segment (a record cut short or failing its checksum with
+    /// nothing valid after it) is truncated and reported in [`Recovered::torn_tail`].
+    /// Damage anywhere else is an error naming the file and byte offset. Everything
+    /// returned is fsynced before this returns, so a node may act on it.
+    pub fn open(
+        directory: impl AsRef<Path>,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovered), StorageError> {
+        let directory = directory.as_ref().to_path_buf();
+        fs::create_dir_all(&directory)
+            .map_err(|error| StorageError::io("create directory", &directory, error))?;
+        let listing = list_directory(&directory)?;
+        for temporary in &listing.temporaries {
+            remove_file(temporary)?;
+        }
+
+        let mut records = Vec::new();
+        let mut snapshot_index = None;
+        if let Some((&index, path)) = listing.snapshots.last_key_value() {
+            let bytes = read_file(path)?;
+            let payload = decode_snapshot(&bytes, index).map_err(|(offset, reason)| {
+                StorageError::CorruptSnapshot {
+                    path: path.clone(),
+                    offset,
+                    reason,
+                }
+            })?;
+            if index == u64::MAX {
+                return Err(StorageError::CorruptSnapshot {
+                    path: path.clone(),
+                    offset: 0,
+                    reason: "checkpoint index u64::MAX leaves no room for later records".into(),
+                });
+            }
+            records.push(payload.to_vec());
+            snapshot_index = Some(index);
+        }
+        let first_index = snapshot_index.unwrap_or(0);
+        let mut expected = snapshot_index.map_or(0, |index| index + 1);
+
+        // A checkpoint at k is always followed by a segment starting at k + 1, so every
+        // segment starting at or before k holds only superseded records.
+        for (&first, path) in &listing.segments {
+            if first < expected {
+                remove_file(path)?;
+            }
+        }
+        for (&index, path) in &listing.snapshots {
+            if Some(index) != snapshot_index {
+                remove_file(path)?;
+            }
+        }
+
+        let live: Vec<(u64, &PathBuf)> = listing
+            .segments
+            .range(expected..)
+            .map(|(&first, path)| (first, path))
+            .collect();
+        let mut torn_tail = None;
+        let mut last_segment_end = None;
+        for (position, &(first, path)) in live.iter().enumerate() {
+            if first != expected {
+                return Err(StorageError::MissingRecords {
+                    path: path.clone(),
+                    expected,
+                    found: first,
+                });
+            }
+            let bytes = read_file(path)?;
+            check_segment_header(&bytes, first).map_err(|reason| {
+                StorageError::CorruptSegmentHeader {
+                    path: path.clone(),
+                    reason,
+                }
+            })?;
+            let scan = scan_segment(&bytes, first);
+            expected = first + scan.records.len() as u64;
+            for frame in &scan.records {
+                records.push(record_bytes(&bytes, frame.clone()).to_vec());
+            }
+            let is_last = position + 1 == live.len();
+            if let Some(stop) = scan.stop {
+                let offset = scan.valid_end as u64;
+                if !is_last {
+                    return Err(StorageError::CorruptRecord {
+                        path: path.clone(),
+                        offset,
+                        reason: format!(
+                            "{} in a segment that is not the last (it was fsynced whole before \
+                             the next one was created)",
+                            stop.reason
+                        ),
+                    });
+                }
+                if let Some(after) = stop.valid_record_after {
+                    return Err(StorageError::CorruptRecord {
+                        path: path.clone(),
+                        offset,
+                        reason: format!(
+                            "{}, yet a valid later record follows at byte offset {after}, so \
+                             this is not a torn write",
+                            stop.reason
+                        ),
+                    });
+                }
+                if !stop.rest_is_zero {
+                    truncate_file(path, offset)?;
+                    torn_tail = Some(TornTail {
+                        path: path.clone(),
+                        offset,
+                        discarded_bytes: bytes.len() as u64 - offset,
+                        reason: stop.reason,
+                    });
+                }
+            }
+            if is_last {
+                last_segment_end = Some(scan.valid_end as u64);
+            }
+        }
+
+        let recovered = Recovered {
+            records,
+            first_index,
+            next_index: expected,
+            from_snapshot: snapshot_index.is_some(),
+            torn_tail,
+        };
+        let mut wal = match (live.last(), last_segment_end) {
+            (Some(&(first, path)), Some(end)) => {
+                let mut segment = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|error| StorageError::io("open", path, error))?;
+                // What recovery read may have been only in the page cache (the process
+                // crashed, not the machine): make it durable before anyone acts on it.
+                segment
+                    .sync_all()
+                    .map_err(|error| StorageError::io("fsync", path, error))?;
+                segment
+                    .seek(SeekFrom::Start(end))
+                    .map_err(|error| StorageError::io("seek", path, error))?;
+                Wal {
+                    directory: directory.clone(),
+                    options,
+                    segment,
+                    segment_path: path.clone(),
+                    segment_first_index: first,
+                    segment_end: end,
+                    pending: Vec::new(),
+                    segment_dirty: false,
+                    next_index: expected,
+                    durable_index: expected,
+                    life_first_index: expected,
+                    poisoned: false,
+                }
+            }
+            _ => {
+                let (segment, segment_path) = create_segment(&directory, expected, &options, None)?;
+                Wal {
+                    directory: directory.clone(),
+                    options,
+                    segment,
+                    segment_path,
+                    segment_first_index: expected,
+                    segment_end: SEGMENT_HEADER_BYTES as u64,
+                    pending: Vec::new(),
+                    segment_dirty: false,
+                    next_index: expected,
+                    durable_index: expected,
+                    life_first_index: expected,
+                    poisoned: false,
+                }
+            }
+        };
+        // Renames, creations and deletions above (and a snapshot a crashed process renamed)
+        // become durable with the directory.
+        sync_directory(&wal.directory)?;
+        wal.pending.reserve(wal.options.write_buffer_bytes);
+        Ok((wal, recovered))
+    }
+
+    /// Appends `record` (buffered; durable after the next [`Wal::sync`]) and returns its
+    /// index.
+    pub fn append(&mut self, record: &[u8]) -> Result<u64, StorageError> {
+        self.check_usable()?;
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(StorageError::RecordTooLarge {
+                length: record.len(),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        let result = self.append_unchecked(record);
+        self.poison_on_error(result)
+    }
+
+    /// Appends `record` as a checkpoint that supersedes every earlier record, and returns
+    /// its index.
+    ///
+    /// Unlike [`Wal::append`] this is durable when it returns (it is written as a snapshot
+    /// file, fsynced and renamed into place), and so is everything before it, in the sense
+    /// that recovery now returns this record and what follows. The next [`Wal::sync`]
+    /// reports it. Records appended before it and not yet synced are dropped unwritten:
+    /// the checkpoint stands for them. Superseded segments and snapshots are deleted.
+    pub fn append_checkpoint(&mut self, record: &[u8]) -> Result<u64, StorageError> {
+        self.check_usable()?;
+        let result = self.checkpoint_until(record, None);
+        self.poison_on_error(result)
+    }
+
+    /// Makes every record appended so far durable with one fsync (group commit) and
+    /// returns how many records appended in this process's life are durable: the number
+    /// a driver hands to `OutputGate::durable`.
+    pub fn sync(&mut self) -> Result<u64, StorageError> {
+        self.check_usable()?;
+        let result = self.sync_unchecked();
+        self.poison_on_error(result)
+    }
+
+    /// How many records appended in this process's life are durable.
+    pub fn durable_records(&self) -> u64 {
+        self.durable_index - self.life_first_index
+    }
+
+    /// How many records were appended in this process's life.
+    pub fn appended_records(&self) -> u64 {
+        self.next_index - self.life_first_index
+    }
+
+    /// The index the next appended record will get.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// The directory holding the log.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// Refuses work after an I/O error.
+    fn check_usable(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Remembers an I/O error: the disk's state is unknown from here on.
+    fn poison_on_error<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn append_unchecked(&mut self, record: &[u8]) -> Result<u64, StorageError> {
+        let frame_bytes = (RECORD_OVERHEAD_BYTES + record.len()) as u64;
+        let segment_has_records = self.next_index > self.segment_first_index;
+        let segment_bytes_after = self.segment_end + self.pending.len() as u64 + frame_bytes;
+        if segment_has_records && segment_bytes_after > self.options.segment_bytes {
+            self.roll_over()?;
+        }
+        let index = self.next_index;
+        encode_record_frame(index, record, &mut self.pending);
+        self.next_index += 1;
+        if self.pending.len() >= self.options.write_buffer_bytes {
+            self.write_pending()?;
+        }
+        Ok(index)
+    }
+
+    fn sync_unchecked(&mut self) -> Result<u64, StorageError> {
+        self.write_pending()?;
+        if self.segment_dirty {
+            self.segment
+                .sync_data()
+                .map_err(|error| StorageError::io("fsync", &self.segment_path, error))?;
+            self.segment_dirty = false;
+        }
+        self.durable_index = self.next_index;
+        Ok(self.durable_records())
+    }
+
+    /// Writes the buffered frames to the segment file (no fsync).
+    fn write_pending(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.segment
+            .write_all(&self.pending)
+            .map_err(|error| StorageError::io("write", &self.segment_path, error))?;
+        self.segment_end += self.pending.len() as u64;
+        self.pending.clear();
+        self.segment_dirty = true;
+        Ok(())
+    }
+
+    /// Closes the full segment (written, cut to its records, fsynced) and starts the next.
+    /// The old segment is made durable first so that only the last segment can ever have
+    /// a torn tail; its records are therefore durable too.
+    fn roll_over(&mut self) -> Result<(), StorageError> {
+        self.write_pending()?;
+        // Drops a preallocated or crash-zeroed remainder: a closed segment ends with its
+        // last record, so any unreadable byte in it is corruption.
+        self.segment
+            .set_len(self.segment_end)
+            .map_err(|error| StorageError::io("truncate", &self.segment_path, error))?;
+        self.segment
+            .sync_all()
+            .map_err(|error| StorageError::io("fsync", &self.segment_path, error))?;
+        self.segment_dirty = false;
+        self.durable_index = self.next_index;
+        let (segment, path) =
+            create_segment(&self.directory, self.next_index, &self.options, None)?;
+        self.install_segment(segment, path, self.next_index);
+        Ok(())
+    }
+
+    fn install_segment(&mut self, segment: File, path: PathBuf, first_index: u64) {
+        self.segment = segment;
+        self.segment_path = path;
+        self.segment_first_index = first_index;
+        self.segment_end = SEGMENT_HEADER_BYTES as u64;
+        self.segment_dirty = false;
+    }
+
+    /// [`Wal::append_checkpoint`], stopping after `stop` (tests simulate a crash there;
+    /// the `Wal` must then be dropped, not used).
+    pub(crate) fn checkpoint_until(
+        &mut self,
+        record: &[u8],
+        stop: Option<CheckpointStep>,
+    ) -> Result<u64, StorageError> {
+        let index = self.next_index;
+        let path = self.directory.join(snapshot_file_name(index));
+        let temporary = temporary_path(&path);
+        let mut file = File::create(&temporary)
+            .map_err(|error| StorageError::io("create", &temporary, error))?;
+        file.write_all(&encode_snapshot_header(index, record))
+            .and_then(|()| file.write_all(record))
+            .map_err(|error| StorageError::io("write", &temporary, error))?;
+        if stop == Some(CheckpointStep::TemporaryWritten) {
+            return Ok(index);
+        }
+        file.sync_all()
+            .map_err(|error| StorageError::io("fsync", &temporary, error))?;
+        drop(file);
+        fs::rename(&temporary, &path)
+            .map_err(|error| StorageError::io("rename", &temporary, error))?;
+        if stop == Some(CheckpointStep::Renamed) {
+            return Ok(index);
+        }
+        sync_directory(&self.directory)?;
+        // The checkpoint is durable: recovery returns it and nothing before it.
+        self.next_index = index + 1;
+        self.durable_index = self.next_index;
+        self.pending.clear();
+        if stop == Some(CheckpointStep::Durable) {
+            return Ok(index);
+        }
+        let (segment, segment_path) =
+            create_segment(&self.directory, index + 1, &self.options, stop)?;
+        if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
+            return Ok(index);
+        }
+        self.install_segment(segment, segment_path, index + 1);
+        if stop == Some(CheckpointStep::SegmentCreated) {
+            return Ok(index);
+        }
+        // Deleting what the checkpoint supersedes is only housekeeping: recovery ignores
+        // and deletes these files too, so the deletions need no fsync of their own.
+        let listing = list_directory(&self.directory)?;
+        for (_, path) in listing.segments.range(..=index) {
+            remove_file(path)?;
+        }
+        if stop == Some(CheckpointStep::SegmentsDeleted) {
+            return Ok(index);
+        }
+        for (_, path) in listing.snapshots.range(..index) {
+            remove_file(path)?;
+        }
+        Ok(index)
+    }
+}
+
+/// Creates the segment whose first record is `first_index`: header (and zeros when
+/// preallocating) into a temporary file, fsync, rename, fsync the directory. A segment
+/// under its final name therefore always has a complete header, and records synced into
+/// it cannot vanish with a directory entry that was never made durable.
+fn create_segment(
+    directory: &Path,
+    first_index: u64,
+    options: &WalOptions,
+    stop: Option<CheckpointStep>,
+) -> Result<(File, PathBuf), StorageError> {
+    let path = directory.join(segment_file_name(first_index));
+    let temporary = temporary_path(&path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)
+        .map_err(|error| StorageError::io("create", &temporary, error))?;
+    file.write_all(&encode_segment_header(first_index))
+        .map_err(|error| StorageError::io("write", &temporary, error))?;
+    if options.preallocate {
+        let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
+        let mut written = SEGMENT_HEADER_BYTES as u64;
+        while written < options.segment_bytes {
+            let chunk = (options.segment_bytes - written).min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..chunk])
+                .map_err(|error| StorageError::io("preallocate", &temporary, error))?;
+            written += chunk as u64;
+        }
+    }
+    if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
+        return Ok((file, temporary));
+    }
+    file.sync_all()
+        .map_err(|error| StorageError::io("fsync", &temporary, error))?;
+    fs::rename(&temporary, &path).map_err(|error| StorageError::io("rename", &temporary, error))?;
+    sync_directory(directory)?;
+    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
+        .map_err(|error| StorageError::io("seek", &path, error))?;
+    Ok((file, path))
+}
+
+/// `path` with the temporary suffix.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(TEMPORARY_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Sorts the directory's files into segments, snapshots and leftover temporaries; other
+/// files are not ours and are left alone.
+fn list_directory(directory: &Path) -> Result<Listing, StorageError> {
+    let mut listing = Listing::default();
+    let entries = fs::read_dir(directory)
+        .map_err(|error| StorageError::io("list directory", directory, error))?;
+    for entry in entries {
+        let entry = entry.map_err(|error| StorageError::io("list directory", directory, error))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if let Some(first) = parse_segment_file_name(name) {
+            listing.segments.insert(first, entry.path());
+        } else if let Some(index) = parse_snapshot_file_name(name) {
+            listing.snapshots.insert(index, entry.path());
+        } else if let Some(base) = name.strip_suffix(TEMPORARY_SUFFIX)
+            && (parse_segment_file_name(base).is_some() || parse_snapshot_file_name(base).is_some())
+        {
+            listing.temporaries.push(entry.path());
+        }
+    }
+    Ok(listing)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, StorageError> {
+    fs::read(path).map_err(|error| StorageError::io("read", path, error))
+}
+
+fn remove_file(path: &Path) -> Result<(), StorageError> {
+    fs::remove_file(path).map_err(|error| StorageError::io("delete", path, error))
+}
+
+/// Cuts a torn tail off `path` and makes the new length durable.
+fn truncate_file(path: &Path, length: u64) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|error| StorageError::io("open", path, error))?;
+    file.set_len(length)
+        .map_err(|error| StorageError::io("truncate", path, error))?;
+    file.sync_all()
+        .map_err(|error| StorageError::io("fsync", path, error))
+}
+
+/// Makes the directory's entries (creations, renames, deletions) durable.
+fn sync_directory(directory: &Path) -> Result<(), StorageError> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|error| StorageError::io("fsync directory", directory, error))
+}

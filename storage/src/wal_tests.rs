@@ -1,0 +1,476 @@
+//! Unit tests of the write-ahead log: recovery decisions, segments, checkpoints and a crash
+//! at every step of a checkpoint.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::segment::{SEGMENT_HEADER_BYTES, segment_file_name};
+use crate::snapshot::snapshot_file_name;
+use crate::wal::CheckpointStep;
+use crate::{StorageError, Wal, WalOptions};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TestDirectory(PathBuf);
+
+impl TestDirectory {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "synod-storage-unit-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        TestDirectory(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The file names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .expect("directory exists")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .into_string()
+                    .expect("utf-8")
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TestDirectory {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn small_segments() -> WalOptions {
+    WalOptions {
+        segment_bytes: 128,
+        preallocate: false,
+        write_buffer_bytes: 0,
+    }
+}
+
+fn open(directory: &TestDirectory, options: &WalOptions) -> (Wal, Vec<Vec<u8>>) {
+    let (wal, recovered) = Wal::open(directory.path(), options.clone()).expect("opens");
+    (wal, recovered.records)
+}
+
+fn record(index: usize) -> Vec<u8> {
+    format!("record {index}").into_bytes()
+}
+
+fn flip_byte(path: &Path, offset: usize) {
+    let mut bytes = fs::read(path).expect("readable");
+    bytes[offset] ^= 0x10;
+    fs::write(path, bytes).expect("writable");
+}
+
+#[test]
+fn records_survive_a_reopen_and_the_life_count_restarts() {
+    let directory = TestDirectory::new();
+    let (mut wal, records) = open(&directory, &WalOptions::default());
+    assert!(records.is_empty());
+    for index in 0..3 {
+        assert_eq!(wal.append(&record(index)).expect("appends"), index as u64);
+    }
+    assert_eq!(wal.durable_records(), 0);
+    assert_eq!(wal.sync().expect("syncs"), 3);
+    assert_eq!(wal.sync().expect("nothing new"), 3);
+    drop(wal);
+
+    let (mut wal, recovered) = Wal::open(directory.path(), WalOptions::default()).expect("opens");
+    assert_eq!(recovered.records, (0..3).map(record).collect::<Vec<_>>());
+    assert_eq!((recovered.first_index, recovered.next_index), (0, 3));
+    assert_eq!(recovered.torn_tail, None);
+    assert_eq!(wal.append(&record(3)).expect("appends"), 3);
+    assert_eq!(wal.appended_records(), 1);
+    assert_eq!(wal.sync().expect("syncs"), 1);
+}
+
+#[test]
+fn buffered_records_that_were_never_synced_are_lost_on_a_crash() {
+    let directory = TestDirectory::new();
+    let (mut wal, _) = open(&directory, &WalOptions::default());
+    wal.append(b"synced").expect("appends");
+    wal.sync().expect("syncs");
+    wal.append(b"buffered only").expect("appends");
+    drop(wal);
+    let (_, records) = open(&directory, &WalOptions::default());
+    assert_eq!(records, vec![b"synced".to_vec()]);
+}
+
+#[test]
+fn full_segments_roll_over_and_read_back_in_order() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    for index in 0..20 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    let names = directory.names();
+    assert!(names.len() > 3, "expected several segments: {names:?}");
+    assert_eq!(names[0], segment_file_name(0));
+    let (_, records) = open(&directory, &options);
+    assert_eq!(records, (0..20).map(record).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    let big = vec![7u8; 1000];
+    wal.append(b"small").expect("appends");
+    wal.append(&big).expect("appends");
+    wal.append(b"after").expect("appends");
+    wal.sync().expect("syncs");
+    drop(wal);
+    let (_, records) = open(&directory, &options);
+    assert_eq!(records, vec![b"small".to_vec(), big, b"after".to_vec()]);
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_the_log_continues() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    wal.append(b"one").expect("appends");
+    wal.sync().expect("syncs");
+    let last = directory.path().join(segment_file_name(0));
+    let length = fs::metadata(&last).expect("exists").len();
+    // Half a frame: a crash in the middle of writing the second record.
+    wal.append(b"two").expect("appends");
+    drop(wal);
+    let full = fs::metadata(&last).expect("exists").len();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("opens");
+    file.set_len(full - 3).expect("truncates");
+    drop(file);
+
+    let (mut wal, recovered) = Wal::open(directory.path(), options.clone()).expect("opens");
+    assert_eq!(recovered.records, vec![b"one".to_vec()]);
+    let torn = recovered.torn_tail.expect("reported");
+    assert_eq!((torn.path, torn.offset), (last.clone(), length));
+    assert!(torn.reason.contains("cut short"), "{}", torn.reason);
+    assert_eq!(fs::metadata(&last).expect("exists").len(), length);
+    assert_eq!(wal.append(b"three").expect("appends"), 1);
+    wal.sync().expect("syncs");
+    drop(wal);
+    let (_, records) = open(&directory, &options);
+    assert_eq!(records, vec![b"one".to_vec(), b"three".to_vec()]);
+}
+
+#[test]
+fn a_bad_record_followed_by_a_good_one_refuses_to_open_and_says_where() {
+    let directory = TestDirectory::new();
+    let options = WalOptions::default();
+    let (mut wal, _) = open(&directory, &options);
+    for index in 0..3 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    let path = directory.path().join(segment_file_name(0));
+    let second = SEGMENT_HEADER_BYTES + 16 + record(0).len();
+    flip_byte(&path, second + 20);
+    let error = Wal::open(directory.path(), options).expect_err("corruption");
+    assert!(
+        matches!(&error, StorageError::CorruptRecord { path: p, offset, .. } if *p == path && *offset == second as u64),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("wal-00000000000000000000.log"),
+        "{message}"
+    );
+    assert!(message.contains("restore"), "{message}");
+    // Refusing did not change the file: the damaged record is still there to inspect.
+    assert_eq!(
+        fs::metadata(&path).expect("exists").len() as usize,
+        SEGMENT_HEADER_BYTES + 3 * (16 + record(0).len())
+    );
+}
+
+#[test]
+fn a_bad_record_in_a_closed_segment_refuses_to_open() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    for index in 0..20 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    // The last record of the first segment: no record follows it in its own file.
+    let path = directory.path().join(segment_file_name(0));
+    let length = fs::metadata(&path).expect("exists").len() as usize;
+    flip_byte(&path, length - 1);
+    let error = Wal::open(directory.path(), options).expect_err("corruption");
+    assert!(error.to_string().contains("not the last"), "{error}");
+}
+
+#[test]
+fn a_missing_segment_is_a_gap_not_a_shorter_log() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    for index in 0..20 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    let names = directory.names();
+    fs::remove_file(directory.path().join(&names[1])).expect("removes");
+    let error = Wal::open(directory.path(), options.clone()).expect_err("gap");
+    assert!(
+        matches!(error, StorageError::MissingRecords { .. }),
+        "{error}"
+    );
+    // Without a snapshot the log must start at record 0.
+    fs::remove_file(directory.path().join(&names[0])).expect("removes");
+    let error = Wal::open(directory.path(), options).expect_err("gap");
+    assert!(
+        matches!(error, StorageError::MissingRecords { expected: 0, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_damaged_segment_header_refuses_to_open() {
+    let directory = TestDirectory::new();
+    let (mut wal, _) = open(&directory, &WalOptions::default());
+    wal.append(b"x").expect("appends");
+    wal.sync().expect("syncs");
+    drop(wal);
+    flip_byte(&directory.path().join(segment_file_name(0)), 2);
+    let error = Wal::open(directory.path(), WalOptions::default()).expect_err("bad header");
+    assert!(
+        matches!(error, StorageError::CorruptSegmentHeader { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn checkpoints_supersede_earlier_records_and_files() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    for index in 0..10 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    assert_eq!(wal.append(b"unsynced, superseded").expect("appends"), 10);
+    assert_eq!(
+        wal.append_checkpoint(b"state after 11")
+            .expect("checkpoints"),
+        11
+    );
+    assert_eq!(wal.durable_records(), 12);
+    wal.append(b"after").expect("appends");
+    assert_eq!(wal.sync().expect("syncs"), 13);
+    assert_eq!(
+        directory.names(),
+        vec![snapshot_file_name(11), segment_file_name(12)]
+    );
+    let big = vec![3u8; 5000];
+    assert_eq!(wal.append_checkpoint(&big).expect("checkpoints"), 13);
+    assert_eq!(
+        directory.names(),
+        vec![snapshot_file_name(13), segment_file_name(14)]
+    );
+    drop(wal);
+    let (_, recovered) = Wal::open(directory.path(), options).expect("opens");
+    assert_eq!(recovered.records, vec![big]);
+    assert!(recovered.from_snapshot);
+    assert_eq!((recovered.first_index, recovered.next_index), (13, 14));
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_an_error_even_with_an_older_one() {
+    let directory = TestDirectory::new();
+    let options = WalOptions::default();
+    let (mut wal, _) = open(&directory, &options);
+    wal.append_checkpoint(b"first").expect("checkpoints");
+    wal.append(b"between").expect("appends");
+    wal.sync().expect("syncs");
+    let older = fs::read(directory.path().join(snapshot_file_name(0))).expect("exists");
+    wal.append_checkpoint(b"second").expect("checkpoints");
+    drop(wal);
+    // An older snapshot left behind (as by a crash before its deletion) cannot stand in.
+    fs::write(directory.path().join(snapshot_file_name(0)), older).expect("writes");
+    let newest = directory.path().join(snapshot_file_name(2));
+    flip_byte(&newest, 40);
+    let error = Wal::open(directory.path(), options).expect_err("corrupt snapshot");
+    assert!(
+        matches!(&error, StorageError::CorruptSnapshot { path, offset: 36, .. } if *path == newest),
+        "{error}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("snapshot-00000000000000000002.snap")
+    );
+}
+
+#[test]
+fn preallocated_segments_recover_and_close_cleanly() {
+    let directory = TestDirectory::new();
+    let options = WalOptions {
+        segment_bytes: 4096,
+        preallocate: true,
+        write_buffer_bytes: 0,
+    };
+    let (mut wal, _) = open(&directory, &options);
+    assert_eq!(
+        fs::metadata(directory.path().join(segment_file_name(0)))
+            .expect("exists")
+            .len(),
+        4096
+    );
+    for index in 0..5 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    let (mut wal, recovered) = Wal::open(directory.path(), options.clone()).expect("opens");
+    assert_eq!(recovered.records.len(), 5);
+    assert_eq!(recovered.torn_tail, None, "zeros are not a torn tail");
+    for index in 5..400 {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    drop(wal);
+    let (_, records) = open(&directory, &options);
+    assert_eq!(records, (0..400).map(record).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_record_too_large_for_a_frame_is_refused_without_poisoning() {
+    let directory = TestDirectory::new();
+    let (mut wal, _) = open(&directory, &WalOptions::default());
+    let huge = vec![0u8; crate::segment::MAX_RECORD_BYTES + 1];
+    assert!(matches!(
+        wal.append(&huge),
+        Err(StorageError::RecordTooLarge { .. })
+    ));
+    assert_eq!(wal.append(b"fine").expect("still usable"), 0);
+}
+
+#[test]
+fn files_that_are_not_ours_are_left_alone() {
+    let directory = TestDirectory::new();
+    fs::create_dir_all(directory.path()).expect("creates");
+    fs::write(directory.path().join("LOCK"), b"x").expect("writes");
+    fs::write(directory.path().join("wal-1.log"), b"x").expect("writes");
+    let (mut wal, records) = open(&directory, &WalOptions::default());
+    assert!(records.is_empty());
+    wal.append(b"a").expect("appends");
+    wal.sync().expect("syncs");
+    assert!(directory.names().contains(&"LOCK".to_string()));
+    assert!(directory.names().contains(&"wal-1.log".to_string()));
+}
+
+/// Every way a crash can cut a checkpoint short, and what recovery must return for each.
+#[test]
+fn a_crash_at_every_step_of_a_checkpoint_recovers_a_consistent_log() {
+    let steps = [
+        CheckpointStep::TemporaryWritten,
+        CheckpointStep::Renamed,
+        CheckpointStep::Durable,
+        CheckpointStep::SegmentTemporaryWritten,
+        CheckpointStep::SegmentCreated,
+        CheckpointStep::SegmentsDeleted,
+    ];
+    let before = vec![record(0), record(1)];
+    let checkpoint = b"checkpoint".to_vec();
+    for step in steps {
+        // `lose_rename`: the crash also loses the un-fsynced rename of step 2.
+        // `cut`: the crash persisted only part of the temporary file.
+        for (lose_rename, cut) in [(false, None), (true, None), (false, Some(5))] {
+            if step != CheckpointStep::Renamed && lose_rename {
+                continue;
+            }
+            if step != CheckpointStep::TemporaryWritten && cut.is_some() {
+                continue;
+            }
+            let directory = TestDirectory::new();
+            let options = small_segments();
+            let (mut wal, _) = open(&directory, &options);
+            wal.append(&before[0]).expect("appends");
+            wal.append(&before[1]).expect("appends");
+            wal.sync().expect("syncs");
+            wal.append(b"unsynced").expect("appends");
+            wal.checkpoint_until(&checkpoint, Some(step))
+                .expect("checkpoint steps");
+            drop(wal);
+            let snapshot = directory.path().join(snapshot_file_name(3));
+            let temporary = directory
+                .path()
+                .join(format!("{}.tmp", snapshot_file_name(3)));
+            if lose_rename {
+                fs::rename(&snapshot, &temporary).expect("renames back");
+            }
+            if let Some(keep) = cut {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&temporary)
+                    .expect("opens");
+                file.set_len(keep).expect("cuts");
+            }
+
+            let context =
+                format!("crash after {step:?} (rename lost: {lose_rename}, cut: {cut:?})");
+            let (mut wal, recovered) = Wal::open(directory.path(), options.clone())
+                .unwrap_or_else(|error| panic!("{context}: {error}"));
+            let durable = step >= CheckpointStep::Durable
+                || (step == CheckpointStep::Renamed && !lose_rename);
+            if durable {
+                assert_eq!(recovered.records, vec![checkpoint.clone()], "{context}");
+                assert_eq!(recovered.first_index, 3, "{context}");
+            } else {
+                // The synced records survive; the unsynced one may (it was written through).
+                let mut with_unsynced = before.clone();
+                with_unsynced.push(b"unsynced".to_vec());
+                assert!(
+                    recovered.records == before || recovered.records == with_unsynced,
+                    "{context}: {:?}",
+                    recovered.records
+                );
+            }
+            // No leftovers: no temporary files, and only what the newest checkpoint needs.
+            let names = directory.names();
+            assert!(
+                names.iter().all(|name| !name.ends_with(".tmp")),
+                "{context}: {names:?}"
+            );
+            if durable {
+                assert_eq!(
+                    names,
+                    vec![snapshot_file_name(3), segment_file_name(4)],
+                    "{context}"
+                );
+            }
+            // The log continues, and the continuation survives another reopen.
+            let index = wal.append(b"next").expect("appends");
+            wal.sync().expect("syncs");
+            drop(wal);
+            let (_, records) = open(&directory, &options);
+            assert_eq!(records.last(), Some(&b"next".to_vec()), "{context}");
+            assert_eq!(index, recovered.next_index, "{context}");
+        }
+    }
+}
