@@ -92,8 +92,8 @@ const MODEL_NAME: &str = "etcd key-value";
 /// The operation names the model has, for error messages.
 const SUPPORTED_OPERATIONS: &str = "get, put, delete, cas, lease-grant, lease-revoke";
 
-/// How many keys a lease group's partition name lists before "and N more".
-const PARTITION_NAME_KEYS_MAX: usize = 3;
+/// How many keys (and leases) a lease group's partition name lists before "N more".
+const PARTITION_NAME_ITEMS_MAX: usize = 3;
 
 /// The fields the etcd vocabulary adds to an event; each is absent unless the event has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,7 +224,8 @@ pub fn check_etcd(
     events: &[EtcdEvent],
     options: &CheckOptions,
 ) -> Result<CheckReport, HistoryError> {
-    let model = EtcdModel::new(events)?;
+    let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
+    let model = EtcdModel::with_plain_events(events, &plain)?;
     if let Some(violation) = revision_violation(&model.operations, &model.commands) {
         return Ok(CheckReport {
             verdict: Verdict::NotLinearizable(violation),
@@ -233,7 +234,6 @@ pub fn check_etcd(
             states_explored: 0,
         });
     }
-    let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
     check(&model, &plain, options)
 }
 
@@ -346,7 +346,12 @@ impl EtcdModel {
     /// Reads and validates a history's operations and groups keys by lease.
     pub fn new(events: &[EtcdEvent]) -> Result<EtcdModel, HistoryError> {
         let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
-        let operations = pair_operations(&plain)?;
+        EtcdModel::with_plain_events(events, &plain)
+    }
+
+    /// [`EtcdModel::new`] given the events without their etcd fields too.
+    fn with_plain_events(events: &[EtcdEvent], plain: &[Event]) -> Result<EtcdModel, HistoryError> {
+        let operations = pair_operations(plain)?;
         let fields_of = |index: Option<usize>| index.map(|index| &events[index].fields);
         let mut commands = Vec::with_capacity(operations.len());
         for operation in &operations {
@@ -538,87 +543,105 @@ fn lease_text(lease: Option<&Value>) -> Option<String> {
 /// Each operation's partition: its key, except that keys attached to a common lease (and that
 /// lease's grants and revokes) share one.
 fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> Vec<String> {
-    // Union-find over keys and leases, as node ids.
-    let mut nodes: BTreeMap<(bool, String), usize> = BTreeMap::new();
-    let mut parent: Vec<usize> = Vec::new();
-    fn node(
-        nodes: &mut BTreeMap<(bool, String), usize>,
-        parent: &mut Vec<usize>,
-        is_lease: bool,
-        name: &str,
-    ) -> usize {
-        *nodes.entry((is_lease, name.to_owned())).or_insert_with(|| {
-            parent.push(parent.len());
-            parent.len() - 1
-        })
+    /// Union-find over keys and leases.
+    #[derive(Default)]
+    struct Groups<'a> {
+        keys: HashMap<&'a str, usize>,
+        leases: HashMap<String, usize>,
+        parent: Vec<usize>,
     }
-    fn root(parent: &mut [usize], mut node: usize) -> usize {
-        while parent[node] != node {
-            parent[node] = parent[parent[node]];
-            node = parent[node];
+    impl Groups<'_> {
+        fn root(&mut self, mut node: usize) -> usize {
+            while self.parent[node] != node {
+                self.parent[node] = self.parent[self.parent[node]];
+                node = self.parent[node];
+            }
+            node
         }
-        node
     }
-    let lease_of = |operation: &Operation| {
-        let invoke = &events[operation.invoke_index].fields;
-        let completion = operation.complete_index.map(|index| &events[index].fields);
-        lease_text(invoke.lease.as_ref())
-            .or_else(|| lease_text(completion.and_then(|fields| fields.lease.as_ref())))
-    };
+    fn fresh(parent: &mut Vec<usize>) -> usize {
+        parent.push(parent.len());
+        parent.len() - 1
+    }
+    let mut groups = Groups::default();
     let mut node_of_operation = Vec::with_capacity(operations.len());
     for operation in operations {
-        let key_node = operation
-            .key
-            .as_deref()
-            .map(|key| node(&mut nodes, &mut parent, false, key));
-        let lease_node =
-            lease_of(operation).map(|lease| node(&mut nodes, &mut parent, true, &lease));
+        let key_node = operation.key.as_deref().map(|key| {
+            *groups
+                .keys
+                .entry(key)
+                .or_insert_with(|| fresh(&mut groups.parent))
+        });
+        let invoke = &events[operation.invoke_index].fields;
+        let completion = operation.complete_index.map(|index| &events[index].fields);
+        let lease = lease_text(invoke.lease.as_ref())
+            .or_else(|| lease_text(completion.and_then(|fields| fields.lease.as_ref())));
+        let lease_node = lease.map(|lease| {
+            *groups
+                .leases
+                .entry(lease)
+                .or_insert_with(|| fresh(&mut groups.parent))
+        });
         if let (Some(key_node), Some(lease_node)) = (key_node, lease_node) {
-            let (a, b) = (root(&mut parent, key_node), root(&mut parent, lease_node));
-            parent[a] = b;
+            let (a, b) = (groups.root(key_node), groups.root(lease_node));
+            groups.parent[a] = b;
         }
         node_of_operation.push(key_node.or(lease_node));
     }
-    // Name each group after its keys (or, with none, its leases), in order.
+    // Name each group after its keys, in order.
     let mut members: BTreeMap<usize, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
-    for ((is_lease, name), &id) in &nodes {
-        let group = members.entry(root(&mut parent, id)).or_default();
-        if *is_lease {
-            group.1.push(name);
-        } else {
-            group.0.push(name);
-        }
+    let keys: Vec<(&str, usize)> = groups.keys.iter().map(|(&key, &id)| (key, id)).collect();
+    for (key, id) in keys {
+        let root = groups.root(id);
+        members.entry(root).or_default().0.push(key);
+    }
+    let leases: Vec<(String, usize)> = groups
+        .leases
+        .iter()
+        .map(|(lease, &id)| (lease.clone(), id))
+        .collect();
+    for (lease, id) in &leases {
+        let root = groups.root(*id);
+        members.entry(root).or_default().1.push(lease);
     }
     let names: BTreeMap<usize, String> = members
         .into_iter()
-        .map(|(group, (keys, leases))| (group, partition_name(&keys, &leases)))
+        .map(|(group, (mut keys, mut leases))| {
+            keys.sort_unstable();
+            leases.sort_unstable();
+            (group, partition_name(&keys, &leases))
+        })
         .collect();
     node_of_operation
         .into_iter()
         .map(|node| match node {
-            Some(node) => names[&root(&mut parent, node)].clone(),
+            Some(node) => names[&groups.root(node)].clone(),
             // Neither key nor lease: a grant whose answer never came; it constrains nothing.
             None => String::new(),
         })
         .collect()
 }
 
-/// A partition's name: its one key, or its keys and the leases joining them.
+/// A partition's name: its one key, or its keys and the leases joining them (a few of each).
 fn partition_name(keys: &[&str], leases: &[&str]) -> String {
-    match (keys, leases) {
-        ([key], _) => (*key).to_owned(),
-        ([], leases) => format!("lease {}", leases.join(", ")),
-        (keys, leases) => {
-            let mut shown: Vec<String> = keys
-                .iter()
-                .take(PARTITION_NAME_KEYS_MAX)
-                .map(|key| format!("{key:?}"))
-                .collect();
-            if keys.len() > PARTITION_NAME_KEYS_MAX {
-                shown.push(format!("{} more", keys.len() - PARTITION_NAME_KEYS_MAX));
-            }
-            format!("{} (lease {})", shown.join(", "), leases.join(", "))
+    /// The first few names, then how many more there are.
+    fn some_of(names: impl Iterator<Item = String>, count: usize) -> String {
+        let mut shown: Vec<String> = names.take(PARTITION_NAME_ITEMS_MAX).collect();
+        if count > PARTITION_NAME_ITEMS_MAX {
+            shown.push(format!("{} more", count - PARTITION_NAME_ITEMS_MAX));
         }
+        shown.join(", ")
+    }
+    match keys {
+        [key] => (*key).to_owned(),
+        // Grants and revokes of leases no key was attached to: they constrain nothing, and one
+        // shared partition keeps them from multiplying the partitions.
+        [] => String::new(),
+        keys => format!(
+            "{} (lease {})",
+            some_of(keys.iter().map(|key| format!("{key:?}")), keys.len()),
+            some_of(leases.iter().map(|lease| (*lease).to_owned()), leases.len())
+        ),
     }
 }
 
@@ -638,7 +661,12 @@ impl Model for EtcdModel {
             .by_invoke_index
             .get(&operation.invoke_index)
             .copied()
-            .filter(|&position| self.operations[position] == *operation)
+            .filter(|&position| {
+                let known = &self.operations[position];
+                known.process == operation.process
+                    && known.complete_index == operation.complete_index
+                    && known.f == operation.f
+            })
             .ok_or_else(|| HistoryError::InvalidValue {
                 index: operation.invoke_index,
                 f: operation.f.clone(),
