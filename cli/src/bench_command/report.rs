@@ -1,0 +1,429 @@
+//! Turns a run's record into figures: throughput, HDR latency percentiles (overall, per
+//! operation kind and per time window), errors, and the members' memory; prints them and
+//! writes them as JSON.
+
+use super::driver::{ErrorTally, Record, Sample};
+use super::workload::OpKind;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The largest latency a histogram tracks: one hour, in microseconds.
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+/// Significant decimal digits the histograms keep (0.1% relative error).
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+/// The narrowest time window of the over-time series.
+const WINDOW_MS_MIN: u64 = 100;
+/// Long runs use wider windows so the series (and the plot) stays this short.
+const WINDOWS_MAX: u64 = 1_200;
+
+/// Latency percentiles, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p99_9_us: u64,
+    /// Slowest request.
+    pub max_us: u64,
+    /// Arithmetic mean.
+    pub mean_us: f64,
+}
+
+/// One time window of the run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    /// Start of the window, in milliseconds after the measurement began.
+    pub start_ms: u64,
+    /// Width of the window in milliseconds.
+    pub width_ms: u64,
+    /// Requests that completed in the window.
+    pub ops: u64,
+    /// Median latency of those requests (0 if none).
+    pub p50_us: u64,
+    /// 99th percentile latency of those requests (0 if none).
+    pub p99_us: u64,
+}
+
+impl Window {
+    /// Completions per second in this window.
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 * 1000.0 / self.width_ms as f64
+    }
+}
+
+/// The figures of one run against one target.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Which system ("synod", "etcd", "server").
+    pub target: String,
+    /// Where the clients connected.
+    pub endpoints: Vec<String>,
+    /// Successful measured requests.
+    pub ops: u64,
+    /// Failed measured requests by kind.
+    pub errors: BTreeMap<String, ErrorTally>,
+    /// From the end of the warmup to the last completion.
+    pub elapsed: Duration,
+    /// Percentiles over every successful request.
+    pub latency: Percentiles,
+    /// Count and percentiles per operation kind that occurred.
+    pub per_kind: Vec<(OpKind, u64, Percentiles)>,
+    /// The run cut into equal windows.
+    pub windows: Vec<Window>,
+    /// Resident memory of each member this program started (bytes), after the run.
+    pub member_rss_bytes: Vec<Option<u64>>,
+    /// Bytes in each started member's data directory, after the run.
+    pub member_data_bytes: Vec<u64>,
+    /// Whether Ctrl-C cut the run short.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// Computes the figures of `record`.
+    pub fn new(target: &str, endpoints: &[String], record: Record) -> Summary {
+        let latency = percentiles(record.samples.iter());
+        let per_kind = OpKind::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                let count = record
+                    .samples
+                    .iter()
+                    .filter(|sample| sample.kind == kind)
+                    .count();
+                (count > 0).then(|| {
+                    let of_kind = record.samples.iter().filter(|sample| sample.kind == kind);
+                    (kind, count as u64, percentiles(of_kind))
+                })
+            })
+            .collect();
+        Summary {
+            target: target.to_string(),
+            endpoints: endpoints.to_vec(),
+            ops: record.samples.len() as u64,
+            windows: windows(&record.samples, record.elapsed),
+            errors: record.errors,
+            elapsed: record.elapsed,
+            latency,
+            per_kind,
+            member_rss_bytes: Vec::new(),
+            member_data_bytes: Vec::new(),
+            interrupted: record.interrupted,
+        }
+    }
+
+    /// Successful requests per second.
+    pub fn throughput(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.ops as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// Failed requests of every kind.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().map(|tally| tally.count).sum()
+    }
+
+    /// The report's text block.
+    pub fn to_text(&self) -> String {
+        let mut text = format!("{} ({})\n", self.target, self.endpoints.join(","));
+        text += &format!(
+            "  throughput  {} ops in {:.2} s = {} ops/s{}\n",
+            group_digits(self.ops),
+            self.elapsed.as_secs_f64(),
+            group_digits(self.throughput().round() as u64),
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
+        );
+        text += &format!("  latency     {}\n", percentiles_text(&self.latency));
+        if self.per_kind.len() > 1 {
+            for (kind, count, latency) in &self.per_kind {
+                text += &format!(
+                    "  {:<16} {} ops, {}\n",
+                    kind.name(),
+                    group_digits(*count),
+                    percentiles_text(latency)
+                );
+            }
+        }
+        if self.errors.is_empty() {
+            text += "  errors      none\n";
+        } else {
+            for (kind, tally) in &self.errors {
+                text += &format!(
+                    "  errors      {kind}: {} (e.g. \"{}\")\n",
+                    group_digits(tally.count),
+                    tally.example
+                );
+            }
+        }
+        if !self.member_rss_bytes.is_empty() {
+            let rss: Vec<String> = self
+                .member_rss_bytes
+                .iter()
+                .map(|rss| rss.map_or("?".to_string(), megabytes))
+                .collect();
+            let data: Vec<String> = self
+                .member_data_bytes
+                .iter()
+                .map(|&bytes| megabytes(bytes))
+                .collect();
+            text += &format!(
+                "  memory      RSS per member {}; data dir {}\n",
+                rss.join(", "),
+                data.join(", ")
+            );
+        }
+        text
+    }
+
+    /// The run as a JSON object.
+    pub fn to_json(&self) -> Value {
+        let errors: serde_json::Map<String, Value> = self
+            .errors
+            .iter()
+            .map(|(kind, tally)| {
+                (
+                    kind.clone(),
+                    json!({"count": tally.count, "example": tally.example}),
+                )
+            })
+            .collect();
+        let per_kind: serde_json::Map<String, Value> = self
+            .per_kind
+            .iter()
+            .map(|(kind, count, latency)| {
+                (
+                    kind.name().to_string(),
+                    json!({"ops": count, "latency_us": percentiles_json(latency)}),
+                )
+            })
+            .collect();
+        let windows: Vec<Value> = self
+            .windows
+            .iter()
+            .map(|window| {
+                json!({
+                    "start_ms": window.start_ms,
+                    "width_ms": window.width_ms,
+                    "ops": window.ops,
+                    "p50_us": window.p50_us,
+                    "p99_us": window.p99_us,
+                })
+            })
+            .collect();
+        json!({
+            "target": self.target,
+            "endpoints": self.endpoints,
+            "ops": self.ops,
+            "errors_total": self.error_count(),
+            "errors": errors,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "throughput_ops_per_s": self.throughput(),
+            "latency_us": percentiles_json(&self.latency),
+            "per_op": per_kind,
+            "windows": windows,
+            "member_rss_bytes": self.member_rss_bytes,
+            "member_data_bytes": self.member_data_bytes,
+            "interrupted": self.interrupted,
+        })
+    }
+}
+
+/// Synod against etcd: throughput ratio (higher is better for Synod) and p99 ratio (lower is
+/// better for Synod).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ratios {
+    /// Synod's throughput divided by etcd's.
+    pub throughput: f64,
+    /// Synod's p99 latency divided by etcd's.
+    pub p99: f64,
+}
+
+impl Ratios {
+    /// The ratios of `synod` to `etcd`; infinite or NaN figures become None.
+    pub fn new(synod: &Summary, etcd: &Summary) -> Option<Ratios> {
+        let throughput = synod.throughput() / etcd.throughput();
+        let p99 = synod.latency.p99_us as f64 / etcd.latency.p99_us as f64;
+        (throughput.is_finite() && p99.is_finite()).then_some(Ratios { throughput, p99 })
+    }
+
+    /// One line for the report.
+    pub fn to_text(self) -> String {
+        format!(
+            "synod/etcd: throughput {:.2}x (higher is better), p99 {:.2}x (lower is better)\n",
+            self.throughput, self.p99
+        )
+    }
+
+    /// As a JSON object.
+    pub fn to_json(self) -> Value {
+        json!({"throughput": self.throughput, "p99": self.p99})
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+        .expect("the bounds are constants that hdrhistogram accepts")
+}
+
+fn percentiles<'a>(samples: impl Iterator<Item = &'a Sample>) -> Percentiles {
+    let mut histogram = new_histogram();
+    for sample in samples {
+        histogram.saturating_record(sample.latency_us.max(1));
+    }
+    percentiles_of(&histogram)
+}
+
+fn percentiles_of(histogram: &Histogram<u64>) -> Percentiles {
+    if histogram.is_empty() {
+        return Percentiles::default();
+    }
+    Percentiles {
+        p50_us: histogram.value_at_quantile(0.50),
+        p90_us: histogram.value_at_quantile(0.90),
+        p99_us: histogram.value_at_quantile(0.99),
+        p99_9_us: histogram.value_at_quantile(0.999),
+        max_us: histogram.max(),
+        mean_us: histogram.mean(),
+    }
+}
+
+/// Cuts the run into windows of at least [`WINDOW_MS_MIN`], at most [`WINDOWS_MAX`] of them;
+/// `samples` are sorted by completion time.
+fn windows(samples: &[Sample], elapsed: Duration) -> Vec<Window> {
+    let elapsed_ms = u64::try_from(elapsed.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let width_ms =
+        WINDOW_MS_MIN.max(elapsed_ms.div_ceil(WINDOWS_MAX).div_ceil(WINDOW_MS_MIN) * WINDOW_MS_MIN);
+    let count = elapsed_ms.div_ceil(width_ms);
+    let mut windows = Vec::new();
+    let mut rest = samples;
+    for index in 0..count {
+        let end_us = (index + 1) * width_ms * 1000;
+        let split = if index + 1 == count {
+            rest.len()
+        } else {
+            rest.partition_point(|sample| sample.completed_at_us < end_us)
+        };
+        let (inside, after) = rest.split_at(split);
+        rest = after;
+        let latency = percentiles(inside.iter());
+        windows.push(Window {
+            start_ms: index * width_ms,
+            width_ms,
+            ops: inside.len() as u64,
+            p50_us: latency.p50_us,
+            p99_us: latency.p99_us,
+        });
+    }
+    windows
+}
+
+fn percentiles_text(latency: &Percentiles) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        milliseconds(latency.p50_us),
+        milliseconds(latency.p90_us),
+        milliseconds(latency.p99_us),
+        milliseconds(latency.p99_9_us),
+        milliseconds(latency.max_us),
+    )
+}
+
+fn percentiles_json(latency: &Percentiles) -> Value {
+    json!({
+        "p50": latency.p50_us,
+        "p90": latency.p90_us,
+        "p99": latency.p99_us,
+        "p99.9": latency.p99_9_us,
+        "max": latency.max_us,
+        "mean": latency.mean_us,
+    })
+}
+
+/// `1234` µs as `1.23 ms`.
+pub fn milliseconds(micros: u64) -> String {
+    format!("{:.2} ms", micros as f64 / 1000.0)
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_digits(number: u64) -> String {
+    let digits = number.to_string();
+    let mut grouped = String::new();
+    for (position, digit) in digits.chars().enumerate() {
+        if position > 0 && (digits.len() - position).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(completed_at_ms: u64, latency_us: u64) -> Sample {
+        Sample {
+            completed_at_us: completed_at_ms * 1000,
+            latency_us,
+            kind: OpKind::Put,
+        }
+    }
+
+    #[test]
+    fn percentiles_come_from_the_latencies() {
+        let samples: Vec<Sample> = (1..=1000).map(|latency| sample(0, latency)).collect();
+        let latency = percentiles(samples.iter());
+        assert_eq!(latency.p50_us, 500);
+        assert_eq!(latency.p99_us, 990);
+        assert_eq!(latency.p99_9_us, 999);
+        assert_eq!(latency.max_us, 1000);
+    }
+
+    #[test]
+    fn windows_split_by_completion_time() {
+        let samples = vec![
+            sample(10, 5),
+            sample(90, 7),
+            sample(150, 100),
+            sample(299, 3),
+        ];
+        let windows = windows(&samples, Duration::from_millis(300));
+        let ops: Vec<u64> = windows.iter().map(|window| window.ops).collect();
+        assert_eq!(ops, [2, 1, 1]);
+        assert_eq!(windows[1].p99_us, 100);
+        assert!((windows[0].throughput() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn long_runs_get_wider_windows() {
+        let windows = windows(&[], Duration::from_secs(1000));
+        assert!(windows.len() as u64 <= WINDOWS_MAX);
+        assert_eq!(windows[0].width_ms % WINDOW_MS_MIN, 0);
+    }
+
+    #[test]
+    fn digits_are_grouped() {
+        assert_eq!(group_digits(0), "0");
+        assert_eq!(group_digits(999), "999");
+        assert_eq!(group_digits(1_234_567), "1,234,567");
+    }
+}
