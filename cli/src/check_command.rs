@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
+use synod_check::etcd::{EtcdEvent, check_etcd, read_etcd_jsonl_file};
 use synod_check::format::{Format, History, read_history_file};
 use synod_check::{
     Budget, CheckOptions, CheckReport, KvModel, RegisterModel, Verdict, check, html,
@@ -28,8 +29,10 @@ pub struct CheckArgs {
     /// History files to check, each on its own.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// The data type the histories are checked against: `register` (read, write, cas) or `kv`
-    /// (get, put, append, delete); `auto` picks it from the first operation.
+    /// The data type the histories are checked against: `register` (read, write, cas), `kv`
+    /// (get, put, append, delete) or `etcd` (get, put, delete, cas, leases, with revisions);
+    /// `auto` picks etcd for JSON Lines with etcd fields or lease operations, else goes by the
+    /// first operation.
     #[arg(long, value_enum, default_value_t = ModelChoice::Auto)]
     model: ModelChoice,
     /// The files' format: `jsonl` (Synod's), `jepsen` (Jepsen's log) or `edn` (EDN maps, one
@@ -53,12 +56,15 @@ pub struct CheckArgs {
 /// `--model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ModelChoice {
-    /// Chosen from the history: Jepsen logs and read/write/cas operations are a register.
+    /// Chosen from the history: JSON Lines with etcd fields are etcd, Jepsen logs and
+    /// read/write/cas operations a register, get/put/append/delete a key-value map.
     Auto,
     /// A compare-and-set register.
     Register,
     /// A key-value map.
     Kv,
+    /// The etcd-like key-value store: revisions, cas outcomes, leases.
+    Etcd,
 }
 
 /// `--format`.
@@ -169,20 +175,53 @@ fn check_file(path: &Path, arguments: &CheckArgs, options: &CheckOptions) -> Fil
         Ok(history) => history,
         Err(error) => return FileOutcome::BadInput(error.to_string()),
     };
-    let model = match arguments.model {
-        ModelChoice::Auto => match guess_model(&history) {
-            Some(model) => model,
-            None => {
-                return FileOutcome::BadInput(format!(
-                    "{source_name}: cannot tell the model from operation {:?}; choose one with \
-                     --model register|kv",
-                    history.events[0].f
-                ));
-            }
-        },
-        chosen => chosen,
+    // The etcd fields, which the common reader drops: only JSON Lines have them.
+    let etcd_events = || -> Result<Vec<EtcdEvent>, String> {
+        if history.format == Format::Jsonl {
+            read_etcd_jsonl_file(path).map_err(|error| error.to_string())
+        } else {
+            Ok(history
+                .events
+                .iter()
+                .cloned()
+                .map(EtcdEvent::from)
+                .collect())
+        }
     };
+    let mut etcd_history = None;
+    let model = match arguments.model {
+        ModelChoice::Auto if history.format == Format::Jsonl => {
+            let events = match etcd_events() {
+                Ok(events) => events,
+                Err(message) => return FileOutcome::BadInput(message),
+            };
+            let model = if looks_like_etcd(&events) {
+                Some(ModelChoice::Etcd)
+            } else {
+                guess_model(&history)
+            };
+            etcd_history = Some(events);
+            model
+        }
+        ModelChoice::Auto => guess_model(&history),
+        chosen => Some(chosen),
+    };
+    let Some(model) = model else {
+        return FileOutcome::BadInput(format!(
+            "{source_name}: cannot tell the model from operation {:?}; choose one with --model \
+             register|kv|etcd",
+            history.events[0].f
+        ));
+    };
+    if model == ModelChoice::Etcd && etcd_history.is_none() {
+        match etcd_events() {
+            Ok(events) => etcd_history = Some(events),
+            Err(message) => return FileOutcome::BadInput(message),
+        }
+    }
     let checked = match model {
+        ModelChoice::Etcd => check_etcd(etcd_history.as_deref().unwrap_or_default(), options)
+            .map(|report| ("etcd key-value", report)),
         ModelChoice::Register => check(&RegisterModel, &history.events, options)
             .map(|report| ("compare-and-set register", report)),
         ModelChoice::Kv | ModelChoice::Auto => {
@@ -210,6 +249,13 @@ fn guess_model(history: &History) -> Option<ModelChoice> {
         "get" | "put" | "append" | "delete" => Some(ModelChoice::Kv),
         _ => None,
     }
+}
+
+/// Whether a history uses the etcd vocabulary: a revision, a cas outcome, a lease.
+fn looks_like_etcd(events: &[EtcdEvent]) -> bool {
+    events
+        .iter()
+        .any(|event| event.fields != Default::default() || event.event.f.starts_with("lease-"))
 }
 
 /// Prints one file's verdict: in full for a single file, one line each for several.

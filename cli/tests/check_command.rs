@@ -269,3 +269,93 @@ fn bad_arguments_exit_2_with_a_message() {
         assert!(!message.trim().is_empty(), "{arguments:?} gave no message");
     }
 }
+
+/// A small etcd-like history: two puts on different keys, then a get of the first.
+const ETCD_HISTORY: &str = r#"{"process":1,"type":"invoke","f":"put","key":"a","value":"x","time":1}
+{"process":1,"type":"ok","f":"put","key":"a","value":"x","time":2,"revision":1}
+{"process":2,"type":"invoke","f":"put","key":"b","value":"y","time":3}
+{"process":2,"type":"ok","f":"put","key":"b","value":"y","time":4,"revision":2}
+{"process":1,"type":"invoke","f":"get","key":"a","value":null,"time":5}
+{"process":1,"type":"ok","f":"get","key":"a","value":"x","time":6,"revision":2,"mod_revision":1}
+"#;
+
+#[test]
+fn etcd_histories_are_checked_with_their_revisions() {
+    let directory = scratch_directory("check-etcd");
+    let good = directory.join("good.jsonl");
+    std::fs::write(&good, ETCD_HISTORY).expect("scratch file");
+    // The second put reports a revision below the first's, which completed before it began.
+    let backwards = directory.join("backwards.jsonl");
+    std::fs::write(
+        &backwards,
+        ETCD_HISTORY.replace(r#""revision":2}"#, r#""revision":0}"#),
+    )
+    .expect("scratch file");
+    let (good, backwards) = (good.display().to_string(), backwards.display().to_string());
+
+    for arguments in [
+        vec!["check", &good],
+        vec!["check", "--model", "etcd", &good],
+    ] {
+        let output = synod(&arguments);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+        assert!(
+            text.contains("linearizable (etcd key-value model, jsonl format, 3 operations"),
+            "{text}"
+        );
+    }
+
+    let page = directory.join("backwards.html");
+    let page_argument = page.display().to_string();
+    let output = synod(&[
+        "check",
+        "--model",
+        "etcd",
+        &backwards,
+        "--html",
+        &page_argument,
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}{}", stderr(&output));
+    assert!(
+        text.contains("created revision 0, which is below revision 1 of process 1's put"),
+        "{text}"
+    );
+    let html = std::fs::read_to_string(&page).expect("the page was written");
+    assert!(html.contains("class=\"op failing\""), "{html}");
+
+    // Without the etcd fields the same operations are a plain key-value history, as before.
+    let plain = directory.join("plain.jsonl");
+    let stripped: String = ETCD_HISTORY
+        .lines()
+        .map(|line| {
+            let end = line.find(r#","revision""#).unwrap_or(line.len() - 1);
+            format!("{}}}\n", &line[..end])
+        })
+        .collect();
+    std::fs::write(&plain, stripped).expect("scratch file");
+    let output = synod(&["check", &plain.display().to_string()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}{}", stderr(&output));
+    assert!(text.contains("(key-value model, jsonl format"), "{text}");
+}
+
+#[test]
+fn a_malformed_etcd_operation_names_its_line_and_exits_2() {
+    let directory = scratch_directory("check-etcd-malformed");
+    let path = directory.join("cas.jsonl");
+    std::fs::write(
+        &path,
+        "{\"process\":1,\"type\":\"invoke\",\"f\":\"cas\",\"key\":\"a\",\"value\":[null,\"x\"],\"time\":1}\n\n\
+         {\"process\":1,\"type\":\"ok\",\"f\":\"cas\",\"key\":\"a\",\"value\":[null,\"x\"],\"time\":2,\"revision\":1}\n",
+    )
+    .expect("scratch file");
+    let output = synod(&["check", "--model", "etcd", &path.display().to_string()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("cas.jsonl:3: event index 1: \"cas\" ok needs \"succeeded\""),
+        "{errors}"
+    );
+}
