@@ -7,5 +7,6 @@
 pub mod api;
 pub mod etcd;
 pub mod log;
+pub mod member;
 pub mod runtime;
 pub mod transport;

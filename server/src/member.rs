@@ -1,0 +1,353 @@
+//! One cluster member as a process runs it: durable storage, the consensus node on the
+//! runtime, the etcd gRPC API and the HTTP endpoints, until shutdown.
+
+use crate::api::etcdserverpb as pb;
+use crate::etcd::services::{
+    ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
+    MaintenanceService, Shared, WatchService,
+};
+use crate::etcd::{Consensus, MemberInfo, Membership, Proxy, observer};
+use crate::log::{LogError, RecordLog};
+use crate::runtime::{Boot, NodeConfig, NodeHandle};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use synod_core::hash::StableHasher;
+use synod_core::node::NodeId;
+use synod_protocols::mvcc::machine::MvccMachine;
+use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant};
+use synod_storage::{Wal, WalOptions};
+use tokio::net::TcpListener;
+
+/// A member of the initial cluster, as every member is told about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberSpec {
+    /// Unique name.
+    pub name: String,
+    /// Where peers reach it (`http://host:port`).
+    pub peer_url: String,
+    /// Where clients (and forwarding members) reach it (`http://host:port`).
+    pub client_url: String,
+}
+
+/// Which replication protocol runs the state machine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsensusKind {
+    /// Multi-Paxos with a distinguished proposer.
+    #[default]
+    Paxos,
+}
+
+/// Everything one member needs to start.
+#[derive(Clone, Debug)]
+pub struct MemberConfig {
+    /// This member's name (one of `initial_cluster`).
+    pub name: String,
+    /// Where its write-ahead log and snapshots live.
+    pub data_dir: PathBuf,
+    /// The address to accept peer connections on.
+    pub peer_listen: SocketAddr,
+    /// The address to accept client gRPC connections on.
+    pub client_listen: SocketAddr,
+    /// Every member, this one included, in the same order on every member.
+    pub initial_cluster: Vec<MemberSpec>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Shortest election timeout (the longest is twice this).
+    pub election_timeout: Duration,
+    /// The largest client request accepted, encoded.
+    pub max_request_bytes: usize,
+    /// The replication protocol.
+    pub consensus: ConsensusKind,
+}
+
+impl MemberConfig {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        peer_listen: SocketAddr,
+        client_listen: SocketAddr,
+        initial_cluster: Vec<MemberSpec>,
+    ) -> Self {
+        MemberConfig {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            peer_listen,
+            client_listen,
+            initial_cluster,
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(500),
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            consensus: ConsensusKind::default(),
+        }
+    }
+}
+
+/// Why a member could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The write-ahead log could not be opened.
+    #[error("cannot open the data directory: {0}")]
+    Storage(#[from] synod_storage::StorageError),
+    /// A durable record did not decode.
+    #[error(transparent)]
+    Start(#[from] crate::runtime::StartError),
+    /// A socket could not be bound or served.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// The write-ahead log as the runtime's record log.
+impl RecordLog for Wal {
+    fn append(&mut self, payload: &[u8], checkpoint: bool) -> Result<(), LogError> {
+        let result = if checkpoint {
+            self.append_checkpoint(payload)
+        } else {
+            Wal::append(self, payload)
+        };
+        result
+            .map(|_| ())
+            .map_err(|error| LogError::Other(error.to_string()))
+    }
+
+    fn sync(&mut self) -> Result<(), LogError> {
+        Wal::sync(self)
+            .map(|_| ())
+            .map_err(|error| LogError::Other(error.to_string()))
+    }
+}
+
+/// The socket address in `url` (`http://127.0.0.1:2379` or `127.0.0.1:2379`).
+pub fn url_address(url: &str) -> Result<SocketAddr, MemberError> {
+    let bare = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    bare.parse()
+        .map_err(|_| MemberError::Config(format!("'{url}' is not http://IP:PORT")))
+}
+
+fn stable_id(parts: &[&str]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = StableHasher::new();
+    for part in parts {
+        hasher.write(part.as_bytes());
+        hasher.write(&[0]);
+    }
+    // etcd member ids are never zero (zero means "none" on the wire).
+    hasher.finish() | 1
+}
+
+/// Node ids, etcd member ids and URLs for `initial_cluster`.
+pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
+    let mut members = BTreeMap::new();
+    let mut me = None;
+    let cluster_parts: Vec<&str> = config
+        .initial_cluster
+        .iter()
+        .flat_map(|spec| [spec.name.as_str(), spec.peer_url.as_str()])
+        .collect();
+    for (index, spec) in config.initial_cluster.iter().enumerate() {
+        let node = NodeId(index as u32);
+        if members
+            .values()
+            .any(|member: &MemberInfo| member.name == spec.name)
+        {
+            return Err(MemberError::Config(format!(
+                "member name '{}' appears twice in the initial cluster",
+                spec.name
+            )));
+        }
+        if spec.name == config.name {
+            me = Some(node);
+        }
+        members.insert(
+            node,
+            MemberInfo {
+                member_id: stable_id(&[&spec.name, &spec.peer_url]),
+                name: spec.name.clone(),
+                peer_urls: vec![spec.peer_url.clone()],
+                client_urls: vec![spec.client_url.clone()],
+            },
+        );
+    }
+    let me = me.ok_or_else(|| {
+        MemberError::Config(format!(
+            "this member's name '{}' is not in the initial cluster ({})",
+            config.name,
+            config
+                .initial_cluster
+                .iter()
+                .map(|spec| spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    Ok(Membership {
+        cluster_id: stable_id(&cluster_parts),
+        members,
+        me,
+    })
+}
+
+/// Sockets a member serves on, bound by the caller (tests bind port 0 and learn the
+/// ports before configuring the cluster).
+pub struct Listeners {
+    /// Peer connections.
+    pub peer: TcpListener,
+    /// Client gRPC connections.
+    pub client: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &MemberConfig) -> Result<Listeners, MemberError> {
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address).await.map_err(|error| {
+                MemberError::Network(format!("cannot listen on {address}: {error}"))
+            })
+        };
+        Ok(Listeners {
+            peer: bind(config.peer_listen).await?,
+            client: bind(config.client_listen).await?,
+        })
+    }
+}
+
+/// Runs a member until `shutdown` completes; then stops serving and closes storage (what
+/// was acknowledged is durable already).
+pub async fn run_member(
+    config: MemberConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MemberError> {
+    match config.consensus {
+        ConsensusKind::Paxos => {
+            let node = PaxosNode::<MvccMachine>::new(
+                PaxosVariant::Correct,
+                PaxosConfig {
+                    heartbeat_interval: config.heartbeat,
+                    election_timeout_min: config.election_timeout,
+                    election_timeout_max: config.election_timeout * 2,
+                },
+            );
+            run_node(node, config, listeners, shutdown).await
+        }
+    }
+}
+
+async fn run_node<N: Consensus>(
+    node: N,
+    config: MemberConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MemberError> {
+    let Listeners {
+        peer: peer_listener,
+        client: client_listener,
+    } = listeners;
+    let membership = membership(&config)?;
+    let mut peers = BTreeMap::new();
+    for (node_id, member) in &membership.members {
+        peers.insert(*node_id, url_address(&member.peer_urls[0])?);
+    }
+    let client_urls = membership
+        .members
+        .iter()
+        .map(|(node_id, member)| (*node_id, member.client_urls[0].clone()))
+        .collect();
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        MemberError::Config(format!(
+            "cannot create data directory {}: {error}",
+            config.data_dir.display()
+        ))
+    })?;
+    let (wal, recovered) = Wal::open(config.data_dir.join("wal"), WalOptions::default())?;
+    if let Some(torn) = &recovered.torn_tail {
+        tracing::warn!(
+            file = %torn.path.display(),
+            offset = torn.offset,
+            bytes = torn.discarded_bytes,
+            reason = %torn.reason,
+            "recovery cut off a torn write at the end of the log"
+        );
+    }
+    let boot = if recovered.records.is_empty() {
+        Boot::Fresh
+    } else {
+        Boot::Recover(recovered.records)
+    };
+    let (observe, observed) = observer::<N>();
+    let handle = NodeHandle::start_observed(
+        node,
+        NodeConfig {
+            id: membership.me,
+            peers,
+        },
+        peer_listener,
+        wal,
+        boot,
+        observe,
+    )?;
+    let shared = Arc::new(Shared {
+        proxy: Proxy::new(Arc::new(handle), observed, membership),
+        forwarder: Forwarder::new(client_urls),
+        max_request_bytes: config.max_request_bytes,
+    });
+    tracing::info!(
+        name = %config.name,
+        client = %config.client_listen,
+        peer = %config.peer_listen,
+        "member serving"
+    );
+    serve_grpc(shared, client_listener, config.max_request_bytes, shutdown).await
+}
+
+async fn serve_grpc<N: Consensus>(
+    shared: Arc<Shared<N>>,
+    listener: TcpListener,
+    max_request_bytes: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MemberError> {
+    // Decode up to twice the limit so the handlers can answer moderately oversized
+    // requests with etcd's own "request is too large" instead of a transport error.
+    let decode_limit = max_request_bytes.saturating_mul(2).max(4 * 1024 * 1024);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(
+            pb::kv_server::KvServer::new(KvService(shared.clone()))
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            pb::lease_server::LeaseServer::new(LeaseService(shared.clone()))
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            pb::watch_server::WatchServer::new(WatchService(shared.clone()))
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(pb::maintenance_server::MaintenanceServer::new(
+            MaintenanceService(shared.clone()),
+        ))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(
+            shared.clone(),
+        )))
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|error| MemberError::Network(format!("gRPC server: {error}")))
+}
