@@ -8,7 +8,7 @@
 //! a view, and no view is revealed before its predecessor's primary installed it (so the
 //! view service waited for the acknowledgement).
 
-use super::{PbNode, View};
+use super::{PbNode, PbServer, View};
 use std::collections::BTreeMap;
 use synod_core::node::NodeId;
 
@@ -56,12 +56,58 @@ pub fn check_views_come_from_the_view_service<'a>(
     Ok(())
 }
 
+/// The backup of a view that its primary serves holds exactly the primary's store, or the
+/// primary's store with the batch in flight applied: the backup applies a batch first and
+/// the primary only once the backup acknowledged it, and nothing else changes either store
+/// within a view. So every operation a primary has answered is on its backup (the lab's
+/// "an acknowledged operation survives the primary's failure"), and the backup holds
+/// nothing its primary did not send it.
+///
+/// This looks at one global state, so a model checker sees it break at the very step a
+/// primary applies an operation its backup does not have, or a backup applies one its
+/// primary never sent, long before a client could read the difference.
+pub fn check_backup_mirrors_primary<'a>(
+    nodes: impl IntoIterator<Item = (NodeId, &'a PbNode)>,
+) -> Result<(), String> {
+    let servers: BTreeMap<NodeId, &PbServer> = nodes
+        .into_iter()
+        .filter_map(|(id, node)| node.as_server().map(|server| (id, server)))
+        .collect();
+    for (&id, primary) in &servers {
+        let Some(view_number) = primary.serving_view() else {
+            continue;
+        };
+        let view = primary.view();
+        let Some(backup) = view.backup.and_then(|backup| servers.get(&backup)) else {
+            continue;
+        };
+        let installed_here = backup.view() == view && backup.installed_view() == view_number;
+        let (Some(primary_store), Some(backup_store)) = (primary.store(), backup.store()) else {
+            continue;
+        };
+        if !installed_here || backup_store == primary_store {
+            continue;
+        }
+        let mut with_batch = primary_store.clone();
+        for command in primary.in_flight_commands() {
+            with_batch.apply(command);
+        }
+        if *backup_store != with_batch {
+            return Err(format!(
+                "in view {view_number} the backup's store is neither the store of its \
+                 primary {id} nor that store with the batch in flight applied"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a cluster has shown so far, for the properties about history.
 ///
 /// Views are taken from what servers know, not from the view service's memory: a view the
 /// view service chose and lost in a crash before syncing it was never revealed, so it
 /// never existed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ViewHistory {
     /// Every view some server has known, by number.
     views: BTreeMap<u64, View>,
@@ -124,6 +170,32 @@ impl ViewHistory {
         }
         self.views.insert(view.number, view);
         Ok(())
+    }
+}
+
+/// A [`ViewHistory`] that keeps the first violation it saw instead of returning it: the
+/// ghost a model checker carries along each path, so that "the path so far broke the view
+/// history" becomes an invariant of a single state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ObservedViews {
+    history: ViewHistory,
+    violation: Option<String>,
+}
+
+impl ObservedViews {
+    /// Observes one more state (see [`ViewHistory::observe`]); after a violation nothing
+    /// changes any more.
+    pub fn observe<'a>(&mut self, nodes: impl IntoIterator<Item = (NodeId, &'a PbNode)>) {
+        if self.violation.is_none()
+            && let Err(violation) = self.history.observe(nodes)
+        {
+            self.violation = Some(violation);
+        }
+    }
+
+    /// The first violation seen on the path, if any.
+    pub fn violation(&self) -> Option<&str> {
+        self.violation.as_deref()
     }
 }
 

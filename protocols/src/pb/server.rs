@@ -57,6 +57,14 @@ impl PbServer {
         }
     }
 
+    /// Primary: the commands forwarded to the backup and not yet acknowledged (empty when
+    /// nothing is in flight).
+    pub fn in_flight_commands(&self) -> &[SessionCommand] {
+        self.in_flight
+            .as_ref()
+            .map_or(&[], |in_flight| in_flight.commands.as_slice())
+    }
+
     /// The newest view this server knows.
     pub fn view(&self) -> View {
         self.view

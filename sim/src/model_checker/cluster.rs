@@ -101,6 +101,11 @@ impl<C> CheckableClient for C where
 {
 }
 
+/// What a ghost must be to ride along in a model's states.
+pub trait Ghost: Clone + Eq + Hash + fmt::Debug + Default + Send + Sync + 'static {}
+
+impl<G> Ghost for G where G: Clone + Eq + Hash + fmt::Debug + Default + Send + Sync + 'static {}
+
 /// What the network does with a sent packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NetworkSemantics {
@@ -247,9 +252,10 @@ pub enum HistoryEvent<C: Client> {
     },
 }
 
-/// The global state of a cluster.
+/// The global state of a cluster, with a ghost `G` (nothing by default): what a
+/// [`ClusterModel::ghost`] observer has remembered along the path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClusterState<C: Client> {
+pub struct ClusterState<C: Client, G = ()> {
     /// Every node, by id.
     pub nodes: Vec<NodeSlot<C>>,
     /// Every client, by id.
@@ -260,9 +266,13 @@ pub struct ClusterState<C: Client> {
     pub history: Vec<HistoryEvent<C>>,
     /// Crashes so far on this path.
     pub crashes: u32,
+    /// Ghost state: not part of any node, updated by the model's observer after every step
+    /// (for properties about the path rather than one state, e.g. "a view number always
+    /// names the same view").
+    pub ghost: G,
 }
 
-impl<C: Client> ClusterState<C> {
+impl<C: Client, G> ClusterState<C, G> {
     /// A running node's state.
     pub fn node(&self, node: NodeId) -> Option<&NodeOf<C>> {
         self.nodes.get(node.0 as usize)?.state.as_ref()
@@ -318,13 +328,16 @@ pub enum ClusterAction<C: Client> {
 }
 
 /// A condition on a cluster state.
-pub type StatePredicate<C> = Arc<dyn Fn(&ClusterState<C>) -> bool + Send + Sync>;
+pub type StatePredicate<C, G = ()> = Arc<dyn Fn(&ClusterState<C, G>) -> bool + Send + Sync>;
+
+/// Updates a ghost after a step from the state the step produced.
+pub type GhostObserver<C, G> = Arc<dyn Fn(&mut G, &ClusterState<C, G>) + Send + Sync>;
 
 /// Builds a node's state before `on_start` or `on_recover`.
 pub type NodeFactory<C> = Arc<dyn Fn(NodeId) -> NodeOf<C> + Send + Sync>;
 
-/// A cluster of nodes and scripted clients, as a model.
-pub struct ClusterModel<C: CheckableClient> {
+/// A cluster of nodes and scripted clients, as a model, with an optional ghost `G`.
+pub struct ClusterModel<C: CheckableClient, G: Ghost = ()> {
     members: Vec<NodeId>,
     make_node: NodeFactory<C>,
     clients: Vec<C>,
@@ -333,8 +346,9 @@ pub struct ClusterModel<C: CheckableClient> {
     sync_timing: SyncTiming,
     max_crashes: u32,
     seed: u64,
-    properties: Vec<Property<ClusterModel<C>>>,
-    prunes: Vec<StatePredicate<C>>,
+    properties: Vec<Property<ClusterModel<C, G>>>,
+    prunes: Vec<StatePredicate<C, G>>,
+    observer: Option<GhostObserver<C, G>>,
 }
 
 impl<C: CheckableClient> ClusterModel<C> {
@@ -357,9 +371,40 @@ impl<C: CheckableClient> ClusterModel<C> {
             seed: 0,
             properties: Vec::new(),
             prunes: Vec::new(),
+            observer: None,
         }
     }
 
+    /// Carries a ghost of type `G` in every state: it starts as `G::default()`, and after
+    /// the initial state and after every step `observe` updates it from the new state.
+    /// Invariants can then judge the whole path (a ghost that records the first violation
+    /// it saw turns a property about history into an invariant). Call before adding
+    /// properties or prunes, which see the ghost.
+    pub fn ghost<G: Ghost>(
+        self,
+        observe: impl Fn(&mut G, &ClusterState<C, G>) + Send + Sync + 'static,
+    ) -> ClusterModel<C, G> {
+        assert!(
+            self.properties.is_empty() && self.prunes.is_empty(),
+            "add the ghost before properties and prunes"
+        );
+        ClusterModel {
+            members: self.members,
+            make_node: self.make_node,
+            clients: self.clients,
+            scripts: self.scripts,
+            network: self.network,
+            sync_timing: self.sync_timing,
+            max_crashes: self.max_crashes,
+            seed: self.seed,
+            properties: Vec::new(),
+            prunes: Vec::new(),
+            observer: Some(Arc::new(observe)),
+        }
+    }
+}
+
+impl<C: CheckableClient, G: Ghost> ClusterModel<C, G> {
     /// Adds a client (its id is the number of clients before it) that will invoke
     /// `script`'s operations in order.
     pub fn client(mut self, client: C, script: Vec<C::Operation>) -> Self {
@@ -391,11 +436,11 @@ impl<C: CheckableClient> ClusterModel<C> {
     pub fn invariant(
         mut self,
         name: impl Into<String>,
-        condition: impl Fn(&ClusterState<C>) -> bool + Send + Sync + 'static,
+        condition: impl Fn(&ClusterState<C, G>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.properties.push(Property::always(
             name,
-            move |_: &Self, state: &ClusterState<C>| condition(state),
+            move |_: &Self, state: &ClusterState<C, G>| condition(state),
         ));
         self
     }
@@ -404,11 +449,11 @@ impl<C: CheckableClient> ClusterModel<C> {
     pub fn goal(
         mut self,
         name: impl Into<String>,
-        condition: impl Fn(&ClusterState<C>) -> bool + Send + Sync + 'static,
+        condition: impl Fn(&ClusterState<C, G>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.properties.push(Property::sometimes(
             name,
-            move |_: &Self, state: &ClusterState<C>| condition(state),
+            move |_: &Self, state: &ClusterState<C, G>| condition(state),
         ));
         self
     }
@@ -416,7 +461,7 @@ impl<C: CheckableClient> ClusterModel<C> {
     /// Adds a prune predicate: states satisfying it are checked but not expanded.
     pub fn prune(
         mut self,
-        predicate: impl Fn(&ClusterState<C>) -> bool + Send + Sync + 'static,
+        predicate: impl Fn(&ClusterState<C, G>) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.prunes.push(Arc::new(predicate));
         self
@@ -438,7 +483,7 @@ impl<C: CheckableClient> ClusterModel<C> {
     /// Runs a handler on a running node and applies its effects.
     fn with_node(
         &self,
-        state: &mut ClusterState<C>,
+        state: &mut ClusterState<C, G>,
         node: NodeId,
         handler: impl FnOnce(&mut NodeOf<C>, &mut Context<'_, NodeOf<C>>),
     ) {
@@ -458,7 +503,7 @@ impl<C: CheckableClient> ClusterModel<C> {
     /// Runs a handler on a client and applies its effects.
     fn with_client(
         &self,
-        state: &mut ClusterState<C>,
+        state: &mut ClusterState<C, G>,
         client: ClientId,
         handler: impl FnOnce(&mut C, &mut ClientContext<'_, C>),
     ) {
@@ -494,7 +539,16 @@ impl<C: CheckableClient> ClusterModel<C> {
         }
     }
 
-    fn apply(&self, state: &mut ClusterState<C>, action: ClusterAction<C>) {
+    /// Lets the observer, if any, update the ghost from the rest of the state.
+    fn observe(&self, state: &mut ClusterState<C, G>) {
+        if let Some(observe) = &self.observer {
+            let mut ghost = std::mem::take(&mut state.ghost);
+            observe(&mut ghost, state);
+            state.ghost = ghost;
+        }
+    }
+
+    fn apply(&self, state: &mut ClusterState<C, G>, action: ClusterAction<C>) {
         match action {
             ClusterAction::Deliver(packet) => {
                 if let Network::OrderedExactlyOnce(channels) = &mut state.network {
@@ -576,8 +630,8 @@ impl<C: CheckableClient> ClusterModel<C> {
 }
 
 /// Carries out one node effect inside a step.
-fn apply_node_effect<C: Client>(
-    state: &mut ClusterState<C>,
+fn apply_node_effect<C: Client, G>(
+    state: &mut ClusterState<C, G>,
     node: NodeId,
     effect: Effect<NodeOf<C>>,
     sync_timing: SyncTiming,
@@ -679,11 +733,11 @@ fn submit<C: Client>(
     }
 }
 
-impl<C: CheckableClient> Model for ClusterModel<C> {
-    type State = ClusterState<C>;
+impl<C: CheckableClient, G: Ghost> Model for ClusterModel<C, G> {
+    type State = ClusterState<C, G>;
     type Action = ClusterAction<C>;
 
-    fn init_states(&self) -> Vec<ClusterState<C>> {
+    fn init_states(&self) -> Vec<ClusterState<C, G>> {
         let mut state = ClusterState {
             nodes: self
                 .members
@@ -713,14 +767,16 @@ impl<C: CheckableClient> Model for ClusterModel<C> {
             network: Network::new(self.network),
             history: Vec::new(),
             crashes: 0,
+            ghost: G::default(),
         };
         for &node in &self.members {
             self.with_node(&mut state, node, |node, ctx| node.on_start(ctx));
         }
+        self.observe(&mut state);
         vec![state]
     }
 
-    fn actions(&self, state: &ClusterState<C>, actions: &mut Vec<ClusterAction<C>>) {
+    fn actions(&self, state: &ClusterState<C, G>, actions: &mut Vec<ClusterAction<C>>) {
         let running = |node: NodeId| state.nodes[node.0 as usize].state.is_some();
         match &state.network {
             Network::Redeliverable(packets) => {
@@ -780,11 +836,12 @@ impl<C: CheckableClient> Model for ClusterModel<C> {
 
     fn next_state(
         &self,
-        state: &ClusterState<C>,
+        state: &ClusterState<C, G>,
         action: ClusterAction<C>,
-    ) -> Option<ClusterState<C>> {
+    ) -> Option<ClusterState<C, G>> {
         let mut next = state.clone();
         self.apply(&mut next, action);
+        self.observe(&mut next);
         Some(next)
     }
 
@@ -792,7 +849,7 @@ impl<C: CheckableClient> Model for ClusterModel<C> {
         self.properties.clone()
     }
 
-    fn prune(&self, state: &ClusterState<C>) -> bool {
+    fn prune(&self, state: &ClusterState<C, G>) -> bool {
         self.prunes.iter().any(|predicate| predicate(state))
     }
 }
