@@ -225,15 +225,21 @@ pub fn check_etcd(
     options: &CheckOptions,
 ) -> Result<CheckReport, HistoryError> {
     let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
-    let model = EtcdModel::with_plain_events(events, &plain)?;
-    if let Some(violation) = revision_violation(&model.operations, &model.commands) {
+    let (model, operations) = EtcdModel::build(events, &plain)?;
+    if let Some(violation) = revision_violation(&operations, &model.commands) {
         return Ok(CheckReport {
             verdict: Verdict::NotLinearizable(violation),
-            operations: model.operations.len(),
-            partitions: model.partition_count(options.partition),
+            operations: operations.len(),
+            partitions: if options.partition {
+                model.partition_names.len()
+            } else {
+                1
+            },
             states_explored: 0,
         });
     }
+    // The search pairs the events again; one copy of the operations at a time is enough.
+    drop(operations);
     check(&model, &plain, options)
 }
 
@@ -332,25 +338,30 @@ impl EtcdCommand {
 /// share a lease, so it is built from the history it checks ([`check_etcd`] does that).
 #[derive(Debug)]
 pub struct EtcdModel {
-    /// The history's operations, in invoke order.
-    operations: Vec<Operation>,
-    /// Each operation's command (`None`: it constrains nothing), by position in `operations`.
+    /// Each operation's command (`None`: it constrains nothing), in invoke order.
     commands: Vec<Option<EtcdCommand>>,
-    /// Each operation's partition, by position in `operations`.
-    partitions: Vec<String>,
-    /// Position in `operations` of the operation invoked at each event index.
-    by_invoke_index: HashMap<usize, usize>,
+    /// Each operation's partition, as an index into `partition_names`.
+    partition_of: Vec<u32>,
+    /// The partitions' names.
+    partition_names: Vec<String>,
+    /// Each operation's process and completion index, to recognize it.
+    identities: Vec<(u64, Option<usize>)>,
+    /// For each event index, the position of the operation invoked there (`u32::MAX`: none).
+    invoked_at: Vec<u32>,
 }
 
 impl EtcdModel {
     /// Reads and validates a history's operations and groups keys by lease.
     pub fn new(events: &[EtcdEvent]) -> Result<EtcdModel, HistoryError> {
         let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
-        EtcdModel::with_plain_events(events, &plain)
+        Ok(EtcdModel::build(events, &plain)?.0)
     }
 
-    /// [`EtcdModel::new`] given the events without their etcd fields too.
-    fn with_plain_events(events: &[EtcdEvent], plain: &[Event]) -> Result<EtcdModel, HistoryError> {
+    /// The model and the history's operations, given the events without their etcd fields too.
+    fn build(
+        events: &[EtcdEvent],
+        plain: &[Event],
+    ) -> Result<(EtcdModel, Vec<Operation>), HistoryError> {
         let operations = pair_operations(plain)?;
         let fields_of = |index: Option<usize>| index.map(|index| &events[index].fields);
         let mut commands = Vec::with_capacity(operations.len());
@@ -361,29 +372,24 @@ impl EtcdModel {
                 fields_of(operation.complete_index),
             )?);
         }
-        let partitions = lease_groups(&operations, events);
-        let by_invoke_index = operations
-            .iter()
-            .enumerate()
-            .map(|(position, operation)| (operation.invoke_index, position))
-            .collect();
-        Ok(EtcdModel {
-            operations,
-            commands,
-            partitions,
-            by_invoke_index,
-        })
-    }
-
-    /// How many partitions the search splits the history into.
-    fn partition_count(&self, partition: bool) -> usize {
-        if !partition {
-            return 1;
+        let (partition_of, partition_names) = lease_groups(&operations, events);
+        let mut invoked_at = vec![u32::MAX; events.len()];
+        for (position, operation) in operations.iter().enumerate() {
+            invoked_at[operation.invoke_index] =
+                u32::try_from(position).expect("fewer than 2^32 operations");
         }
-        let mut names: Vec<&str> = self.partitions.iter().map(String::as_str).collect();
-        names.sort_unstable();
-        names.dedup();
-        names.len()
+        let identities = operations
+            .iter()
+            .map(|operation| (operation.process, operation.complete_index))
+            .collect();
+        let model = EtcdModel {
+            commands,
+            partition_of,
+            partition_names,
+            identities,
+            invoked_at,
+        };
+        Ok((model, operations))
     }
 }
 
@@ -542,7 +548,7 @@ fn lease_text(lease: Option<&Value>) -> Option<String> {
 
 /// Each operation's partition: its key, except that keys attached to a common lease (and that
 /// lease's grants and revokes) share one.
-fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> Vec<String> {
+fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> (Vec<u32>, Vec<String>) {
     /// Union-find over keys and leases.
     #[derive(Default)]
     struct Groups<'a> {
@@ -604,22 +610,32 @@ fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> Vec<String> {
         let root = groups.root(*id);
         members.entry(root).or_default().1.push(lease);
     }
-    let names: BTreeMap<usize, String> = members
+    // Each group's name, and an id per distinct name (lease-less groups share the empty one).
+    let mut names: Vec<String> = Vec::new();
+    let mut id_of_name: BTreeMap<String, u32> = BTreeMap::new();
+    let mut id_of_name_mut = |name: String| {
+        *id_of_name.entry(name).or_insert_with_key(|name| {
+            names.push(name.clone());
+            (names.len() - 1) as u32
+        })
+    };
+    let group_ids: BTreeMap<usize, u32> = members
         .into_iter()
         .map(|(group, (mut keys, mut leases))| {
             keys.sort_unstable();
             leases.sort_unstable();
-            (group, partition_name(&keys, &leases))
+            (group, id_of_name_mut(partition_name(&keys, &leases)))
         })
         .collect();
-    node_of_operation
+    let partition_of = node_of_operation
         .into_iter()
         .map(|node| match node {
-            Some(node) => names[&groups.root(node)].clone(),
+            Some(node) => group_ids[&groups.root(node)],
             // Neither key nor lease: a grant whose answer never came; it constrains nothing.
-            None => String::new(),
+            None => id_of_name_mut(String::new()),
         })
-        .collect()
+        .collect();
+    (partition_of, names)
 }
 
 /// A partition's name: its one key, or its keys and the leases joining them (a few of each).
@@ -658,14 +674,12 @@ impl Model for EtcdModel {
         operation: &Operation,
     ) -> Result<Interpretation<EtcdCommand>, HistoryError> {
         let position = self
-            .by_invoke_index
-            .get(&operation.invoke_index)
-            .copied()
+            .invoked_at
+            .get(operation.invoke_index)
+            .map(|&position| position as usize)
             .filter(|&position| {
-                let known = &self.operations[position];
-                known.process == operation.process
-                    && known.complete_index == operation.complete_index
-                    && known.f == operation.f
+                self.identities.get(position)
+                    == Some(&(operation.process, operation.complete_index))
             })
             .ok_or_else(|| HistoryError::InvalidValue {
                 index: operation.invoke_index,
@@ -673,7 +687,7 @@ impl Model for EtcdModel {
                 message: "is not an operation of the history this model was built from".to_owned(),
             })?;
         Ok(Interpretation {
-            partition: self.partitions[position].clone(),
+            partition: self.partition_names[self.partition_of[position] as usize].clone(),
             command: self.commands[position].clone(),
         })
     }
