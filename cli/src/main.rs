@@ -9,7 +9,9 @@ mod bench_command;
 mod check_command;
 mod mc_command;
 mod registry;
+mod server_command;
 mod sim_command;
+mod up_command;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -65,6 +67,29 @@ enum Command {
     /// etcd side by side and print ratios.
     #[command(verbatim_doc_comment)]
     Bench(bench_command::BenchArgs),
+    /// Run one cluster member serving the etcd v3 gRPC API (etcdctl and etcd client
+    /// libraries work unchanged). Settings: flags, then SYNOD_* environment variables, then
+    /// a TOML file (--config), then defaults (a one-member cluster on 127.0.0.1:2379).
+    ///
+    /// Examples:
+    ///   synod server                                   # one member, data in default.synod
+    ///   synod server --name m1 --data-dir /var/lib/synod/m1 \
+    ///     --listen-peer-url http://10.0.0.1:2380 --listen-client-url http://10.0.0.1:2379 \
+    ///     --initial-cluster m1=http://10.0.0.1:2380,m2=http://10.0.0.2:2380,m3=http://10.0.0.3:2380 \
+    ///     --initial-cluster-clients m1=http://10.0.0.1:2379,m2=http://10.0.0.2:2379,m3=http://10.0.0.3:2379
+    ///
+    /// Stops cleanly on SIGTERM or Ctrl-C; logs go to stderr (RUST_LOG=debug for more).
+    #[command(verbatim_doc_comment)]
+    Server(server_command::ServerArgs),
+    /// Start a local cluster (three `synod server` processes on free 127.0.0.1 ports, data
+    /// in a fresh temporary directory), print its endpoints and an etcdctl example, and run
+    /// until Ctrl-C.
+    ///
+    /// Examples:
+    ///   synod up
+    ///   synod up --members 5 --data-dir ./cluster-data
+    #[command(verbatim_doc_comment)]
+    Up(up_command::UpArgs),
 }
 
 /// Restores the default SIGPIPE action so `synod ... | head` ends quietly like other Unix
@@ -86,6 +111,8 @@ fn main() -> ExitCode {
         Command::Mc(arguments) => mc_command::run(arguments),
         Command::Check(arguments) => check_command::run(arguments),
         Command::Bench(arguments) => bench_command::run(arguments),
+        Command::Server(arguments) => server_command::run(arguments),
+        Command::Up(arguments) => up_command::run(arguments),
     };
     match result {
         Ok(code) => code,

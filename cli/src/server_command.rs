@@ -1,0 +1,209 @@
+//! `synod server`: run one cluster member.
+//!
+//! Settings come from flags, then `SYNOD_*` environment variables, then a TOML file given
+//! with `--config`, then defaults (which, like etcd's, make a one-member cluster on
+//! 127.0.0.1:2379).
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use synod_server::member::{Listeners, MemberConfig, MemberSpec, run_member, url_address};
+
+/// Arguments of `synod server`.
+#[derive(clap::Args, Debug, Default)]
+pub struct ServerArgs {
+    /// A TOML file with any of the settings below (keys as the flags, with underscores:
+    /// name, data_dir, listen_peer_url, listen_client_url, initial_cluster, ...).
+    #[arg(long, env = "SYNOD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This member's name; must appear in --initial-cluster. [default: default]
+    #[arg(long, env = "SYNOD_NAME")]
+    pub name: Option<String>,
+    /// Where the write-ahead log and snapshots live. [default: <name>.synod]
+    #[arg(long, env = "SYNOD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address peers connect to. [default: http://127.0.0.1:2380]
+    #[arg(long, env = "SYNOD_LISTEN_PEER_URL")]
+    pub listen_peer_url: Option<String>,
+    /// Address clients connect to (etcd v3 gRPC). [default: http://127.0.0.1:2379]
+    #[arg(long, env = "SYNOD_LISTEN_CLIENT_URL")]
+    pub listen_client_url: Option<String>,
+    /// Every member as name=peerURL, comma-separated, identical on every member.
+    /// [default: <name>=<listen-peer-url>]
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Every member's client URL as name=clientURL, comma-separated; members forward
+    /// requests to the leader there. [default: this member's listen-client-url only]
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER_CLIENTS")]
+    pub initial_cluster_clients: Option<String>,
+    /// Heartbeat interval in milliseconds. [default: 50]
+    #[arg(long, env = "SYNOD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Shortest election timeout in milliseconds (the longest is twice this). [default: 500]
+    #[arg(long, env = "SYNOD_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Largest client request in bytes. [default: 1572864, as etcd]
+    #[arg(long, env = "SYNOD_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+}
+
+/// The same settings read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen_peer_url: Option<String>,
+    listen_client_url: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_clients: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    max_request_bytes: Option<usize>,
+}
+
+/// Parses `name=url,name=url`.
+fn parse_pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>> {
+    text.split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            let (name, url) = entry.trim().split_once('=').with_context(|| {
+                format!("--{flag}: '{entry}' is not name=URL (e.g. m1=http://127.0.0.1:2380)")
+            })?;
+            Ok((name.to_string(), url.to_string()))
+        })
+        .collect()
+}
+
+/// The member configuration these arguments describe.
+pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
+    let file: FileSettings = match &arguments.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileSettings::default(),
+    };
+    let name = arguments
+        .name
+        .or(file.name)
+        .unwrap_or_else(|| "default".into());
+    let data_dir = arguments
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.synod")));
+    let peer_url = arguments
+        .listen_peer_url
+        .or(file.listen_peer_url)
+        .unwrap_or_else(|| "http://127.0.0.1:2380".into());
+    let client_url = arguments
+        .listen_client_url
+        .or(file.listen_client_url)
+        .unwrap_or_else(|| "http://127.0.0.1:2379".into());
+    let cluster = arguments
+        .initial_cluster
+        .or(file.initial_cluster)
+        .unwrap_or_else(|| format!("{name}={peer_url}"));
+    let clients = arguments
+        .initial_cluster_clients
+        .or(file.initial_cluster_clients)
+        .unwrap_or_else(|| format!("{name}={client_url}"));
+    let clients = parse_pairs("initial-cluster-clients", &clients)?;
+    let mut specs = Vec::new();
+    for (member, peer) in parse_pairs("initial-cluster", &cluster)? {
+        url_address(&peer)?;
+        let client = clients
+            .iter()
+            .find(|(name, _)| *name == member)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_default();
+        specs.push(MemberSpec {
+            name: member,
+            peer_url: peer,
+            client_url: client,
+        });
+    }
+    if specs.is_empty() {
+        bail!("--initial-cluster names no member");
+    }
+    let mut config = MemberConfig::new(
+        name,
+        data_dir,
+        url_address(&peer_url)?,
+        url_address(&client_url)?,
+        specs,
+    );
+    if let Some(ms) = arguments.heartbeat_ms.or(file.heartbeat_ms) {
+        config.heartbeat = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = arguments.election_timeout_ms.or(file.election_timeout_ms) {
+        config.election_timeout = Duration::from_millis(ms.max(1));
+    }
+    if config.election_timeout <= config.heartbeat * 2 {
+        bail!(
+            "the election timeout ({:?}) must be well above the heartbeat ({:?}); use at least 5x",
+            config.election_timeout,
+            config.heartbeat
+        );
+    }
+    if let Some(bytes) = arguments.max_request_bytes.or(file.max_request_bytes) {
+        config.max_request_bytes = bytes;
+    }
+    Ok(config)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = match signal(SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Runs the member until SIGTERM or Ctrl-C.
+pub fn run(arguments: ServerArgs) -> Result<ExitCode> {
+    init_logging();
+    let config = member_config(arguments)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&config).await?;
+        run_member(config, listeners, async {
+            termination().await;
+            tracing::info!("shutting down");
+        })
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
