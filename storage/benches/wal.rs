@@ -8,9 +8,14 @@
 //! Criterion's throughput is records per second; after each N the bench prints records/s
 //! and fsyncs/s over all its timed iterations. The log lives in a fresh directory under
 //! the system temp dir (set `TMPDIR` to measure another file system).
+//!
+//! The baseline beside each N, `raw file`, appends the same bytes (framed records cost 16
+//! more each) to a plain file with `write` and `fdatasync` and nothing else: the floor the
+//! disk sets, so the ratio shows what the log itself costs.
 
-use std::fs;
+use std::fs::{self, File};
 use std::hint::black_box;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -54,7 +59,7 @@ fn append_and_sync(criterion: &mut Criterion) {
         let mut syncs_total = 0u64;
         let mut elapsed_total = Duration::ZERO;
         group.throughput(Throughput::Elements(every));
-        group.bench_function(BenchmarkId::from_parameter(every), |bencher| {
+        group.bench_function(BenchmarkId::new("wal", every), |bencher| {
             bencher.iter_custom(|iterations| {
                 let start = Instant::now();
                 for _ in 0..iterations {
@@ -70,16 +75,63 @@ fn append_and_sync(criterion: &mut Criterion) {
                 elapsed
             });
         });
-        let seconds = elapsed_total.as_secs_f64();
-        println!(
-            "sync every {every}: {:.0} records/s, {:.0} fsyncs/s ({records_total} records, \
-             {syncs_total} syncs in {seconds:.2} s, in {})",
-            records_total as f64 / seconds,
-            syncs_total as f64 / seconds,
-            directory.0.display(),
+        report(
+            "wal",
+            every,
+            records_total,
+            syncs_total,
+            elapsed_total,
+            &directory,
+        );
+
+        let baseline = BenchDirectory::new(&format!("raw-{every}"));
+        fs::create_dir_all(&baseline.0).expect("creates");
+        let mut file = File::create(baseline.0.join("raw")).expect("creates");
+        let batch = vec![0xA5u8; RECORD_BYTES * every as usize];
+        let (mut records_total, mut syncs_total, mut elapsed_total) = (0, 0, Duration::ZERO);
+        group.bench_function(BenchmarkId::new("raw file", every), |bencher| {
+            bencher.iter_custom(|iterations| {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    file.write_all(black_box(&batch)).expect("writes");
+                    file.sync_data().expect("syncs");
+                }
+                let elapsed = start.elapsed();
+                records_total += iterations * every;
+                syncs_total += iterations;
+                elapsed_total += elapsed;
+                elapsed
+            });
+        });
+        report(
+            "raw file",
+            every,
+            records_total,
+            syncs_total,
+            elapsed_total,
+            &baseline,
         );
     }
     group.finish();
+}
+
+/// Prints records/s and fsyncs/s over every timed iteration of one benchmark.
+fn report(
+    label: &str,
+    every: u64,
+    records: u64,
+    syncs: u64,
+    elapsed: Duration,
+    directory: &BenchDirectory,
+) {
+    let seconds = elapsed.as_secs_f64();
+    println!(
+        "{label}, sync every {every}: {:.0} records/s, {:.0} fsyncs/s ({records} records, \
+         {syncs} syncs in {seconds:.2} s, in {})",
+        records as f64 / seconds,
+        syncs as f64 / seconds,
+        directory.0.display(),
+    );
 }
 
 criterion_group!(benches, append_and_sync);

@@ -121,7 +121,8 @@
 //! [`Wal::sync`] returns the number of records appended in this process's life (since
 //! [`Wal::open`]) that are durable: exactly what `synod_core::node::OutputGate::durable`
 //! expects, as a node's `records_appended` also counts from its recovery. One sync is one
-//! fsync for any number of records (group commit); closing a full segment costs one more.
+//! fsync for any number of records (group commit); closing a full segment costs three more
+//! (the old segment, the new one, the directory), once per [`WalOptions::segment_bytes`].
 //!
 //! After an I/O error during a write or fsync the log refuses further work
 //! ([`StorageError::Poisoned`]): after a failed fsync the kernel may have dropped the
