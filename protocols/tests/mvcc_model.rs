@@ -67,8 +67,18 @@ impl Reference {
             .cloned()
             .collect();
         let count = all.len() as i64;
+        let filtered = request.min_mod_revision != 0
+            || request.max_mod_revision != 0
+            || request.min_create_revision != 0
+            || request.max_create_revision != 0;
+        let default_ordering = request.sort_order == SortOrder::None
+            || (request.sort_order == SortOrder::Ascend && request.sort_target == SortTarget::Key);
+        if request.limit > 0 && default_ordering && !filtered {
+            // etcd fetches one key past the limit, in key order, before sorting.
+            all.truncate(request.limit as usize + 1);
+        }
         let keep = |value: i64, min: i64, max: i64| {
-            (min <= 0 || value >= min) && (max <= 0 || value <= max)
+            (min == 0 || value >= min) && (max == 0 || value <= max)
         };
         all.retain(|kv| {
             keep(
@@ -329,7 +339,8 @@ impl Reference {
                     } else {
                         &*working
                     };
-                    ResponseOp::Range(self.read(map, range, revision))
+                    let header = if *changed { revision } else { self.revision() };
+                    ResponseOp::Range(self.read(map, range, header))
                 }
                 RequestOp::Put(put) => {
                     *changed = true;
@@ -337,12 +348,17 @@ impl Reference {
                     ResponseOp::Put(Self::put_into(working, put, revision))
                 }
                 RequestOp::DeleteRange(delete) => {
-                    let response = Self::delete_from(working, delete, revision, written);
+                    let mut response = Self::delete_from(working, delete, revision, written);
                     *changed |= response.deleted > 0;
+                    if !*changed {
+                        response.header.revision = self.revision();
+                    }
                     ResponseOp::DeleteRange(response)
                 }
                 RequestOp::Txn(nested) => {
-                    ResponseOp::Txn(self.run_txn(nested, start, working, changed, written))
+                    let mut response = self.run_txn(nested, start, working, changed, written);
+                    response.header.revision = 0;
+                    ResponseOp::Txn(response)
                 }
             });
         }
@@ -366,7 +382,7 @@ impl Reference {
         if changed {
             self.commit(working, written);
         }
-        fix_headers(&mut response, self.revision());
+        response.header.revision = self.revision();
         Ok(response)
     }
 
@@ -424,18 +440,6 @@ impl Reference {
     }
 }
 
-fn fix_headers(response: &mut TxnResponse, revision: i64) {
-    response.header.revision = revision;
-    for op in &mut response.responses {
-        match op {
-            ResponseOp::Range(r) => r.header.revision = revision,
-            ResponseOp::Put(r) => r.header.revision = revision,
-            ResponseOp::DeleteRange(r) => r.header.revision = revision,
-            ResponseOp::Txn(r) => fix_headers(r, revision),
-        }
-    }
-}
-
 const KEYS: [&str; 5] = ["a", "ab", "b", "c", "d"];
 
 fn universe() -> Vec<Vec<u8>> {
@@ -472,7 +476,7 @@ fn range_request() -> impl Strategy<Value = RangeRequest> {
             ]),
         ),
         (any::<bool>(), any::<bool>(), 0i64..4, 0i64..2),
-        (0i64..8, 0i64..8, 0i64..8, 0i64..8),
+        (-1i64..8, -1i64..8, -1i64..8, -1i64..8),
     )
         .prop_map(
             |((key, range_end, limit, revision), (order, target), flags, filters)| {

@@ -288,7 +288,9 @@ pub struct TxnRequest {
 /// The answer to a [`TxnRequest`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TxnResponse {
-    /// The header (one revision for every write in the transaction).
+    /// The header: the revision after the transaction (one revision for all its writes).
+    /// As in etcd, a nested transaction's header is left at 0, and the headers of the
+    /// operations inside show the revision each one saw or wrote.
     pub header: ResponseHeader,
     /// True if the compares held.
     pub succeeded: bool,

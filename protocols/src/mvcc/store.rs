@@ -271,27 +271,33 @@ impl MvccStore {
         Ok(self.range_at(request, self.revision))
     }
 
-    /// A validated read; `default_revision` is what `revision <= 0` means.
+    /// A validated read; `default_revision` is what `revision <= 0` means and the
+    /// revision the header reports (inside a transaction, the one its writes create).
     fn range_at(&self, request: &RangeRequest, default_revision: i64) -> RangeResponse {
         let at = if request.revision > 0 {
             request.revision
         } else {
             default_revision
         };
-        let (order, target) = match (request.sort_order, request.sort_target) {
-            (SortOrder::None, SortTarget::Key) => (SortOrder::Ascend, SortTarget::Key),
-            (SortOrder::None, target) => (SortOrder::Ascend, target),
-            (order, target) => (order, target),
+        // An unordered request with a sort target sorts ascending by it.
+        let order = match request.sort_order {
+            SortOrder::None => SortOrder::Ascend,
+            order => order,
         };
+        let target = request.sort_target;
         let natural_order = order == SortOrder::Ascend && target == SortTarget::Key;
-        let filtered = request.min_mod_revision > 0
-            || request.max_mod_revision > 0
-            || request.min_create_revision > 0
-            || request.max_create_revision > 0;
+        let filtered = request.min_mod_revision != 0
+            || request.max_mod_revision != 0
+            || request.min_create_revision != 0
+            || request.max_create_revision != 0;
         let limit = usize::try_from(request.limit).unwrap_or(0);
-        // Without sorting or filters, stop collecting one past the limit (that one only
-        // tells `more`); the count still covers the whole range.
-        let collect_cap = if limit > 0 && natural_order && !filtered {
+        // As etcd does: unless the request asks for an order or filters, collect only one
+        // key past the limit (it tells `more`), in key order, before sorting; so an
+        // unordered request with a sort target sorts the first `limit + 1` keys. The count
+        // still covers the whole range.
+        let default_ordering = request.sort_order == SortOrder::None
+            || (request.sort_order == SortOrder::Ascend && target == SortTarget::Key);
+        let collect_cap = if limit > 0 && default_ordering && !filtered {
             limit + 1
         } else {
             usize::MAX
@@ -323,7 +329,9 @@ impl MvccStore {
             kvs.truncate(limit);
         }
         RangeResponse {
-            header: self.header(),
+            header: ResponseHeader {
+                revision: default_revision,
+            },
             kvs,
             more,
             count,
@@ -493,7 +501,7 @@ impl MvccStore {
         if changed {
             self.revision = revision;
         }
-        set_headers(&mut response, self.revision);
+        response.header.revision = self.revision;
         Ok(response)
     }
 
@@ -591,13 +599,19 @@ impl MvccStore {
                     ResponseOp::Put(self.put_at(put, revision))
                 }
                 RequestOp::DeleteRange(delete) => {
-                    let response = self.delete_at(delete, revision);
+                    let mut response = self.delete_at(delete, revision);
                     *changed |= response.deleted > 0;
+                    if !*changed {
+                        response.header.revision = self.revision;
+                    }
                     ResponseOp::DeleteRange(response)
                 }
                 RequestOp::Txn(nested) => {
                     let nested_plan = nested_plans.next().expect("one plan per nested txn");
-                    ResponseOp::Txn(self.txn_at(nested, nested_plan, revision, changed))
+                    let mut response = self.txn_at(nested, nested_plan, revision, changed);
+                    // etcd fills in only the outermost transaction's header.
+                    response.header.revision = 0;
+                    ResponseOp::Txn(response)
                 }
             };
             responses.push(response);
@@ -891,8 +905,9 @@ fn check_range_request(request: &RangeRequest) -> Result<(), MvccError> {
 }
 
 fn passes_filters(request: &RangeRequest, version: &Version) -> bool {
-    let above = |value: i64, bound: i64| bound <= 0 || value >= bound;
-    let below = |value: i64, bound: i64| bound <= 0 || value <= bound;
+    // A bound of 0 is no bound; any other, even negative, applies (as in etcd).
+    let above = |value: i64, bound: i64| bound == 0 || value >= bound;
+    let below = |value: i64, bound: i64| bound == 0 || value <= bound;
     above(version.mod_revision, request.min_mod_revision)
         && below(version.mod_revision, request.max_mod_revision)
         && above(version.create_revision, request.min_create_revision)
@@ -1003,16 +1018,4 @@ fn write_set(ops: &[RequestOp]) -> Result<WriteSet<'_>, MvccError> {
         }
     }
     Ok(set)
-}
-
-fn set_headers(response: &mut TxnResponse, revision: i64) {
-    response.header.revision = revision;
-    for op in &mut response.responses {
-        match op {
-            ResponseOp::Range(range) => range.header.revision = revision,
-            ResponseOp::Put(put) => put.header.revision = revision,
-            ResponseOp::DeleteRange(delete) => delete.header.revision = revision,
-            ResponseOp::Txn(nested) => set_headers(nested, revision),
-        }
-    }
 }
