@@ -3,9 +3,10 @@
 //!
 //! A [`SessionCommand`] carries the client id, the request's sequence number and the
 //! client's acknowledged low-water mark; applying it through [`SessionKv::apply`] executes a
-//! mutation at most once however many times the command reaches the log. Reads go through
-//! the log too, so they are linearizable; they are not recorded in the session table
-//! because re-executing a read is harmless.
+//! mutation at most once however many times the command reaches the log. Reads are
+//! linearizable: through the log, or answered from applied state by a log that confirms its
+//! leadership first ([`StateMachine::read_consistency`]); they are not recorded in the
+//! session table because re-executing a read is harmless.
 
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -15,7 +16,7 @@ use synod_core::node::{Client, ClientContext, ClientId, Completion, Node, NodeId
 use synod_core::session::{Admission, SessionError, SessionTable};
 use synod_core::time::Time;
 
-use crate::replicated::StateMachine;
+use crate::replicated::{ReadConsistency, StateMachine};
 
 /// A client's command as it travels through a replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,6 +111,26 @@ impl StateMachine for SessionKv {
         KvResponse {
             sequence: request.sequence,
             result: Err(KvError::NotLeader { hint: leader }),
+        }
+    }
+
+    /// Gets are linearizable reads: a log that can confirm its leadership (Raft's ReadIndex
+    /// or lease) answers them without an entry; one that cannot ignores this and logs them.
+    fn read_consistency(request: &KvRequest) -> Option<ReadConsistency> {
+        request
+            .command
+            .is_read_only()
+            .then_some(ReadConsistency::Linearizable)
+    }
+
+    fn query(&self, _client: ClientId, request: &KvRequest) -> KvResponse {
+        let result = match &request.command {
+            KvCommand::Get { key } => Ok(KvOutput::Value(self.map.get(key).map(str::to_string))),
+            _ => Err(KvError::NotLeader { hint: None }),
+        };
+        KvResponse {
+            sequence: request.sequence,
+            result,
         }
     }
 }

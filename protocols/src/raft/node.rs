@@ -1,0 +1,1560 @@
+//! The Raft node: roles, messages, records and their handlers.
+
+use super::log::{Entry, Payload, RaftLog};
+use crate::replicated::{ReadConsistency, StateMachine};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+use synod_core::hash::StableHasher;
+use synod_core::node::{ClientId, Context, Node, NodeId};
+use synod_core::time::Time;
+
+/// Applied-prefix digests a node keeps for the state-machine safety check.
+const DIGEST_WINDOW_ENTRIES: u64 = 256;
+
+/// Heartbeat rounds whose send time a leader remembers (a round older than this that is
+/// acknowledged only now would give a lease that has long expired anyway).
+const ROUND_WINDOW: u64 = 64;
+
+/// Reads a leader queues while it confirms leadership; more are redirected (the client
+/// retries) so a flood of reads cannot grow the leader's memory without bound.
+const PENDING_READS_MAX: usize = 1024;
+
+/// Parts per million, the unit of clock drift.
+const PPM: u64 = 1_000_000;
+
+/// Which leader to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RaftVariant {
+    /// Raft as specified.
+    Correct,
+    /// Broken (the paper's figure 8): no no-op on election, and any entry held by a
+    /// majority counts as committed whatever its term.
+    Figure8,
+}
+
+impl RaftVariant {
+    /// Every variant, correct first.
+    pub const ALL: [RaftVariant; 2] = [RaftVariant::Correct, RaftVariant::Figure8];
+
+    /// The variant's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RaftVariant::Correct => "correct",
+            RaftVariant::Figure8 => "figure8",
+        }
+    }
+}
+
+/// How linearizable read-only requests are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReadMode {
+    /// Through the log like writes.
+    Log,
+    /// ReadIndex: a heartbeat round confirms leadership, then the leader answers once it
+    /// applied the commit index it noted. Safe under any clock behaviour.
+    ReadIndex,
+    /// A leader lease (falling back to ReadIndex when the lease has lapsed). Safe only while
+    /// clock rates stay within [`RaftConfig::clock_drift_bound_ppm`] of real time and clocks
+    /// never jump backward.
+    Lease,
+}
+
+/// Timing, batching and compaction settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RaftConfig {
+    /// How often a leader sends heartbeats (and retries probes and snapshot chunks).
+    pub heartbeat_interval: Duration,
+    /// The shortest election timeout; also how long a follower refuses votes after hearing
+    /// from a leader, and how often a leader checks that a majority still answers.
+    pub election_timeout_min: Duration,
+    /// The longest election timeout (randomized between the two).
+    pub election_timeout_max: Duration,
+    /// How linearizable reads are served.
+    pub read_mode: ReadMode,
+    /// The largest difference, in parts per million, between any node's clock rate and real
+    /// time that leases assume. The simulator's default drift is at most 1,000 ppm.
+    pub clock_drift_bound_ppm: u32,
+    /// Applied entries beyond the snapshot point that trigger a new snapshot.
+    pub snapshot_threshold_entries: u64,
+    /// Bytes of encoded state per InstallSnapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+    /// Entries in one AppendEntries message.
+    pub append_entries_max: usize,
+    /// Encoded entry bytes in one AppendEntries message (at least one entry is sent).
+    pub append_bytes_max: usize,
+    /// Unacknowledged AppendEntries messages per follower in replicate mode.
+    pub inflight_messages_max: usize,
+    /// Unacknowledged entry bytes per follower in replicate mode.
+    pub inflight_bytes_max: usize,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            read_mode: ReadMode::ReadIndex,
+            clock_drift_bound_ppm: 10_000,
+            // Small so that simulations of a few hundred operations exercise compaction.
+            snapshot_threshold_entries: 64,
+            snapshot_chunk_bytes: 512,
+            append_entries_max: 64,
+            append_bytes_max: 64 * 1024,
+            inflight_messages_max: 4,
+            inflight_bytes_max: 256 * 1024,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// How long (by the leader's clock) a majority-acknowledged heartbeat round lets the
+    /// leader answer reads locally, counted from when the round was sent: the follower
+    /// promise shortened so that it holds even if the leader's clock runs slow and the
+    /// followers' fast by the drift bound, `min_timeout × (1 − d) / (1 + d)`.
+    pub fn lease_duration(&self) -> Duration {
+        let drift = u64::from(self.clock_drift_bound_ppm).min(PPM - 1);
+        let promise = self.election_timeout_min.as_nanos();
+        let nanos = promise * u128::from(PPM - drift) / u128::from(PPM + drift);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+/// A piece of a snapshot on its way to a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotChunk {
+    /// The sender's term.
+    pub term: u64,
+    /// The last index the snapshot covers.
+    pub last_index: u64,
+    /// The term of that entry.
+    pub last_term: u64,
+    /// The applied-prefix digest at `last_index`.
+    pub digest: u64,
+    /// Length of the whole encoded state.
+    pub total_bytes: u64,
+    /// CRC32C of the whole encoded state.
+    pub checksum: u32,
+    /// Where this chunk starts.
+    pub offset: u64,
+    /// The chunk's bytes.
+    pub data: Vec<u8>,
+    /// The leader's heartbeat round when sent.
+    pub round: u64,
+}
+
+/// Messages between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RaftMessage<S: StateMachine> {
+    /// A (pre-)candidate asks for a vote in `term` (for a pre-vote, the term it would take).
+    RequestVote {
+        /// The term asked for.
+        term: u64,
+        /// The candidate's last log index.
+        last_index: u64,
+        /// The candidate's last log term.
+        last_term: u64,
+        /// A pre-vote changes no state on either side.
+        pre_vote: bool,
+    },
+    /// The answer to a `RequestVote`.
+    VoteReply {
+        /// The term granted, or the voter's own term if refused.
+        term: u64,
+        /// Whether the vote was granted.
+        granted: bool,
+        /// Answers a pre-vote.
+        pre_vote: bool,
+    },
+    /// Entries to append after (`prev_index`, `prev_term`); empty as a heartbeat.
+    AppendEntries {
+        /// The leader's term.
+        term: u64,
+        /// The index before the first entry.
+        prev_index: u64,
+        /// Its term.
+        prev_term: u64,
+        /// The entries.
+        entries: Vec<Entry<S>>,
+        /// The leader's commit index.
+        commit: u64,
+        /// The leader's heartbeat round when sent (for ReadIndex and leases).
+        round: u64,
+    },
+    /// The answer to `AppendEntries` (also a leader's acknowledgement to itself).
+    AppendReply {
+        /// The follower's term.
+        term: u64,
+        /// Whether the entries were appended.
+        success: bool,
+        /// On success: the follower's log matches the leader's up to here.
+        match_index: u64,
+        /// On refusal: the `prev_index` refused.
+        rejected_prev: u64,
+        /// On refusal: the term of the conflicting entry, if the follower has one there.
+        hint_term: Option<u64>,
+        /// On refusal: where the leader should retry (the first index of `hint_term`, or
+        /// just past the follower's log).
+        hint_index: u64,
+        /// The round echoed.
+        round: u64,
+    },
+    /// A piece of a snapshot.
+    InstallSnapshot(Box<SnapshotChunk>),
+    /// The answer to a chunk.
+    SnapshotReply {
+        /// The follower's term.
+        term: u64,
+        /// The snapshot answered.
+        last_index: u64,
+        /// Bytes received so far (the next chunk should start here).
+        received: u64,
+        /// The snapshot is installed (or was not needed).
+        done: bool,
+        /// The round echoed.
+        round: u64,
+    },
+}
+
+/// A checkpoint: everything a node must remember, superseding every earlier record.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct SnapshotRecord<S: StateMachine> {
+    /// The current term.
+    pub term: u64,
+    /// The vote in that term.
+    pub voted_for: Option<NodeId>,
+    /// The last index the state covers.
+    pub last_index: u64,
+    /// Its term.
+    pub last_term: u64,
+    /// The applied-prefix digest at `last_index`.
+    pub digest: u64,
+    /// The state machine after applying every entry up to `last_index`.
+    pub state: S,
+    /// The retained log after `last_index`.
+    pub entries: Vec<Entry<S>>,
+}
+
+/// Durable records.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub enum RaftRecord<S: StateMachine> {
+    /// The current term and the vote cast in it.
+    HardState {
+        /// The term.
+        term: u64,
+        /// The vote.
+        voted_for: Option<NodeId>,
+    },
+    /// The log from `first_index` on was replaced by `entries`.
+    Entries {
+        /// The index of the first entry.
+        first_index: u64,
+        /// The entries.
+        entries: Vec<Entry<S>>,
+    },
+    /// A checkpoint.
+    Snapshot(Box<SnapshotRecord<S>>),
+}
+
+/// Timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RaftTimer {
+    /// A follower or candidate heard from no leader: campaign.
+    Election,
+    /// A leader sends heartbeats and retries.
+    Heartbeat,
+    /// A leader checks that a majority answered since the last check.
+    CheckQuorum,
+    /// A follower's promise not to vote (it heard from a leader recently) ends.
+    PromiseExpired,
+}
+
+/// The leader's view of one follower's replication.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Mode {
+    /// Position unknown: one append at a time, retried on heartbeats.
+    Probe { sent: bool },
+    /// Pipelined: the last index and byte size of every unacknowledged message.
+    Replicate { inflight: VecDeque<(u64, usize)> },
+    /// A snapshot transfer; `offset` bytes were acknowledged, `sent` says a chunk is
+    /// unanswered.
+    Snapshot {
+        last_index: u64,
+        offset: u64,
+        sent: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Progress {
+    match_index: u64,
+    next_index: u64,
+    mode: Mode,
+    /// Answered since the last check-quorum.
+    active: bool,
+    /// The highest heartbeat round acknowledged in this term.
+    acked_round: u64,
+}
+
+/// A linearizable read waiting for its heartbeat round and for the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingRead<S: StateMachine> {
+    client: ClientId,
+    request: S::Request,
+    read_index: u64,
+    round: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Leader<S: StateMachine> {
+    progress: BTreeMap<NodeId, Progress>,
+    /// The leader's own log is durable up to here (its acknowledgement to itself).
+    self_match: u64,
+    /// The first index of this term (the no-op): reads wait until it is applied.
+    term_start_index: u64,
+    leading_since: Time,
+    round: u64,
+    round_sent_at: BTreeMap<u64, Time>,
+    lease_until: Option<Time>,
+    reads: Vec<PendingRead<S>>,
+    /// Leader-proposed commands are not proposed again until this index is applied.
+    due_fence: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Role<S: StateMachine> {
+    Follower,
+    PreCandidate { granted: BTreeSet<NodeId> },
+    Candidate { granted: BTreeSet<NodeId> },
+    Leader(Box<Leader<S>>),
+}
+
+/// The latest snapshot this node holds, encoded for sending.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SnapshotImage {
+    last_index: u64,
+    last_term: u64,
+    digest: u64,
+    bytes: Vec<u8>,
+    checksum: u32,
+}
+
+/// A snapshot a follower is receiving.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Incoming {
+    last_index: u64,
+    checksum: u32,
+    bytes: Vec<u8>,
+}
+
+/// A Raft replica running state machine `S`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RaftNode<S: StateMachine> {
+    variant: RaftVariant,
+    config: RaftConfig,
+    // Durable.
+    term: u64,
+    voted_for: Option<NodeId>,
+    log: RaftLog<S>,
+    // Volatile.
+    role: Role<S>,
+    leader: Option<NodeId>,
+    promised: bool,
+    commit_index: u64,
+    applied_index: u64,
+    state: S,
+    digest: u64,
+    digests: BTreeMap<u64, u64>,
+    snapshot: Option<SnapshotImage>,
+    incoming: Option<Incoming>,
+    /// The first safety violation this node noticed itself (e.g. asked to overwrite a
+    /// committed entry).
+    violation: Option<String>,
+}
+
+impl<S: StateMachine> RaftNode<S> {
+    /// A node that has not started yet.
+    pub fn new(variant: RaftVariant, config: RaftConfig) -> Self {
+        RaftNode {
+            variant,
+            config,
+            term: 0,
+            voted_for: None,
+            log: RaftLog::default(),
+            role: Role::Follower,
+            leader: None,
+            promised: false,
+            commit_index: 0,
+            applied_index: 0,
+            state: S::default(),
+            digest: 0,
+            digests: BTreeMap::new(),
+            snapshot: None,
+            incoming: None,
+            violation: None,
+        }
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The vote cast in the current term.
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+
+    /// True if this node leads its term.
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    /// The node this one believes leads.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// The log.
+    pub fn log(&self) -> &RaftLog<S> {
+        &self.log
+    }
+
+    /// Every entry up to here is committed.
+    pub fn commit_index(&self) -> u64 {
+        self.commit_index
+    }
+
+    /// Every entry up to here is applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The digest of the applied prefix at each recent applied index.
+    pub fn applied_digests(&self) -> &BTreeMap<u64, u64> {
+        &self.digests
+    }
+
+    /// The digest of the whole applied prefix.
+    pub fn applied_digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The replicated state machine.
+    pub fn state(&self) -> &S {
+        &self.state
+    }
+
+    /// The first safety violation this node noticed about itself.
+    pub fn violation(&self) -> Option<&str> {
+        self.violation.as_deref()
+    }
+
+    /// When the lease lets this leader answer reads locally (by its own clock).
+    pub fn lease_until(&self) -> Option<Time> {
+        match &self.role {
+            Role::Leader(leader) => leader.lease_until,
+            _ => None,
+        }
+    }
+
+    fn quorum(ctx: &Context<Self>) -> usize {
+        ctx.members().len() / 2 + 1
+    }
+
+    fn peers(ctx: &Context<Self>) -> Vec<NodeId> {
+        let id = ctx.id();
+        ctx.members()
+            .iter()
+            .copied()
+            .filter(|&member| member != id)
+            .collect()
+    }
+
+    fn arm_election(&self, ctx: &mut Context<Self>) {
+        ctx.set_timer(
+            RaftTimer::Election,
+            self.config.election_timeout_min,
+            self.config.election_timeout_max,
+        );
+    }
+
+    fn arm_heartbeat(&self, ctx: &mut Context<Self>) {
+        let interval = self.config.heartbeat_interval;
+        ctx.set_timer(RaftTimer::Heartbeat, interval, interval);
+    }
+
+    /// Heard from the leader (or just restarted, and so maybe heard from one before the
+    /// crash): refuse votes for one minimum election timeout and restart the election timer.
+    fn promise(&mut self, ctx: &mut Context<Self>) {
+        self.promised = true;
+        let promise = self.config.election_timeout_min;
+        ctx.set_timer(RaftTimer::PromiseExpired, promise, promise);
+        self.arm_election(ctx);
+    }
+
+    fn persist_hard_state(&self, ctx: &mut Context<Self>) {
+        ctx.persist(RaftRecord::HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        });
+        ctx.sync();
+    }
+
+    /// Adopts a higher term as a follower (of `leader`, if known).
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>, ctx: &mut Context<Self>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.persist_hard_state(ctx);
+        }
+        let old = std::mem::replace(&mut self.role, Role::Follower);
+        if let Role::Leader(old) = old {
+            ctx.cancel_timer(RaftTimer::Heartbeat);
+            ctx.cancel_timer(RaftTimer::CheckQuorum);
+            for read in old.reads {
+                ctx.reply(read.client, S::redirect(&read.request, leader));
+            }
+            self.arm_election(ctx);
+        }
+        self.leader = leader;
+    }
+
+    fn campaign(&mut self, pre_vote: bool, ctx: &mut Context<Self>) {
+        let term = if pre_vote {
+            self.role = Role::PreCandidate {
+                granted: BTreeSet::new(),
+            };
+            self.term + 1
+        } else {
+            self.term += 1;
+            self.voted_for = Some(ctx.id());
+            self.persist_hard_state(ctx);
+            self.role = Role::Candidate {
+                granted: BTreeSet::new(),
+            };
+            self.term
+        };
+        self.leader = None;
+        let request = RaftMessage::RequestVote {
+            term,
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+            pre_vote,
+        };
+        // Itself included: its own vote counts once the vote's record is durable.
+        for index in 0..ctx.members().len() {
+            let to = ctx.members()[index];
+            ctx.send(to, request.clone());
+        }
+        self.arm_election(ctx);
+    }
+
+    fn on_request_vote(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        last_index: u64,
+        last_term: u64,
+        pre_vote: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let own = from == ctx.id();
+        // The follower promise: a node that heard from a leader lately (or leads) ignores
+        // candidates, so a leader's lease holds and a returning partitioned node cannot
+        // disrupt a working leader.
+        if !own && (self.promised || self.is_leader()) && term >= self.term {
+            return;
+        }
+        let up_to_date = self.log.candidate_up_to_date(last_index, last_term);
+        if pre_vote {
+            let granted = term > self.term && up_to_date;
+            let answer = if granted { term } else { self.term };
+            ctx.send(
+                from,
+                RaftMessage::VoteReply {
+                    term: answer,
+                    granted,
+                    pre_vote: true,
+                },
+            );
+            return;
+        }
+        if term > self.term {
+            self.become_follower(term, None, ctx);
+        }
+        let granted = term == self.term
+            && self.voted_for.is_none_or(|vote| vote == from)
+            && up_to_date
+            && (own || !self.is_leader());
+        if granted && self.voted_for.is_none() {
+            self.voted_for = Some(from);
+            self.persist_hard_state(ctx);
+            self.arm_election(ctx);
+        }
+        ctx.send(
+            from,
+            RaftMessage::VoteReply {
+                term: self.term,
+                granted,
+                pre_vote: false,
+            },
+        );
+    }
+
+    fn on_vote_reply(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        granted: bool,
+        pre_vote: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if !granted {
+            if term > self.term {
+                self.become_follower(term, None, ctx);
+            }
+            return;
+        }
+        let quorum = Self::quorum(ctx);
+        let won = match &mut self.role {
+            Role::PreCandidate { granted } if pre_vote && term == self.term + 1 => {
+                granted.insert(from);
+                granted.len() >= quorum
+            }
+            Role::Candidate { granted } if !pre_vote && term == self.term => {
+                granted.insert(from);
+                granted.len() >= quorum
+            }
+            _ => false,
+        };
+        if !won {
+            return;
+        }
+        if pre_vote {
+            self.campaign(false, ctx);
+        } else {
+            self.become_leader(ctx);
+        }
+    }
+
+    fn become_leader(&mut self, ctx: &mut Context<Self>) {
+        let next_index = self.log.last_index() + 1;
+        let progress = Self::peers(ctx)
+            .into_iter()
+            .map(|peer| {
+                (
+                    peer,
+                    Progress {
+                        match_index: 0,
+                        next_index,
+                        mode: Mode::Probe { sent: false },
+                        active: true,
+                        acked_round: 0,
+                    },
+                )
+            })
+            .collect();
+        self.leader = Some(ctx.id());
+        self.role = Role::Leader(Box::new(Leader {
+            progress,
+            self_match: 0,
+            term_start_index: next_index,
+            leading_since: ctx.now(),
+            round: 0,
+            round_sent_at: BTreeMap::new(),
+            lease_until: None,
+            reads: Vec::new(),
+            due_fence: 0,
+        }));
+        ctx.cancel_timer(RaftTimer::Election);
+        match self.variant {
+            RaftVariant::Correct => {
+                self.append_local(Payload::Noop, ctx);
+            }
+            RaftVariant::Figure8 => {
+                // The broken leader commits what it inherited by counting replicas, so it
+                // has nothing of its own to wait for.
+                if let Role::Leader(leader) = &mut self.role {
+                    leader.term_start_index = next_index - 1;
+                }
+                self.acknowledge_self(ctx);
+            }
+        }
+        self.broadcast_appends(true, ctx);
+        self.arm_heartbeat(ctx);
+        let check = self.config.election_timeout_min;
+        ctx.set_timer(RaftTimer::CheckQuorum, check, check);
+    }
+
+    /// Sends this node an acknowledgement of its own log, released once durable.
+    fn acknowledge_self(&self, ctx: &mut Context<Self>) {
+        ctx.send(
+            ctx.id(),
+            RaftMessage::AppendReply {
+                term: self.term,
+                success: true,
+                match_index: self.log.last_index(),
+                rejected_prev: 0,
+                hint_term: None,
+                hint_index: 0,
+                round: 0,
+            },
+        );
+    }
+
+    /// Appends an entry of the current term to the leader's log and persists it.
+    fn append_local(&mut self, payload: Payload<S>, ctx: &mut Context<Self>) {
+        let entry = Entry {
+            term: self.term,
+            payload,
+        };
+        let index = self.log.push(entry.clone());
+        ctx.persist(RaftRecord::Entries {
+            first_index: index,
+            entries: vec![entry],
+        });
+        ctx.sync();
+        self.acknowledge_self(ctx);
+    }
+
+    /// Sends every follower what it can take now; `heartbeat` also starts a new round
+    /// and sends at least an empty append to each.
+    fn broadcast_appends(&mut self, heartbeat: bool, ctx: &mut Context<Self>) {
+        if heartbeat && let Role::Leader(leader) = &mut self.role {
+            leader.round += 1;
+            let round = leader.round;
+            leader.round_sent_at.insert(round, ctx.now());
+            while leader.round_sent_at.len() as u64 > ROUND_WINDOW {
+                leader.round_sent_at.pop_first();
+            }
+        }
+        for peer in Self::peers(ctx) {
+            self.send_appends(peer, heartbeat, ctx);
+        }
+    }
+
+    /// Sends `peer` what its mode allows; with `heartbeat`, sends something even if there is
+    /// nothing new (an empty append, a probe retry or the current snapshot chunk).
+    fn send_appends(&mut self, peer: NodeId, heartbeat: bool, ctx: &mut Context<Self>) {
+        let config = self.config;
+        let term = self.term;
+        let commit = self.commit_index;
+        let last_index = self.log.last_index();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let round = leader.round;
+        let Some(progress) = leader.progress.get_mut(&peer) else {
+            return;
+        };
+        let compacted = progress.next_index <= self.log.snapshot_index();
+        if compacted && !matches!(progress.mode, Mode::Snapshot { .. }) {
+            progress.mode = Mode::Snapshot {
+                last_index: 0,
+                offset: 0,
+                sent: false,
+            };
+        }
+        if let Mode::Snapshot {
+            last_index,
+            offset,
+            sent,
+        } = &mut progress.mode
+        {
+            // Compaction always leaves an image, so a compacted log has one to send.
+            let Some(image) = &self.snapshot else {
+                return;
+            };
+            if *last_index != image.last_index {
+                *last_index = image.last_index;
+                *offset = 0;
+                *sent = false;
+            }
+            if *sent && !heartbeat {
+                return;
+            }
+            *sent = true;
+            let start = (*offset as usize).min(image.bytes.len());
+            let end = (start + config.snapshot_chunk_bytes.max(1)).min(image.bytes.len());
+            ctx.send(
+                peer,
+                RaftMessage::InstallSnapshot(Box::new(SnapshotChunk {
+                    term,
+                    last_index: image.last_index,
+                    last_term: image.last_term,
+                    digest: image.digest,
+                    total_bytes: image.bytes.len() as u64,
+                    checksum: image.checksum,
+                    offset: start as u64,
+                    data: image.bytes[start..end].to_vec(),
+                    round,
+                })),
+            );
+            return;
+        }
+        let mut sent_any = false;
+        loop {
+            let first = progress.next_index;
+            let allowed = match &progress.mode {
+                Mode::Probe { sent } => !*sent || heartbeat,
+                Mode::Replicate { inflight } => {
+                    let bytes: usize = inflight.iter().map(|(_, bytes)| bytes).sum();
+                    inflight.len() < config.inflight_messages_max
+                        && bytes < config.inflight_bytes_max
+                }
+                Mode::Snapshot { .. } => false,
+            } && !(sent_any && matches!(progress.mode, Mode::Probe { .. }));
+            let prev_index = first - 1;
+            let prev_term = self.log.term(prev_index).unwrap_or(0);
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            if allowed {
+                for entry in self.log.slice(first, last_index) {
+                    let size = postcard::to_allocvec(entry).map_or(0, |encoded| encoded.len());
+                    if !entries.is_empty()
+                        && (entries.len() >= config.append_entries_max
+                            || bytes + size > config.append_bytes_max)
+                    {
+                        break;
+                    }
+                    bytes += size;
+                    entries.push(entry.clone());
+                }
+            }
+            if entries.is_empty() && (sent_any || !heartbeat) {
+                return;
+            }
+            // With nothing to send, an empty append at the follower's presumed position
+            // confirms the round and, if refused, reveals lost messages.
+            let last_sent = prev_index + entries.len() as u64;
+            let carried = !entries.is_empty();
+            ctx.send(
+                peer,
+                RaftMessage::AppendEntries {
+                    term,
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                    round,
+                },
+            );
+            sent_any = true;
+            match &mut progress.mode {
+                Mode::Replicate { inflight } if carried => {
+                    inflight.push_back((last_sent, bytes));
+                    progress.next_index = last_sent + 1;
+                }
+                Mode::Probe { sent } => *sent = true,
+                _ => return,
+            }
+        }
+    }
+
+    fn on_append_entries(
+        &mut self,
+        from: NodeId,
+        message: AppendEntries<S>,
+        ctx: &mut Context<Self>,
+    ) {
+        let AppendEntries {
+            term,
+            mut prev_index,
+            mut prev_term,
+            mut entries,
+            commit,
+            round,
+        } = message;
+        let rejected_prev = prev_index;
+        let refuse = |node: &Self, ctx: &mut Context<Self>, hint_term, hint_index| {
+            ctx.send(
+                from,
+                RaftMessage::AppendReply {
+                    term: node.term,
+                    success: false,
+                    match_index: 0,
+                    rejected_prev,
+                    hint_term,
+                    hint_index,
+                    round,
+                },
+            );
+        };
+        if term < self.term {
+            refuse(self, ctx, None, 0);
+            return;
+        }
+        self.accept_leader(from, term, ctx);
+        let match_index = prev_index + entries.len() as u64;
+        let snapshot_index = self.log.snapshot_index();
+        if prev_index < snapshot_index {
+            // Entries up to the snapshot point are committed, so they equal the leader's.
+            let covered = (snapshot_index - prev_index).min(entries.len() as u64);
+            entries.drain(..covered as usize);
+            prev_index = snapshot_index.min(match_index);
+            prev_term = self.log.term(prev_index).unwrap_or(prev_term);
+        }
+        if prev_index >= snapshot_index {
+            match self.log.term(prev_index) {
+                None => {
+                    refuse(self, ctx, None, self.log.last_index() + 1);
+                    return;
+                }
+                Some(held) if held != prev_term => {
+                    let first = self.log.first_index_of_term_at(prev_index);
+                    refuse(self, ctx, Some(held), first);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        let first_new = entries
+            .iter()
+            .enumerate()
+            .find(|(offset, entry)| {
+                self.log.term(prev_index + 1 + *offset as u64) != Some(entry.term)
+            })
+            .map(|(offset, _)| offset);
+        if let Some(offset) = first_new {
+            let index = prev_index + 1 + offset as u64;
+            if index <= self.commit_index && index <= self.log.last_index() {
+                self.note_violation(format!(
+                    "{} asked to overwrite committed entry {index} (commit {}) in term {}",
+                    ctx.id(),
+                    self.commit_index,
+                    self.term
+                ));
+            }
+            self.log.overwrite(index, &entries[offset..]);
+            ctx.persist(RaftRecord::Entries {
+                first_index: index,
+                entries: entries[offset..].to_vec(),
+            });
+            ctx.sync();
+        }
+        let new_commit = commit.min(match_index);
+        if new_commit > self.commit_index {
+            self.commit_index = new_commit;
+            self.apply_committed(ctx);
+        }
+        ctx.send(
+            from,
+            RaftMessage::AppendReply {
+                term: self.term,
+                success: true,
+                match_index,
+                rejected_prev: 0,
+                hint_term: None,
+                hint_index: 0,
+                round,
+            },
+        );
+    }
+
+    /// A message from the leader of `term` (at least the current one).
+    fn accept_leader(&mut self, from: NodeId, term: u64, ctx: &mut Context<Self>) {
+        if term > self.term || !matches!(self.role, Role::Follower) {
+            self.become_follower(term, Some(from), ctx);
+        }
+        self.leader = Some(from);
+        self.promise(ctx);
+    }
+
+    fn note_violation(&mut self, violation: String) {
+        if self.violation.is_none() {
+            self.violation = Some(violation);
+        }
+    }
+
+    fn on_append_reply(&mut self, from: NodeId, reply: AppendReply, ctx: &mut Context<Self>) {
+        if reply.term > self.term {
+            self.become_follower(reply.term, None, ctx);
+            return;
+        }
+        if reply.term < self.term {
+            return;
+        }
+        let id = ctx.id();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if from == id {
+            if reply.success {
+                leader.self_match = leader.self_match.max(reply.match_index);
+                self.advance_commit(ctx);
+            }
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = leader.progress.get_mut(&from) else {
+            return;
+        };
+        progress.active = true;
+        progress.acked_round = progress.acked_round.max(reply.round);
+        if reply.success {
+            if reply.match_index > progress.match_index {
+                progress.match_index = reply.match_index.min(last_index);
+            }
+            progress.next_index = progress.next_index.max(progress.match_index + 1);
+            let matched = progress.match_index;
+            match &mut progress.mode {
+                Mode::Replicate { inflight } => {
+                    while inflight.front().is_some_and(|(last, _)| *last <= matched) {
+                        inflight.pop_front();
+                    }
+                }
+                Mode::Probe { .. } => {
+                    progress.mode = Mode::Replicate {
+                        inflight: VecDeque::new(),
+                    };
+                }
+                Mode::Snapshot { .. } => {}
+            }
+            self.advance_commit(ctx);
+        } else if reply.rejected_prev >= progress.match_index
+            && !matches!(progress.mode, Mode::Snapshot { .. })
+        {
+            let mut next = match reply.hint_term {
+                Some(term) => self
+                    .log
+                    .last_index_of_term(term)
+                    .map_or(reply.hint_index, |index| index + 1),
+                None => reply.hint_index,
+            };
+            next = next.min(reply.rejected_prev).max(progress.match_index + 1);
+            progress.next_index = next.min(last_index + 1);
+            progress.mode = Mode::Probe { sent: false };
+        }
+        self.confirm_reads(ctx);
+        self.send_appends(from, false, ctx);
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, chunk: SnapshotChunk, ctx: &mut Context<Self>) {
+        let reply = |node: &Self, ctx: &mut Context<Self>, received, done| {
+            ctx.send(
+                from,
+                RaftMessage::SnapshotReply {
+                    term: node.term,
+                    last_index: chunk.last_index,
+                    received,
+                    done,
+                    round: chunk.round,
+                },
+            );
+        };
+        if chunk.term < self.term {
+            reply(self, ctx, 0, false);
+            return;
+        }
+        self.accept_leader(from, chunk.term, ctx);
+        if chunk.last_index <= self.commit_index {
+            self.incoming = None;
+            reply(self, ctx, chunk.total_bytes, true);
+            return;
+        }
+        let fits = self.incoming.as_ref().is_some_and(|incoming| {
+            incoming.last_index == chunk.last_index
+                && incoming.checksum == chunk.checksum
+                && incoming.bytes.len() as u64 == chunk.offset
+        });
+        if chunk.offset == 0 && !fits {
+            self.incoming = Some(Incoming {
+                last_index: chunk.last_index,
+                checksum: chunk.checksum,
+                bytes: Vec::new(),
+            });
+        } else if !fits {
+            let received = self
+                .incoming
+                .as_ref()
+                .filter(|incoming| incoming.last_index == chunk.last_index)
+                .map_or(0, |incoming| incoming.bytes.len() as u64);
+            reply(self, ctx, received, false);
+            return;
+        }
+        let Some(incoming) = &mut self.incoming else {
+            return;
+        };
+        incoming.bytes.extend_from_slice(&chunk.data);
+        let received = incoming.bytes.len() as u64;
+        if received < chunk.total_bytes {
+            reply(self, ctx, received, false);
+            return;
+        }
+        let Some(incoming) = self.incoming.take() else {
+            return;
+        };
+        let state = (crc32c::crc32c(&incoming.bytes) == chunk.checksum
+            && received == chunk.total_bytes)
+            .then(|| postcard::from_bytes::<S>(&incoming.bytes).ok())
+            .flatten();
+        let Some(state) = state else {
+            // Corrupt or mis-assembled: start the transfer over.
+            reply(self, ctx, 0, false);
+            return;
+        };
+        if self.log.term(chunk.last_index) == Some(chunk.last_term) {
+            self.log.compact_to(chunk.last_index);
+        } else {
+            self.log
+                .reset(chunk.last_index, chunk.last_term, Vec::new());
+        }
+        self.state = state;
+        self.commit_index = chunk.last_index;
+        self.applied_index = chunk.last_index;
+        self.digest = chunk.digest;
+        self.digests.clear();
+        self.digests.insert(chunk.last_index, chunk.digest);
+        self.snapshot = Some(SnapshotImage {
+            last_index: chunk.last_index,
+            last_term: chunk.last_term,
+            digest: chunk.digest,
+            bytes: incoming.bytes,
+            checksum: chunk.checksum,
+        });
+        self.checkpoint(ctx);
+        reply(self, ctx, chunk.total_bytes, true);
+    }
+
+    fn on_snapshot_reply(&mut self, from: NodeId, reply: SnapshotReply, ctx: &mut Context<Self>) {
+        if reply.term > self.term {
+            self.become_follower(reply.term, None, ctx);
+            return;
+        }
+        if reply.term < self.term {
+            return;
+        }
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(progress) = leader.progress.get_mut(&from) else {
+            return;
+        };
+        progress.active = true;
+        progress.acked_round = progress.acked_round.max(reply.round);
+        let Mode::Snapshot {
+            last_index,
+            offset,
+            sent,
+        } = &mut progress.mode
+        else {
+            return;
+        };
+        *sent = false;
+        if *last_index != reply.last_index {
+            return;
+        }
+        if reply.done {
+            progress.match_index = progress.match_index.max(reply.last_index);
+            progress.next_index = progress.match_index + 1;
+            progress.mode = Mode::Probe { sent: false };
+            self.advance_commit(ctx);
+        } else {
+            *offset = reply.received;
+        }
+        self.confirm_reads(ctx);
+        self.send_appends(from, false, ctx);
+    }
+
+    /// Commits the highest index a majority holds, counting only entries of the current
+    /// term (the figure-8 variant counts any).
+    fn advance_commit(&mut self, ctx: &mut Context<Self>) {
+        let quorum = Self::quorum(ctx);
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let mut matches: Vec<u64> = leader
+            .progress
+            .values()
+            .map(|progress| progress.match_index)
+            .chain(std::iter::once(leader.self_match))
+            .collect();
+        matches.sort_unstable_by(|left, right| right.cmp(left));
+        let Some(&majority) = matches.get(quorum - 1) else {
+            return;
+        };
+        if majority <= self.commit_index {
+            return;
+        }
+        let counts = match self.variant {
+            RaftVariant::Correct => self.log.term(majority) == Some(self.term),
+            RaftVariant::Figure8 => true,
+        };
+        if counts {
+            self.commit_index = majority;
+            self.apply_committed(ctx);
+        }
+    }
+
+    /// Applies every committed entry not yet applied; the leader answers the clients.
+    fn apply_committed(&mut self, ctx: &mut Context<Self>) {
+        while self.applied_index < self.commit_index {
+            let index = self.applied_index + 1;
+            let Some(entry) = self.log.entry(index) else {
+                break;
+            };
+            let entry = entry.clone();
+            if let Payload::Command(command) = &entry.payload
+                && let Some((client, response)) = self.state.apply(command)
+                && self.is_leader()
+            {
+                ctx.reply(client, response);
+            }
+            let mut hasher = StableHasher::new();
+            self.digest.hash(&mut hasher);
+            index.hash(&mut hasher);
+            entry.hash(&mut hasher);
+            self.digest = hasher.finish();
+            self.applied_index = index;
+            self.digests.insert(index, self.digest);
+            while self.digests.len() as u64 > DIGEST_WINDOW_ENTRIES {
+                self.digests.pop_first();
+            }
+        }
+        self.maybe_snapshot(ctx);
+        self.confirm_reads(ctx);
+    }
+
+    /// Compacts the applied prefix into a checkpoint once it is long enough.
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let threshold = self.config.snapshot_threshold_entries.max(1);
+        if self.applied_index < self.log.snapshot_index() + threshold {
+            return;
+        }
+        let bytes = postcard::to_allocvec(&self.state)
+            .expect("a state machine encodes with postcard (it derives Serialize)");
+        self.log.compact_to(self.applied_index);
+        self.snapshot = Some(SnapshotImage {
+            last_index: self.applied_index,
+            last_term: self.log.snapshot_term(),
+            digest: self.digest,
+            checksum: crc32c::crc32c(&bytes),
+            bytes,
+        });
+        self.checkpoint(ctx);
+    }
+
+    /// Writes a checkpoint of the snapshot point, the state, term, vote and retained log.
+    fn checkpoint(&self, ctx: &mut Context<Self>) {
+        let last_index = self.log.snapshot_index();
+        ctx.checkpoint(RaftRecord::Snapshot(Box::new(SnapshotRecord {
+            term: self.term,
+            voted_for: self.voted_for,
+            last_index,
+            last_term: self.log.snapshot_term(),
+            digest: self.digest,
+            state: self.state.clone(),
+            entries: self
+                .log
+                .slice(last_index + 1, self.log.last_index())
+                .to_vec(),
+        })));
+        ctx.sync();
+    }
+
+    /// Answers the pending reads whose round a majority acknowledged and whose index is
+    /// applied; extends the lease by the newest acknowledged round.
+    fn confirm_reads(&mut self, ctx: &mut Context<Self>) {
+        let quorum = Self::quorum(ctx);
+        let lease = self.config.lease_duration();
+        let applied = self.applied_index;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let mut rounds: Vec<u64> = leader
+            .progress
+            .values()
+            .map(|progress| progress.acked_round)
+            .chain(std::iter::once(leader.round))
+            .collect();
+        rounds.sort_unstable_by(|left, right| right.cmp(left));
+        let confirmed = rounds.get(quorum - 1).copied().unwrap_or(0);
+        if let Some(&sent_at) = leader.round_sent_at.get(&confirmed) {
+            let until = sent_at + lease;
+            if leader.lease_until.is_none_or(|current| current < until) {
+                leader.lease_until = Some(until);
+            }
+        }
+        let state = &self.state;
+        leader.reads.retain(|read| {
+            if read.round > confirmed || read.read_index > applied {
+                return true;
+            }
+            ctx.reply(read.client, state.query(read.client, &read.request));
+            false
+        });
+    }
+
+    fn on_client_request(
+        &mut self,
+        client: ClientId,
+        request: S::Request,
+        ctx: &mut Context<Self>,
+    ) {
+        let consistency = S::read_consistency(&request);
+        if consistency == Some(ReadConsistency::Serializable) {
+            ctx.reply(client, self.state.query(client, &request));
+            return;
+        }
+        let Role::Leader(leader) = &mut self.role else {
+            ctx.reply(client, S::redirect(&request, self.leader));
+            return;
+        };
+        let mode = self.config.read_mode;
+        if consistency == Some(ReadConsistency::Linearizable) && mode != ReadMode::Log {
+            let caught_up = self.applied_index >= leader.term_start_index;
+            let leased = leader.lease_until.is_some_and(|until| ctx.now() < until);
+            if mode == ReadMode::Lease && caught_up && leased {
+                ctx.reply(client, self.state.query(client, &request));
+                return;
+            }
+            if leader.reads.len() >= PENDING_READS_MAX {
+                ctx.reply(client, S::redirect(&request, None));
+                return;
+            }
+            let read_index = self.commit_index.max(leader.term_start_index);
+            leader.reads.push(PendingRead {
+                client,
+                request,
+                read_index,
+                round: leader.round + 1,
+            });
+            self.broadcast_appends(true, ctx);
+            self.confirm_reads(ctx);
+            return;
+        }
+        let command = S::command(client, request, ctx.now());
+        self.append_local(Payload::Command(command), ctx);
+        self.broadcast_appends(false, ctx);
+    }
+
+    fn on_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let applied = self.applied_index;
+        let now = ctx.now();
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let mut due = Vec::new();
+        if applied >= leader.term_start_index && applied >= leader.due_fence {
+            due = self.state.due(now, leader.leading_since);
+        }
+        for progress in leader.progress.values_mut() {
+            // A pipeline that made no progress for a whole interval lost a message; so
+            // did a probe: retry from the last known match.
+            if let Mode::Probe { sent } = &mut progress.mode {
+                *sent = false;
+            }
+        }
+        for command in due {
+            self.append_local(Payload::Command(command), ctx);
+        }
+        let last_index = self.log.last_index();
+        if let Role::Leader(leader) = &mut self.role {
+            leader.due_fence = leader.due_fence.max(last_index);
+        }
+        self.broadcast_appends(true, ctx);
+        self.arm_heartbeat(ctx);
+    }
+
+    fn on_check_quorum(&mut self, ctx: &mut Context<Self>) {
+        let quorum = Self::quorum(ctx);
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let active = 1 + leader
+            .progress
+            .values()
+            .filter(|progress| progress.active)
+            .count();
+        for progress in leader.progress.values_mut() {
+            progress.active = false;
+        }
+        if active < quorum {
+            self.become_follower(self.term, None, ctx);
+            return;
+        }
+        let check = self.config.election_timeout_min;
+        ctx.set_timer(RaftTimer::CheckQuorum, check, check);
+    }
+
+    fn recover(&mut self, records: Vec<RaftRecord<S>>) {
+        for record in records {
+            match record {
+                RaftRecord::HardState { term, voted_for } => {
+                    self.term = term;
+                    self.voted_for = voted_for;
+                }
+                RaftRecord::Entries {
+                    first_index,
+                    entries,
+                } => self.log.overwrite(first_index, &entries),
+                RaftRecord::Snapshot(snapshot) => {
+                    let snapshot = *snapshot;
+                    self.term = snapshot.term;
+                    self.voted_for = snapshot.voted_for;
+                    self.log
+                        .reset(snapshot.last_index, snapshot.last_term, snapshot.entries);
+                    let bytes = postcard::to_allocvec(&snapshot.state)
+                        .expect("a state machine encodes with postcard (it derives Serialize)");
+                    self.snapshot = Some(SnapshotImage {
+                        last_index: snapshot.last_index,
+                        last_term: snapshot.last_term,
+                        digest: snapshot.digest,
+                        checksum: crc32c::crc32c(&bytes),
+                        bytes,
+                    });
+                    self.state = snapshot.state;
+                    self.commit_index = snapshot.last_index;
+                    self.applied_index = snapshot.last_index;
+                    self.digest = snapshot.digest;
+                    self.digests.clear();
+                    self.digests.insert(snapshot.last_index, snapshot.digest);
+                }
+            }
+        }
+    }
+}
+
+/// The fields of [`RaftMessage::AppendEntries`].
+struct AppendEntries<S: StateMachine> {
+    term: u64,
+    prev_index: u64,
+    prev_term: u64,
+    entries: Vec<Entry<S>>,
+    commit: u64,
+    round: u64,
+}
+
+/// The fields of [`RaftMessage::AppendReply`].
+struct AppendReply {
+    term: u64,
+    success: bool,
+    match_index: u64,
+    rejected_prev: u64,
+    hint_term: Option<u64>,
+    hint_index: u64,
+    round: u64,
+}
+
+/// The fields of [`RaftMessage::SnapshotReply`].
+struct SnapshotReply {
+    term: u64,
+    last_index: u64,
+    received: u64,
+    done: bool,
+    round: u64,
+}
+
+impl<S: StateMachine> Node for RaftNode<S> {
+    type Message = RaftMessage<S>;
+    type Request = S::Request;
+    type Response = S::Response;
+    type Record = RaftRecord<S>;
+    type Timer = RaftTimer;
+
+    fn on_start(&mut self, ctx: &mut Context<Self>) {
+        self.arm_election(ctx);
+    }
+
+    fn on_recover(&mut self, records: Vec<RaftRecord<S>>, ctx: &mut Context<Self>) {
+        self.recover(records);
+        // The node may have acknowledged a leader just before crashing: keep its promise.
+        self.promise(ctx);
+    }
+
+    fn on_message(&mut self, from: NodeId, message: RaftMessage<S>, ctx: &mut Context<Self>) {
+        match message {
+            RaftMessage::RequestVote {
+                term,
+                last_index,
+                last_term,
+                pre_vote,
+            } => self.on_request_vote(from, term, last_index, last_term, pre_vote, ctx),
+            RaftMessage::VoteReply {
+                term,
+                granted,
+                pre_vote,
+            } => self.on_vote_reply(from, term, granted, pre_vote, ctx),
+            RaftMessage::AppendEntries {
+                term,
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+                round,
+            } => self.on_append_entries(
+                from,
+                AppendEntries {
+                    term,
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                    round,
+                },
+                ctx,
+            ),
+            RaftMessage::AppendReply {
+                term,
+                success,
+                match_index,
+                rejected_prev,
+                hint_term,
+                hint_index,
+                round,
+            } => self.on_append_reply(
+                from,
+                AppendReply {
+                    term,
+                    success,
+                    match_index,
+                    rejected_prev,
+                    hint_term,
+                    hint_index,
+                    round,
+                },
+                ctx,
+            ),
+            RaftMessage::InstallSnapshot(chunk) => self.on_install_snapshot(from, *chunk, ctx),
+            RaftMessage::SnapshotReply {
+                term,
+                last_index,
+                received,
+                done,
+                round,
+            } => self.on_snapshot_reply(
+                from,
+                SnapshotReply {
+                    term,
+                    last_index,
+                    received,
+                    done,
+                    round,
+                },
+                ctx,
+            ),
+        }
+    }
+
+    fn on_timer(&mut self, timer: RaftTimer, ctx: &mut Context<Self>) {
+        match timer {
+            RaftTimer::Election => {
+                if !self.is_leader() {
+                    self.campaign(true, ctx);
+                }
+            }
+            RaftTimer::Heartbeat => self.on_heartbeat(ctx),
+            RaftTimer::CheckQuorum => self.on_check_quorum(ctx),
+            RaftTimer::PromiseExpired => self.promised = false,
+        }
+    }
+
+    fn on_request(&mut self, client: ClientId, request: S::Request, ctx: &mut Context<Self>) {
+        self.on_client_request(client, request, ctx);
+    }
+}

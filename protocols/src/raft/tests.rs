@@ -1,0 +1,597 @@
+//! Scenario tests for the Raft node, each naming the paper section it checks, driven by a
+//! tiny in-process network in which every sync completes at once.
+
+use super::invariants::check_all;
+use super::*;
+use crate::kv_state::{KvError, KvRequest, KvResponse, SessionKv};
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+use synod_core::kv::{KvCommand, KvOutput};
+use synod_core::node::{ClientId, Context, Effect, Node, NodeId};
+use synod_core::rng::Rng;
+use synod_core::time::Time;
+
+type KvRaft = RaftNode<SessionKv>;
+
+/// Nodes, their durable records, and the messages between them.
+struct Cluster {
+    members: Vec<NodeId>,
+    nodes: Vec<Option<KvRaft>>,
+    disks: Vec<Vec<RaftRecord<SessionKv>>>,
+    network: VecDeque<(NodeId, NodeId, RaftMessage<SessionKv>)>,
+    replies: Vec<(NodeId, ClientId, KvResponse)>,
+    /// Messages to or from these nodes are dropped.
+    isolated: BTreeSet<NodeId>,
+    rng: Rng,
+    now: Time,
+    make: fn() -> KvRaft,
+    /// Whether every delivery is followed by the safety checks.
+    checked: bool,
+    /// InstallSnapshot chunks delivered.
+    chunks_delivered: usize,
+    /// Flip a byte of the next snapshot chunk delivered after the first.
+    corrupt_next_chunk: bool,
+}
+
+impl Cluster {
+    fn new(size: u32, make: fn() -> KvRaft) -> Cluster {
+        let members: Vec<NodeId> = (0..size).map(NodeId).collect();
+        let mut cluster = Cluster {
+            nodes: (0..size).map(|_| Some(make())).collect(),
+            disks: (0..size).map(|_| Vec::new()).collect(),
+            members,
+            network: VecDeque::new(),
+            replies: Vec::new(),
+            isolated: BTreeSet::new(),
+            rng: Rng::new(7),
+            now: Time::ZERO,
+            make,
+            checked: true,
+            chunks_delivered: 0,
+            corrupt_next_chunk: false,
+        };
+        for id in 0..size {
+            cluster.handle(NodeId(id), |node, ctx| node.on_start(ctx));
+        }
+        cluster
+    }
+
+    fn correct() -> KvRaft {
+        KvRaft::new(RaftVariant::Correct, RaftConfig::default())
+    }
+
+    fn node(&self, id: u32) -> &KvRaft {
+        self.nodes[id as usize].as_ref().expect("a running node")
+    }
+
+    /// Runs a handler and carries out its effects (syncs complete at once).
+    fn handle(
+        &mut self,
+        id: NodeId,
+        input: impl FnOnce(&mut KvRaft, &mut Context<KvRaft>),
+    ) -> Vec<Effect<KvRaft>> {
+        let Some(node) = self.nodes[id.0 as usize].as_mut() else {
+            return Vec::new();
+        };
+        let mut ctx = Context::new(id, &self.members, self.now, &mut self.rng);
+        input(node, &mut ctx);
+        let effects = ctx.into_effects();
+        for effect in &effects {
+            match effect.clone() {
+                Effect::Send { to, message, .. } => self.network.push_back((id, to, message)),
+                Effect::Reply {
+                    client, response, ..
+                } => self.replies.push((id, client, response)),
+                Effect::Persist { record } => self.disks[id.0 as usize].push(record),
+                Effect::Checkpoint { record } => self.disks[id.0 as usize] = vec![record],
+                Effect::SetTimer { .. } | Effect::CancelTimer { .. } | Effect::Sync => {}
+            }
+        }
+        effects
+    }
+
+    /// Delivers messages until none is left; returns how many were delivered.
+    fn deliver_all(&mut self) -> usize {
+        let mut delivered = 0;
+        while let Some((from, to, mut message)) = self.network.pop_front() {
+            if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                continue;
+            }
+            if let RaftMessage::InstallSnapshot(chunk) = &mut message {
+                self.chunks_delivered += 1;
+                if self.corrupt_next_chunk && chunk.offset > 0 && !chunk.data.is_empty() {
+                    chunk.data[0] ^= 0xff;
+                    self.corrupt_next_chunk = false;
+                }
+            }
+            delivered += 1;
+            self.handle(to, |node, ctx| node.on_message(from, message, ctx));
+            if self.checked {
+                assert_eq!(check_all(self.running()), Ok(()));
+            }
+        }
+        delivered
+    }
+
+    fn running(&self) -> impl Iterator<Item = (NodeId, &KvRaft)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, node)| node.as_ref().map(|node| (NodeId(index as u32), node)))
+    }
+
+    fn fire(&mut self, id: u32, timer: RaftTimer) {
+        self.handle(NodeId(id), |node, ctx| node.on_timer(timer, ctx));
+        self.deliver_all();
+    }
+
+    /// Campaigns until elected (a first pre-vote may only teach the node a newer term).
+    fn elect(&mut self, id: u32) {
+        for _ in 0..3 {
+            self.fire(id, RaftTimer::Election);
+            if self.node(id).is_leader() {
+                return;
+            }
+        }
+        panic!("n{id} did not win");
+    }
+
+    /// A leader cut off from everyone steps down after two quorum checks.
+    fn depose(&mut self, id: u32) {
+        self.fire(id, RaftTimer::CheckQuorum);
+        self.fire(id, RaftTimer::CheckQuorum);
+        assert!(!self.node(id).is_leader());
+    }
+
+    fn request(&mut self, id: u32, client: u64, sequence: u64, command: KvCommand) {
+        let request = KvRequest {
+            sequence,
+            acknowledged_below: sequence,
+            command,
+        };
+        self.handle(NodeId(id), |node, ctx| {
+            node.on_request(ClientId(client), request, ctx)
+        });
+        self.deliver_all();
+    }
+
+    fn crash(&mut self, id: u32) {
+        self.nodes[id as usize] = None;
+    }
+
+    fn restart(&mut self, id: u32) {
+        self.nodes[id as usize] = Some((self.make)());
+        let records = self.disks[id as usize].clone();
+        self.handle(NodeId(id), |node, ctx| node.on_recover(records, ctx));
+    }
+}
+
+fn put(value: &str) -> KvCommand {
+    KvCommand::Put {
+        key: "k".to_string(),
+        value: value.to_string(),
+    }
+}
+
+fn get() -> KvCommand {
+    KvCommand::Get {
+        key: "k".to_string(),
+    }
+}
+
+fn value(text: &str) -> Result<KvOutput, KvError> {
+    Ok(KvOutput::Value(Some(text.to_string())))
+}
+
+#[test]
+fn section_5_2_a_leader_is_elected_and_commits_a_noop_of_its_term() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    assert_eq!(cluster.node(0).term(), 1);
+    assert_eq!(cluster.node(1).leader(), Some(NodeId(0)));
+    // The no-op is committed on the leader once a follower acknowledged it.
+    assert_eq!(cluster.node(0).commit_index(), 1);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(2).commit_index(), 1);
+}
+
+#[test]
+fn section_9_6_pre_vote_keeps_an_isolated_node_from_raising_its_term() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.isolated.insert(NodeId(2));
+    for _ in 0..5 {
+        cluster.fire(2, RaftTimer::PromiseExpired);
+        cluster.fire(2, RaftTimer::Election);
+    }
+    assert_eq!(cluster.node(2).term(), 1, "pre-votes change no term");
+    cluster.isolated.clear();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert!(
+        cluster.node(0).is_leader(),
+        "the returning node did not disrupt"
+    );
+}
+
+#[test]
+fn section_6_a_follower_that_heard_from_its_leader_refuses_votes() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    // n1 campaigns (its promise over), but n2 heard from n0 lately and refuses; n0 leads.
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(1, RaftTimer::Election);
+    assert!(!cluster.node(1).is_leader());
+    assert!(cluster.node(0).is_leader());
+    // Once n2's promise is over too, n1 can win (its log is as up to date).
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.fire(1, RaftTimer::Election);
+    assert!(cluster.node(1).is_leader());
+    assert_eq!(cluster.node(1).term(), 2);
+}
+
+#[test]
+fn check_quorum_deposes_a_leader_that_hears_from_no_majority() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.isolated.extend([NodeId(1), NodeId(2)]);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    cluster.fire(0, RaftTimer::CheckQuorum);
+    assert!(
+        cluster.node(0).is_leader(),
+        "followers answered since the election"
+    );
+    cluster.fire(0, RaftTimer::CheckQuorum);
+    assert!(!cluster.node(0).is_leader());
+}
+
+#[test]
+fn votes_and_acknowledgements_leave_only_after_their_records() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    // A vote request in a new term: the vote waits for the term and vote record.
+    let effects = cluster.handle(NodeId(1), |node, ctx| {
+        node.on_message(
+            NodeId(2),
+            RaftMessage::RequestVote {
+                term: 5,
+                last_index: 9,
+                last_term: 4,
+                pre_vote: false,
+            },
+            ctx,
+        )
+    });
+    let (persisted, vote_required) =
+        effects
+            .iter()
+            .fold((0, 0), |(count, required), effect| match effect {
+                Effect::Persist { .. } => (count + 1, required),
+                Effect::Send {
+                    records_required, ..
+                } => (count, *records_required),
+                _ => (count, required),
+            });
+    assert!(persisted >= 1);
+    assert_eq!(vote_required, persisted, "the vote waits for every record");
+}
+
+/// Elects n0, lets it append an entry alone, deposes it, then elects it again with
+/// one-entry messages and reports every commit index it reached with the entry's term.
+fn commits_of_a_reelected_leader(variant: RaftVariant) -> Vec<(u64, Option<u64>)> {
+    fn make_correct() -> KvRaft {
+        KvRaft::new(
+            RaftVariant::Correct,
+            RaftConfig {
+                append_entries_max: 1,
+                ..RaftConfig::default()
+            },
+        )
+    }
+    fn make_broken() -> KvRaft {
+        KvRaft::new(
+            RaftVariant::Figure8,
+            RaftConfig {
+                append_entries_max: 1,
+                ..RaftConfig::default()
+            },
+        )
+    }
+    let make = match variant {
+        RaftVariant::Correct => make_correct,
+        RaftVariant::Figure8 => make_broken,
+    };
+    let mut cluster = Cluster::new(3, make);
+    cluster.elect(0);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    cluster.isolated.extend([NodeId(1), NodeId(2)]);
+    cluster.request(0, 1, 0, put("a"));
+    cluster.depose(0);
+    cluster.isolated.clear();
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    let before = cluster.node(0).commit_index();
+    cluster.handle(NodeId(0), |node, ctx| {
+        node.on_timer(RaftTimer::Election, ctx)
+    });
+    let mut commits = Vec::new();
+    while let Some((from, to, message)) = cluster.network.pop_front() {
+        cluster.handle(to, |node, ctx| node.on_message(from, message, ctx));
+        let leader = cluster.node(0);
+        let commit = leader.commit_index();
+        if commit > before && commits.last().is_none_or(|(last, _)| *last != commit) {
+            commits.push((commit, leader.log().term(commit)));
+        }
+    }
+    assert!(cluster.node(0).is_leader());
+    commits
+}
+
+#[test]
+fn section_5_4_2_an_entry_of_an_earlier_term_is_not_committed_by_counting() {
+    // The correct leader holds [no-op 1, put 1] from term 1 and appends its no-op of term
+    // 2 at index 3: index 2 reaches a majority first but is committed only with index 3.
+    let commits = commits_of_a_reelected_leader(RaftVariant::Correct);
+    assert_eq!(commits, vec![(3, Some(2))]);
+    // The figure-8 leader commits index 2 of term 1 by counting replicas.
+    let commits = commits_of_a_reelected_leader(RaftVariant::Figure8);
+    assert!(
+        commits.first().is_some_and(|(_, term)| *term == Some(1)),
+        "{commits:?}"
+    );
+}
+
+#[test]
+fn section_5_3_a_conflicting_follower_is_repaired_with_one_round_trip_per_term() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    // n0 appends 20 entries alone in term 1 and is deposed.
+    cluster.isolated.insert(NodeId(0));
+    for sequence in 0..20 {
+        cluster.request(0, 1, sequence, put("stale"));
+    }
+    cluster.isolated.clear();
+    cluster.crash(0);
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(1);
+    cluster.request(1, 2, 0, put("fresh"));
+    cluster.restart(0);
+    assert_eq!(cluster.node(0).log().last_index(), 21);
+    // The hint names term 1 from index 2: n1 resends from there at once.
+    cluster.fire(1, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(0).log().last_index(), 3);
+    assert_eq!(cluster.node(0).log().term(3), Some(2));
+    assert_eq!(cluster.node(0).commit_index(), 3);
+}
+
+#[test]
+fn a_restarted_node_recovers_term_vote_and_log_from_its_records() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("a"));
+    cluster.fire(0, RaftTimer::Heartbeat);
+    let before = cluster.node(1).clone();
+    cluster.crash(1);
+    cluster.restart(1);
+    let after = cluster.node(1);
+    assert_eq!(after.term(), before.term());
+    assert_eq!(after.voted_for(), before.voted_for());
+    assert_eq!(after.log(), before.log());
+    // Commit and state are volatile: they come back from the leader.
+    assert_eq!(after.commit_index(), 0);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(1).state(), before.state());
+}
+
+fn compacting() -> KvRaft {
+    KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            snapshot_threshold_entries: 4,
+            snapshot_chunk_bytes: 8,
+            ..RaftConfig::default()
+        },
+    )
+}
+
+#[test]
+fn section_7_a_lagging_follower_is_restored_by_a_chunked_snapshot() {
+    let mut cluster = Cluster::new(3, compacting);
+    cluster.elect(0);
+    cluster.isolated.insert(NodeId(2));
+    for sequence in 0..10 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    assert!(cluster.node(0).log().snapshot_index() >= 8);
+    // The checkpoint superseded every earlier record.
+    assert!(matches!(cluster.disks[0][0], RaftRecord::Snapshot(_)));
+    cluster.isolated.clear();
+    for _ in 0..40 {
+        cluster.fire(0, RaftTimer::Heartbeat);
+        if cluster.node(2).applied_index() == cluster.node(0).applied_index() {
+            break;
+        }
+    }
+    assert!(
+        cluster.chunks_delivered > 1,
+        "the snapshot came in one chunk"
+    );
+    assert_eq!(cluster.node(2).state(), cluster.node(0).state());
+    assert_eq!(
+        cluster.node(2).applied_digest(),
+        cluster.node(0).applied_digest()
+    );
+    // And it survives a restart from its checkpoint: the snapshot and the retained
+    // entries come back, the commit index (volatile) from the leader.
+    let log = cluster.node(2).log().clone();
+    cluster.crash(2);
+    cluster.restart(2);
+    assert_eq!(cluster.node(2).log(), &log);
+    assert_eq!(cluster.node(2).applied_index(), log.snapshot_index());
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(2).state(), cluster.node(0).state());
+}
+
+/// Restores a follower that missed ten compacted writes; returns the chunks delivered.
+fn restore_lagging_follower(corrupt_one_chunk: bool) -> usize {
+    let mut cluster = Cluster::new(3, compacting);
+    cluster.elect(0);
+    cluster.isolated.insert(NodeId(2));
+    for sequence in 0..10 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    cluster.isolated.clear();
+    cluster.corrupt_next_chunk = corrupt_one_chunk;
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert!(!cluster.corrupt_next_chunk, "a chunk was corrupted");
+    assert_eq!(cluster.node(2).state(), cluster.node(0).state());
+    cluster.chunks_delivered
+}
+
+#[test]
+fn a_corrupted_snapshot_fails_its_checksum_and_is_sent_again() {
+    let clean = restore_lagging_follower(false);
+    let corrupted = restore_lagging_follower(true);
+    assert!(clean > 1);
+    assert!(
+        corrupted > clean,
+        "the corrupted transfer ({corrupted} chunks) was not restarted (clean: {clean})"
+    );
+}
+
+fn with_reads(read_mode: ReadMode) -> KvRaft {
+    KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            read_mode,
+            ..RaftConfig::default()
+        },
+    )
+}
+
+#[test]
+fn read_index_answers_after_a_heartbeat_round_without_a_log_entry() {
+    let mut cluster = Cluster::new(3, || with_reads(ReadMode::ReadIndex));
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("a"));
+    let last = cluster.node(0).log().last_index();
+    cluster.isolated.extend([NodeId(1), NodeId(2)]);
+    cluster.request(0, 2, 0, get());
+    assert!(
+        !cluster
+            .replies
+            .iter()
+            .any(|(_, client, _)| *client == ClientId(2)),
+        "no majority confirmed the leadership yet"
+    );
+    cluster.isolated.clear();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    let answer = cluster
+        .replies
+        .iter()
+        .find(|(_, client, _)| *client == ClientId(2))
+        .map(|(_, _, response)| response.result.clone());
+    assert_eq!(answer, Some(value("a")));
+    assert_eq!(
+        cluster.node(0).log().last_index(),
+        last,
+        "no entry for a read"
+    );
+    // A follower redirects to the leader.
+    cluster.request(1, 3, 0, get());
+    let redirect = cluster
+        .replies
+        .last()
+        .map(|(_, _, response)| response.result.clone());
+    assert_eq!(
+        redirect,
+        Some(Err(KvError::NotLeader {
+            hint: Some(NodeId(0))
+        }))
+    );
+}
+
+#[test]
+fn a_lease_answers_locally_until_it_lapses() {
+    let mut cluster = Cluster::new(3, || with_reads(ReadMode::Lease));
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("a"));
+    cluster.fire(0, RaftTimer::Heartbeat);
+    let lease = cluster.node(0).lease_until().expect("a lease");
+    assert_eq!(lease, Time::ZERO + RaftConfig::default().lease_duration());
+    cluster.isolated.extend([NodeId(1), NodeId(2)]);
+    cluster.request(0, 2, 0, get());
+    assert_eq!(
+        cluster
+            .replies
+            .last()
+            .map(|(_, client, response)| (*client, response.result.clone())),
+        Some((ClientId(2), value("a"))),
+        "served under the lease with no follower reachable"
+    );
+    cluster.now = lease;
+    cluster.request(0, 3, 0, get());
+    assert!(
+        !cluster
+            .replies
+            .iter()
+            .any(|(_, client, _)| *client == ClientId(3)),
+        "a lapsed lease falls back to ReadIndex"
+    );
+}
+
+#[test]
+fn the_lease_shrinks_with_the_drift_bound() {
+    let config = RaftConfig {
+        election_timeout_min: Duration::from_millis(100),
+        clock_drift_bound_ppm: 10_000,
+        ..RaftConfig::default()
+    };
+    // 100 ms × 0.99 / 1.01.
+    assert_eq!(config.lease_duration(), Duration::from_nanos(98_019_801));
+    let none = RaftConfig {
+        clock_drift_bound_ppm: 0,
+        ..config
+    };
+    assert_eq!(none.lease_duration(), Duration::from_millis(100));
+}
+
+#[test]
+fn figure_8_the_broken_leader_commits_an_entry_that_is_then_overwritten() {
+    fn broken() -> KvRaft {
+        KvRaft::new(RaftVariant::Figure8, RaftConfig::default())
+    }
+    // Term 1: n0 leads (n1 votes) and appends entry 1 alone.
+    let mut cluster = Cluster::new(3, broken);
+    cluster.checked = false;
+    cluster.elect(0);
+    cluster.isolated.extend([NodeId(1), NodeId(2)]);
+    cluster.request(0, 1, 0, put("a"));
+    cluster.depose(0);
+    // Term 2: n1 leads with n2 and appends a different entry 1 alone.
+    cluster.isolated = [NodeId(0)].into();
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(1);
+    cluster.isolated = [NodeId(0), NodeId(2)].into();
+    cluster.request(1, 2, 0, put("b"));
+    cluster.depose(1);
+    // Term 3: n0 leads with n2, copies its entry 1 (term 1) to n2 and counts it committed.
+    cluster.isolated = [NodeId(1)].into();
+    cluster.fire(0, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(0);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(2).commit_index(), 1);
+    // Term 4: n1 (last term 2) wins n2's vote and overwrites the "committed" entry.
+    cluster.isolated = [NodeId(0)].into();
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(1);
+    cluster.fire(1, RaftTimer::Heartbeat);
+    let violation = cluster.node(2).violation().map(str::to_string);
+    assert!(
+        violation.is_some_and(|text| text.contains("overwrite committed entry 1")),
+        "{:?}",
+        cluster.node(2).violation()
+    );
+}
