@@ -69,7 +69,7 @@
 //! # Ok::<(), synod_check::HistoryError>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::ops::Bound;
@@ -1305,17 +1305,40 @@ fn revision_violation(
                 .insert(revision, position);
         }
     }
+    // Keys that may lose their value at an unknown revision: deleted by an operation whose
+    // revision is unknown, or attached to a lease (a revoke deletes without naming them).
+    let mut may_vanish: BTreeSet<&str> = BTreeSet::new();
+    for (operation, command) in operations.iter().zip(commands) {
+        match command {
+            Some(EtcdCommand::Delete { key, revision, .. })
+                if operation.outcome != Outcome::Ok || revision.is_none() =>
+            {
+                may_vanish.insert(key);
+            }
+            Some(EtcdCommand::Put {
+                key,
+                lease: Some(_),
+                ..
+            }) => {
+                may_vanish.insert(key);
+            }
+            _ => {}
+        }
+    }
     for &(position, command, revision) in &known {
         let EtcdCommand::Get {
             key,
             read,
-            mod_revision: Some(mod_revision),
+            mod_revision,
             ..
         } = command
         else {
             continue;
         };
-        if *mod_revision > revision {
+        let changes = changes_by_key.get(key.as_str());
+        if let Some(mod_revision) = mod_revision
+            && *mod_revision > revision
+        {
             return Some(pair_violation(
                 operations,
                 position,
@@ -1327,9 +1350,33 @@ fn revision_violation(
             ));
         }
         if read.is_none() {
+            // Absent at revision r: the key's last known change by r must have deleted it,
+            // unless something may have deleted it unseen.
+            if may_vanish.contains(key.as_str()) {
+                continue;
+            }
+            let last_change = changes.and_then(|changes| changes.range(..=revision).next_back());
+            if let Some((&changed_at, &change)) = last_change
+                && !matches!(commands[change], Some(EtcdCommand::Delete { .. }))
+            {
+                return Some(pair_violation(
+                    operations,
+                    change,
+                    position,
+                    format!("key {key:?} set at revision {changed_at}"),
+                    format!(
+                        "observed revision {revision} with the key absent, but process {}'s {} \
+                         set it at revision {changed_at} and nothing deleted it by then",
+                        operations[change].process, operations[change].f
+                    ),
+                ));
+            }
             continue;
         }
-        let later_change = changes_by_key.get(key.as_str()).and_then(|changes| {
+        let Some(mod_revision) = mod_revision else {
+            continue;
+        };
+        let later_change = changes.and_then(|changes| {
             changes
                 .range((Bound::Excluded(*mod_revision), Bound::Included(revision)))
                 .next()

@@ -625,3 +625,32 @@ fn malformed_operations_are_errors_that_say_what_to_do() {
     let error = check(&anonymous_revoke).expect_err("revoke without lease");
     assert!(error.to_string().contains("\"lease\""), "{error}");
 }
+
+#[test]
+fn an_absent_read_at_a_revision_after_a_put_is_caught() {
+    // The put overlaps the read, so real time allows the read first, but the read claims a
+    // store revision at which the put had already set the key.
+    let mut history = History::default();
+    history
+        .invoke(1, "put", "a", json!("x"))
+        .invoke(2, "get", "a", Value::Null)
+        .ok(1, json!("x"), json!({"revision": 1}))
+        .ok(2, Value::Null, json!({"revision": 1, "mod_revision": 0}));
+    let text = failing_refusal(&history.expect_violation());
+    assert!(
+        text.contains(
+            "observed revision 1 with the key absent, but process 1's put set it at revision 1"
+        ),
+        "{text}"
+    );
+
+    // A delete of unknown revision may have removed it in between.
+    let mut deleted = History::default();
+    deleted
+        .put("a", "x", 1)
+        .invoke(1, "delete", "a", Value::Null)
+        .invoke(2, "get", "a", Value::Null)
+        .ok(2, Value::Null, json!({"revision": 2, "mod_revision": 0}))
+        .info(1);
+    deleted.expect_linearizable();
+}
