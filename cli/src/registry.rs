@@ -10,6 +10,11 @@ use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, Sess
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
 use synod_protocols::pb::invariants::{ViewHistory, permanent_stop};
 use synod_protocols::pb::{PbClient, PbClientConfig, PbNode, PbVariant};
+use synod_protocols::raft::invariants::{ElectionHistory, check_all};
+use synod_protocols::raft::{RaftConfig, RaftNode, RaftVariant, ReadMode};
+
+/// Raft replicating the key-value state machine.
+type KvRaft = RaftNode<SessionKv>;
 
 /// Multi-Paxos replicating the key-value state machine.
 type KvPaxos = PaxosNode<SessionKv>;
@@ -31,10 +36,62 @@ pub enum Protocol {
     /// before acknowledging its view; see `synod_protocols::pb`): such a run's liveness
     /// finding is dropped, every other finding stands.
     PrimaryBackup(PbVariant),
+    /// Raft replicating the key-value state machine, with a way to serve reads.
+    RaftKv(RaftSetup),
+}
+
+/// A Raft leader and read path, as named by `--variant` for `raft-kv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftSetup {
+    /// The leader.
+    pub variant: RaftVariant,
+    /// How gets are served.
+    pub read_mode: ReadMode,
+}
+
+impl RaftSetup {
+    /// Every `raft-kv` variant: ReadIndex reads, lease reads, reads through the log, and
+    /// the broken figure-8 leader.
+    pub const ALL: [RaftSetup; 4] = [
+        RaftSetup {
+            variant: RaftVariant::Correct,
+            read_mode: ReadMode::ReadIndex,
+        },
+        RaftSetup {
+            variant: RaftVariant::Correct,
+            read_mode: ReadMode::Lease,
+        },
+        RaftSetup {
+            variant: RaftVariant::Correct,
+            read_mode: ReadMode::Log,
+        },
+        RaftSetup {
+            variant: RaftVariant::Figure8,
+            read_mode: ReadMode::ReadIndex,
+        },
+    ];
+
+    /// The `--variant` name.
+    pub fn name(self) -> &'static str {
+        match (self.variant, self.read_mode) {
+            (RaftVariant::Figure8, _) => "figure8",
+            (RaftVariant::Correct, ReadMode::Lease) => "lease-reads",
+            (RaftVariant::Correct, ReadMode::Log) => "log-reads",
+            (RaftVariant::Correct, ReadMode::ReadIndex) => "correct",
+        }
+    }
+
+    /// The node configuration.
+    pub fn config(self) -> RaftConfig {
+        RaftConfig {
+            read_mode: self.read_mode,
+            ..RaftConfig::default()
+        }
+    }
 }
 
 /// Names accepted by `--protocol`.
-pub const PROTOCOL_NAMES: [&str; 3] = ["amo-kv", "paxos-kv", "pb-kv"];
+pub const PROTOCOL_NAMES: [&str; 4] = ["amo-kv", "paxos-kv", "pb-kv", "raft-kv"];
 
 /// Finds the variant called `wanted` among `variants`, or explains the choices.
 fn find_variant<V: Copy>(
@@ -66,6 +123,8 @@ impl Protocol {
                 .map(Protocol::PaxosKv),
             "pb-kv" => find_variant(protocol, &PbVariant::ALL, PbVariant::name, variant)
                 .map(Protocol::PrimaryBackup),
+            "raft-kv" => find_variant(protocol, &RaftSetup::ALL, RaftSetup::name, variant)
+                .map(Protocol::RaftKv),
             other => Err(format!(
                 "unknown protocol '{other}': choose one of {}",
                 PROTOCOL_NAMES.join(", ")
@@ -79,6 +138,7 @@ impl Protocol {
             Protocol::AmoKv(_) => "amo-kv",
             Protocol::PaxosKv(_) => "paxos-kv",
             Protocol::PrimaryBackup(_) => "pb-kv",
+            Protocol::RaftKv(_) => "raft-kv",
         }
     }
 
@@ -88,6 +148,7 @@ impl Protocol {
             Protocol::AmoKv(variant) => variant.name(),
             Protocol::PaxosKv(variant) => variant.name(),
             Protocol::PrimaryBackup(variant) => variant.name(),
+            Protocol::RaftKv(setup) => setup.name(),
         }
     }
 
@@ -95,7 +156,7 @@ impl Protocol {
     pub fn nodes(self) -> u32 {
         match self {
             Protocol::AmoKv(_) => 1,
-            Protocol::PaxosKv(_) => 3,
+            Protocol::PaxosKv(_) | Protocol::RaftKv(_) => 3,
             // The view service, a primary, a backup and a spare.
             Protocol::PrimaryBackup(_) => 4,
         }
@@ -154,6 +215,22 @@ impl Protocol {
                     findings.retain(|finding| !matches!(finding, Finding::Liveness(_)));
                 }
                 (report, findings)
+            }
+            Protocol::RaftKv(setup) => {
+                let history = RefCell::new(ElectionHistory::new());
+                simulate(
+                    config,
+                    Box::new(move |_| KvRaft::new(setup.variant, setup.config())),
+                    |client, members| {
+                        let first_guess = members[client.0 as usize % members.len()];
+                        ReplicatedKvClient::new(first_guess, ReplicatedClientConfig::default())
+                    },
+                    Box::new(move |nodes| {
+                        history.borrow_mut().observe(nodes.running())?;
+                        check_all(nodes.running())
+                    }),
+                    trace,
+                )
             }
         }
     }

@@ -159,3 +159,25 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert!(!errors.contains("panicked"), "{errors}");
     assert!(first_line.starts_with("simulating"), "{first_line}");
 }
+
+#[test]
+fn raft_kv_runs_clean_with_every_read_path() {
+    for variant in ["correct", "lease-reads", "log-reads"] {
+        let output = synod(&[
+            "sim",
+            "--protocol",
+            "raft-kv",
+            "--variant",
+            variant,
+            "--seeds",
+            "1..20",
+        ]);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(0), "{variant}: {text}");
+        assert!(text.contains("seeds run: 20"), "{variant}: {text}");
+        assert!(text.contains("violations: 0"), "{variant}: {text}");
+    }
+    let output = synod(&["sim", "--protocol", "raft-kv", "--variant", "figure9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("figure8"));
+}
