@@ -474,3 +474,40 @@ fn a_crash_at_every_step_of_a_checkpoint_recovers_a_consistent_log() {
         }
     }
 }
+
+/// The counts `sync` returns drive `OutputGate` as a runtime would: a reply waiting for a
+/// record leaves only after the sync covering it, and a restarted node counts from zero.
+#[test]
+fn sync_counts_release_held_outputs_in_each_life() {
+    use synod_core::node::OutputGate;
+
+    let directory = TestDirectory::new();
+    let options = WalOptions::default();
+    for life in 0..2 {
+        let (mut wal, _) = open(&directory, &options);
+        let mut gate = OutputGate::new(wal.durable_records());
+        wal.append(b"vote").expect("appends");
+        assert_eq!(
+            gate.submit(1, "vote reply"),
+            None,
+            "life {life}: held until synced"
+        );
+        wal.append(b"entry").expect("appends");
+        wal.append_checkpoint(b"snapshot").expect("checkpoints");
+        assert_eq!(gate.submit(3, "after the checkpoint"), None);
+        wal.append(b"unsynced").expect("appends");
+        assert_eq!(gate.submit(4, "needs the unsynced record"), None);
+        let durable = wal.sync().expect("syncs");
+        assert_eq!(durable, 4, "life {life}");
+        assert_eq!(
+            gate.durable(durable),
+            vec![
+                "vote reply",
+                "after the checkpoint",
+                "needs the unsynced record"
+            ]
+        );
+    }
+    let (_, records) = open(&directory, &options);
+    assert_eq!(records, vec![b"snapshot".to_vec(), b"unsynced".to_vec()]);
+}
