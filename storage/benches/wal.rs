@@ -9,7 +9,7 @@
 //! and fsyncs/s over all its timed iterations. The log lives in a fresh directory under
 //! the system temp dir (set `TMPDIR` to measure another file system).
 //!
-//! `recover` times `Wal::open` over a log of 200,000 such records (54 MiB in one segment,
+//! `recover` times `Wal::open` over a log of 200,000 such records (52 MiB in one segment,
 //! all in the page cache): reading, verifying every CRC32C and copying the records out.
 //!
 //! The baseline beside each N, `raw file`, appends the same bytes (framed records cost 16
