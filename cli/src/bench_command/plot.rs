@@ -8,7 +8,7 @@ const WIDTH: f64 = 960.0;
 const PANEL_HEIGHT: f64 = 260.0;
 const MARGIN_LEFT: f64 = 80.0;
 const MARGIN_RIGHT: f64 = 20.0;
-const MARGIN_TOP: f64 = 50.0;
+const MARGIN_TOP: f64 = 64.0;
 const PANEL_GAP: f64 = 70.0;
 const TICKS: usize = 5;
 /// Line colours, one per target.
@@ -41,11 +41,19 @@ pub fn svg(runs: &[Summary], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    // The title is long; one clause per line keeps it inside the figure.
+    let (headline, details) = title.split_once(": ").unwrap_or((title, ""));
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">{}</text>"#,
         WIDTH / 2.0,
-        escape(title)
+        escape(headline)
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="34" text-anchor="middle" font-size="11">{}</text>"#,
+        WIDTH / 2.0,
+        escape(details)
     );
 
     let latency_top = MARGIN_TOP;
@@ -113,10 +121,10 @@ pub fn svg(runs: &[Summary], title: &str) -> String {
         polyline(&mut out, &p50, colour, "4,3");
         polyline(&mut out, &throughput, colour, "");
         let legend_y = height - 18.0;
-        let legend_x = MARGIN_LEFT + 300.0 * position as f64;
+        let legend_x = MARGIN_LEFT + 400.0 * position as f64;
         let _ = writeln!(
             out,
-            r#"<line x1="{legend_x}" y1="{ly}" x2="{lx2}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{tx}" y="{ty}">{} p99 (solid), p50 (dashed)</text>"#,
+            r#"<line x1="{legend_x}" y1="{ly}" x2="{lx2}" y2="{ly}" stroke="{colour}" stroke-width="2"/><text x="{tx}" y="{ty}">{}: p99 solid, p50 dashed; throughput below</text>"#,
             escape(&run.target),
             ly = legend_y,
             lx2 = legend_x + 24.0,
@@ -157,13 +165,18 @@ fn draw_frame(out: &mut String, axis: &Axis, time_max_s: f64, plot_width: f64, l
             y + 4.0,
             tick_label(axis.max * fraction)
         );
-        let x = MARGIN_LEFT + plot_width * fraction;
+    }
+    let time_step_s = nice_ceiling(time_max_s / TICKS as f64);
+    let mut time_s: f64 = 0.0;
+    while time_s <= time_max_s * (1.0 + 1e-9) {
+        let x = MARGIN_LEFT + plot_width * time_s / time_max_s;
         let _ = writeln!(
             out,
             r#"<text x="{x:.1}" y="{}" text-anchor="middle">{} s</text>"#,
             bottom + 16.0,
-            tick_label(time_max_s * fraction)
+            tick_label(time_s)
         );
+        time_s += time_step_s;
     }
 }
 

@@ -300,15 +300,18 @@ fn percentiles_of(histogram: &Histogram<u64>) -> Percentiles {
     }
 }
 
-/// Cuts the run into windows of at least [`WINDOW_MS_MIN`], at most [`WINDOWS_MAX`] of them;
-/// `samples` are sorted by completion time.
+/// Cuts the run into windows of at least [`WINDOW_MS_MIN`] (the last one up to twice that,
+/// or the whole run if shorter), at most [`WINDOWS_MAX`] of them; `samples` are sorted by
+/// completion time.
 fn windows(samples: &[Sample], elapsed: Duration) -> Vec<Window> {
     let elapsed_ms = u64::try_from(elapsed.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
     let width_ms =
         WINDOW_MS_MIN.max(elapsed_ms.div_ceil(WINDOWS_MAX).div_ceil(WINDOW_MS_MIN) * WINDOW_MS_MIN);
-    let count = elapsed_ms.div_ceil(width_ms);
+    // A short tail joins the last window: a window of a few milliseconds holding a few
+    // completions would show a spike of throughput that never happened.
+    let count = (elapsed_ms / width_ms).max(1);
     let mut windows = Vec::new();
     let mut rest = samples;
     for index in 0..count {
@@ -321,9 +324,14 @@ fn windows(samples: &[Sample], elapsed: Duration) -> Vec<Window> {
         let (inside, after) = rest.split_at(split);
         rest = after;
         let latency = percentiles(inside.iter());
+        let start_ms = index * width_ms;
         windows.push(Window {
-            start_ms: index * width_ms,
-            width_ms,
+            start_ms,
+            width_ms: if index + 1 == count {
+                elapsed_ms - start_ms
+            } else {
+                width_ms
+            },
             ops: inside.len() as u64,
             p50_us: latency.p50_us,
             p99_us: latency.p99_us,
@@ -409,6 +417,7 @@ mod tests {
         let windows = windows(&samples, Duration::from_millis(300));
         let ops: Vec<u64> = windows.iter().map(|window| window.ops).collect();
         assert_eq!(ops, [2, 1, 1]);
+        assert_eq!(windows[2].width_ms, 100);
         assert_eq!(windows[1].p99_us, 100);
         assert!((windows[0].throughput() - 20.0).abs() < 1e-9);
     }
@@ -418,6 +427,12 @@ mod tests {
         let windows = windows(&[], Duration::from_secs(1000));
         assert!(windows.len() as u64 <= WINDOWS_MAX);
         assert_eq!(windows[0].width_ms % WINDOW_MS_MIN, 0);
+        let ragged = super::windows(&[sample(1, 5), sample(240, 5)], Duration::from_millis(250));
+        assert_eq!(ragged.len(), 2, "the 50 ms tail joins the last window");
+        assert_eq!(ragged[1].width_ms, 150);
+        assert_eq!(ragged[1].ops, 1);
+        let short = super::windows(&[sample(1, 5)], Duration::from_millis(30));
+        assert_eq!((short.len(), short[0].width_ms), (1, 30));
     }
 
     #[test]
