@@ -30,6 +30,10 @@ pub struct ServerArgs {
     /// Address clients connect to (etcd v3 gRPC). [default: http://127.0.0.1:2379]
     #[arg(long, env = "SYNOD_LISTEN_CLIENT_URL")]
     pub listen_client_url: Option<String>,
+    /// Serve HTTP /metrics (Prometheus) and /health (JSON; 503 without a leader) here.
+    /// [default: none]
+    #[arg(long, env = "SYNOD_LISTEN_METRICS_URL")]
+    pub listen_metrics_url: Option<String>,
     /// Every member as name=peerURL, comma-separated, identical on every member.
     /// [default: <name>=<listen-peer-url>]
     #[arg(long, env = "SYNOD_INITIAL_CLUSTER")]
@@ -57,6 +61,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     listen_peer_url: Option<String>,
     listen_client_url: Option<String>,
+    listen_metrics_url: Option<String>,
     initial_cluster: Option<String>,
     initial_cluster_clients: Option<String>,
     heartbeat_ms: Option<u64>,
@@ -149,6 +154,9 @@ pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
             config.election_timeout,
             config.heartbeat
         );
+    }
+    if let Some(url) = arguments.listen_metrics_url.or(file.listen_metrics_url) {
+        config.metrics_listen = Some(url_address(&url)?);
     }
     if let Some(bytes) = arguments.max_request_bytes.or(file.max_request_bytes) {
         config.max_request_bytes = bytes;

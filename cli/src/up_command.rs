@@ -82,9 +82,11 @@ pub fn run(arguments: UpArgs) -> Result<ExitCode> {
     let count = arguments.members as usize;
     let mut peers = Vec::new();
     let mut clients = Vec::new();
+    let mut metrics = Vec::new();
     for index in 0..count {
         peers.push(format!("m{}=http://127.0.0.1:{}", index + 1, free_port()?));
         clients.push(format!("m{}=http://127.0.0.1:{}", index + 1, free_port()?));
+        metrics.push(format!("http://127.0.0.1:{}", free_port()?));
     }
     let executable = std::env::current_exe().context("cannot find the synod executable")?;
     let mut members = Members(Vec::new());
@@ -108,6 +110,7 @@ pub fn run(arguments: UpArgs) -> Result<ExitCode> {
             .args(["--listen-client-url", client])
             .args(["--initial-cluster", &peers.join(",")])
             .args(["--initial-cluster-clients", &clients.join(",")])
+            .args(["--listen-metrics-url", &metrics[index]])
             .stdin(Stdio::null());
         #[cfg(target_os = "linux")]
         {
@@ -152,7 +155,12 @@ pub fn run(arguments: UpArgs) -> Result<ExitCode> {
         data_dir.display()
     );
     for (index, endpoint) in endpoints.iter().enumerate() {
-        println!("  m{}  {endpoint}", index + 1);
+        println!(
+            "  m{}  {endpoint}   (metrics: {}/metrics, health: {}/health)",
+            index + 1,
+            metrics[index],
+            metrics[index]
+        );
     }
     println!();
     println!("Try it with etcdctl (etcd's own client):");

@@ -8,5 +8,6 @@ pub mod api;
 pub mod etcd;
 pub mod log;
 pub mod member;
+pub mod metrics;
 pub mod runtime;
 pub mod transport;

@@ -111,7 +111,9 @@ pub(crate) fn spawn_storage_thread<L: RecordLog>(
                         sync_wanted |= run(&mut log, job, &mut appended)?;
                     }
                     if sync_wanted && appended > durable {
+                        let started = std::time::Instant::now();
                         log.sync()?;
+                        crate::metrics::record_fsync(started.elapsed());
                         durable = appended;
                         on_durable(durable);
                     } else if sync_wanted {

@@ -62,6 +62,8 @@ pub struct MemberConfig {
     pub max_request_bytes: usize,
     /// The replication protocol.
     pub consensus: ConsensusKind,
+    /// Where to serve HTTP `/metrics` and `/health`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl MemberConfig {
@@ -83,6 +85,7 @@ impl MemberConfig {
             election_timeout: Duration::from_millis(500),
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             consensus: ConsensusKind::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -205,6 +208,8 @@ pub struct Listeners {
     pub peer: TcpListener,
     /// Client gRPC connections.
     pub client: TcpListener,
+    /// HTTP `/metrics` and `/health`, if wanted.
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -218,6 +223,10 @@ impl Listeners {
         Ok(Listeners {
             peer: bind(config.peer_listen).await?,
             client: bind(config.client_listen).await?,
+            metrics: match config.metrics_listen {
+                Some(address) => Some(bind(address).await?),
+                None => None,
+            },
         })
     }
 }
@@ -253,6 +262,7 @@ async fn run_node<N: Consensus>(
     let Listeners {
         peer: peer_listener,
         client: client_listener,
+        metrics: metrics_listener,
     } = listeners;
     let membership = membership(&config)?;
     let mut peers = BTreeMap::new();
@@ -308,7 +318,31 @@ async fn run_node<N: Consensus>(
         peer = %config.peer_listen,
         "member serving"
     );
-    serve_grpc(shared, client_listener, config.max_request_bytes, shutdown).await
+    // One shutdown signal for every server this member runs.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    if let Some(listener) = metrics_listener {
+        let observed = shared.proxy.subscribe();
+        let stopped = until_stopped(stopped.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve_http(listener, observed, stopped).await {
+                tracing::error!(%error, "the metrics endpoint stopped");
+            }
+        });
+    }
+    serve_grpc(
+        shared,
+        client_listener,
+        config.max_request_bytes,
+        until_stopped(stopped),
+    )
+    .await
 }
 
 async fn serve_grpc<N: Consensus>(
@@ -325,6 +359,7 @@ async fn serve_grpc<N: Consensus>(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     tonic::transport::Server::builder()
+        .layer(crate::metrics::RpcMetricsLayer)
         .add_service(
             pb::kv_server::KvServer::new(KvService(shared.clone()))
                 .max_decoding_message_size(decode_limit),

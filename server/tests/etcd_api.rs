@@ -34,7 +34,11 @@ impl Cluster {
                 peer_url: format!("http://{}", peer.local_addr().unwrap()),
                 client_url: format!("http://{}", client.local_addr().unwrap()),
             });
-            listeners.push(Listeners { peer, client });
+            listeners.push(Listeners {
+                peer,
+                client,
+                metrics: None,
+            });
         }
         let mut stops = Vec::new();
         for (index, listeners) in listeners.into_iter().enumerate() {
@@ -331,4 +335,86 @@ async fn oversized_requests_get_etcds_error() {
     })
     .await;
     assert!(small.into_inner().header.is_some());
+}
+
+/// One HTTP/1.0 GET over a plain socket: status line and body.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_over_http() {
+    let data = tempfile::tempdir().unwrap();
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = metrics.local_addr().unwrap();
+    let spec = MemberSpec {
+        name: "solo".into(),
+        peer_url: format!("http://{}", peer.local_addr().unwrap()),
+        client_url: format!("http://{}", client.local_addr().unwrap()),
+    };
+    let mut config = MemberConfig::new(
+        "solo",
+        data.path().join("solo"),
+        peer.local_addr().unwrap(),
+        client.local_addr().unwrap(),
+        vec![spec.clone()],
+    );
+    config.heartbeat = Duration::from_millis(10);
+    config.election_timeout = Duration::from_millis(50);
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(run_member(
+        config,
+        Listeners {
+            peer,
+            client,
+            metrics: Some(metrics),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = Channel::from_shared(spec.client_url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut kv = KvClient::new(channel);
+    eventually(|| {
+        let mut kv = kv.clone();
+        async move { kv.put(put("m", "1")).await }
+    })
+    .await;
+    kv.range(pb::RangeRequest {
+        key: b"m".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (status, body) = http_get(metrics_address, "/health").await;
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, r#"{"health":"true","reason":""}"#);
+    let (status, body) = http_get(metrics_address, "/metrics").await;
+    assert!(status.contains("200"), "{status}");
+    for expected in [
+        "synod_grpc_request_duration_seconds_count{method=\"/etcdserverpb.KV/Put\"}",
+        "synod_grpc_request_duration_seconds_count{method=\"/etcdserverpb.KV/Range\"}",
+        "synod_consensus_term ",
+        "synod_has_leader 1",
+        "synod_wal_fsync_duration_seconds_count",
+        "synod_wal_bytes_total",
+        "synod_leader_changes_total",
+    ] {
+        assert!(body.contains(expected), "missing {expected} in:\n{body}");
+    }
 }

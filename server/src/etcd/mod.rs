@@ -94,6 +94,7 @@ pub fn observer<N: Consensus>() -> (impl FnMut(&N) + Send + 'static, watch::Rece
             if *current == observed {
                 false
             } else {
+                crate::metrics::metrics().observe(current, &observed);
                 *current = observed;
                 true
             }
