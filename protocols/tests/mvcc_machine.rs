@@ -456,3 +456,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_transaction_size_limit_is_configurable() {
+    let mut machine = MvccMachine::with_max_txn_ops(2);
+    let puts = |count: usize| {
+        MvccOperation::Txn(TxnRequest {
+            success: (0..count)
+                .map(|index| RequestOp::Put(PutRequest::new(format!("k{index}"), "v")))
+                .collect(),
+            ..TxnRequest::default()
+        })
+    };
+    output(&mut machine, &command(0, puts(2), Time::ZERO)).expect("two puts fit");
+    assert_eq!(
+        output(&mut machine, &command(1, puts(3), Time::ZERO)),
+        Err(RequestError::Store(MvccError::TooManyOperations))
+    );
+    assert_eq!(machine.store().revision(), 2);
+}

@@ -181,6 +181,16 @@ impl MvccMachine {
         MvccMachine::default()
     }
 
+    /// An empty machine allowing `max_txn_ops` compares and operations per list in a
+    /// transaction (etcd's `--max-txn-ops`; the default is
+    /// [`crate::mvcc::MAX_TXN_OPS_DEFAULT`]).
+    pub fn with_max_txn_ops(max_txn_ops: usize) -> Self {
+        MvccMachine {
+            store: MvccStore::new(max_txn_ops),
+            ..MvccMachine::default()
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &MvccStore {
         &self.store
