@@ -123,7 +123,7 @@ impl RaftConfig {
 }
 
 /// A piece of a snapshot on its way to a follower.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotChunk {
     /// The sender's term.
     pub term: u64,
@@ -146,7 +146,8 @@ pub struct SnapshotChunk {
 }
 
 /// Messages between nodes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound = "")]
 pub enum RaftMessage<S: StateMachine> {
     /// A (pre-)candidate asks for a vote in `term` (for a pre-vote, the term it would take).
     RequestVote {
