@@ -1,15 +1,27 @@
 //! `synod mc`: model-checks a protocol model and prints states/s, unique states, goals, the
-//! verdict and, on a violation, the minimized counterexample as a numbered trace.
+//! verdict and, on a violation, the minimized counterexample as a numbered trace (and, with
+//! `--trace-out`, as a trace file that `synod sim --replay` runs in the simulator).
+//!
+//! The cluster models are built here and nowhere else: [`paxos_model`] and [`pb_model`]
+//! serve both `synod mc` and the replay of their trace files.
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use synod_core::kv::KvCommand;
 use synod_core::node::NodeId;
 use synod_protocols::kv_state::{ReplicatedKvClient, SessionKv};
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant, check_agreement};
+use synod_protocols::pb::invariants::{
+    ObservedViews, check_backup_mirrors_primary, check_one_primary_per_view,
+    check_views_come_from_the_view_service,
+};
+use synod_protocols::pb::{PbClient, PbClientConfig, PbNode, PbVariant};
 use synod_sim::model_checker::checker::{
     Checker, Progress, Report, Strategy, THREADS_MAX, Verdict,
 };
@@ -17,6 +29,7 @@ use synod_sim::model_checker::cluster::{
     ClusterModel, ClusterState, NetworkSemantics, kv_history_linearizable,
 };
 use synod_sim::model_checker::model::Model;
+use synod_sim::model_checker::trace_file::TraceFile;
 use synod_sim::model_checker::two_phase_commit::{
     RESOURCE_MANAGERS_MAX, TwoPhaseCommit, TwoPhaseVariant,
 };
@@ -27,15 +40,26 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
 /// Arguments of `synod mc`.
 #[derive(Args, Debug)]
 pub struct McArgs {
-    /// Model to check: `2pc` (two-phase commit), or `paxos-kv` (the unmodified Multi-Paxos
+    /// Model to check: `2pc` (two-phase commit), `paxos-kv` (the unmodified Multi-Paxos
     /// nodes: 3 replicas, a client that puts and one that reads, ballots up to round
-    /// --rounds; try `--random 20000 --max-depth 200`).
+    /// --rounds; try `--random 20000 --max-depth 200`), or `pb-kv` (primary-backup: the
+    /// view service, 2 servers and a client that appends, the first 2 views; try `--bfs
+    /// --max-depth 8` or `--random 5000 --max-depth 30`).
     #[arg(long, default_value = "2pc")]
     model: String,
     /// Model variant: `correct`, or a broken one the checker must catch (2pc:
-    /// `commit-early`; paxos-kv: `forget-accepted-values`).
+    /// `commit-early`; paxos-kv: `forget-accepted-values`; pb-kv: `reply-before-backup-ack`,
+    /// `view-service-skips-ack`, `volatile-view-service` (with --crashes 1),
+    /// `backup-accepts-any-primary`).
     #[arg(long, default_value = "correct")]
     variant: String,
+    /// Crashes allowed on a path (pb-kv), each followed by any number of steps.
+    #[arg(long, default_value_t = 0)]
+    crashes: u32,
+    /// On a violation, write the minimized counterexample to this trace file (paxos-kv,
+    /// pb-kv): `synod sim --replay FILE` runs it in the simulator.
+    #[arg(long, value_name = "FILE")]
+    trace_out: Option<PathBuf>,
     /// Resource managers (2pc).
     #[arg(long, default_value_t = 3)]
     rms: usize,
@@ -111,72 +135,232 @@ pub fn run(arguments: McArgs) -> anyhow::Result<ExitCode> {
                 "model: two-phase commit, {} resource managers, {} variant",
                 arguments.rms, arguments.variant
             );
-            explore(
-                &TwoPhaseCommit::with_variant(arguments.rms, variant),
-                &arguments,
-            )
+            let model = TwoPhaseCommit::with_variant(arguments.rms, variant);
+            let report = explore(&model, &arguments)?;
+            if arguments.trace_out.is_some() {
+                bail!(
+                    "--trace-out is for the cluster models (paxos-kv, pb-kv), which the simulator can replay"
+                );
+            }
+            Ok(exit_code(&report))
         }
         "paxos-kv" => {
-            let variant = match arguments.variant.as_str() {
-                "correct" => PaxosVariant::Correct,
-                "forget-accepted-values" => PaxosVariant::ForgetAcceptedValues,
-                other => bail!(
-                    "unknown --variant {other:?}; the variants are: correct, forget-accepted-values"
-                ),
-            };
+            let variant = parse_paxos_variant(&arguments.variant)?;
             println!(
                 "model: Multi-Paxos, 3 replicas, 2 clients, ballot rounds up to {}, {} variant",
                 arguments.rounds, arguments.variant
             );
-            explore(&paxos_model(variant, arguments.rounds), &arguments)
+            let config = BTreeMap::from([("rounds".to_string(), Value::from(arguments.rounds))]);
+            let model = paxos_model(variant, arguments.rounds);
+            let report = explore(&model, &arguments)?;
+            finish(&model, &report, &arguments, config)
         }
-        other => bail!("unknown --model {other:?}; the models are: 2pc, paxos-kv"),
+        "pb-kv" => {
+            let variant = parse_pb_variant(&arguments.variant)?;
+            println!(
+                "model: primary-backup, view service and 2 servers, 1 client, views up to {PB_VIEW_MAX}, at most {} crashes, {} variant",
+                arguments.crashes, arguments.variant
+            );
+            let config = BTreeMap::from([("crashes".to_string(), Value::from(arguments.crashes))]);
+            let model = pb_model(variant, arguments.crashes);
+            let report = explore(&model, &arguments)?;
+            finish(&model, &report, &arguments, config)
+        }
+        other => bail!("unknown --model {other:?}; the models are: 2pc, paxos-kv, pb-kv"),
     }
 }
 
-/// Multi-Paxos replicating the key-value state machine, as the checker explores it.
-type KvPaxos = PaxosNode<SessionKv>;
-/// Its client.
-type KvPaxosClient = ReplicatedKvClient<KvPaxos>;
+/// Parses a paxos-kv variant name.
+pub(crate) fn parse_paxos_variant(name: &str) -> anyhow::Result<PaxosVariant> {
+    PaxosVariant::ALL
+        .into_iter()
+        .find(|variant| variant.name() == name)
+        .with_context(|| {
+            let names: Vec<&str> = PaxosVariant::ALL
+                .iter()
+                .map(|variant| variant.name())
+                .collect();
+            format!(
+                "unknown --variant {name:?}; the variants are: {}",
+                names.join(", ")
+            )
+        })
+}
 
-/// Three unmodified Multi-Paxos replicas and two clients (one puts, one reads) over FIFO
-/// channels; agreement and linearizability in every state; ballots above `rounds` pruned.
-fn paxos_model(variant: PaxosVariant, rounds: u64) -> ClusterModel<KvPaxosClient> {
+/// Parses a pb-kv variant name.
+pub(crate) fn parse_pb_variant(name: &str) -> anyhow::Result<PbVariant> {
+    PbVariant::ALL
+        .into_iter()
+        .find(|variant| variant.name() == name)
+        .with_context(|| {
+            let names: Vec<&str> = PbVariant::ALL
+                .iter()
+                .map(|variant| variant.name())
+                .collect();
+            format!(
+                "unknown --variant {name:?}; the variants are: {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// Exit code 1 on a violation, else 0.
+fn exit_code<M: Model>(report: &Report<M>) -> ExitCode {
+    match report.verdict() {
+        Verdict::Violation => ExitCode::from(1),
+        Verdict::Verified | Verdict::Inconclusive => ExitCode::SUCCESS,
+    }
+}
+
+/// Writes the counterexample's trace file if asked to, and picks the exit code.
+fn finish<M: Model>(
+    model: &M,
+    report: &Report<M>,
+    arguments: &McArgs,
+    config: BTreeMap<String, Value>,
+) -> anyhow::Result<ExitCode> {
+    if let (Some(path), Some(counterexample)) = (&arguments.trace_out, &report.violation) {
+        TraceFile::from_path(
+            model,
+            &counterexample.path,
+            &arguments.model,
+            &arguments.variant,
+            config,
+            &counterexample.property,
+        )
+        .write(path)?;
+        println!(
+            "trace file: {} (replay: synod sim --replay {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(exit_code(report))
+}
+
+/// Multi-Paxos replicating the key-value state machine, as the checker explores it.
+pub(crate) type KvPaxos = PaxosNode<SessionKv>;
+/// Its client.
+pub(crate) type KvPaxosClient = ReplicatedKvClient<KvPaxos>;
+
+/// Replicas in the paxos-kv model.
+pub(crate) const PAXOS_REPLICAS: u32 = 3;
+
+/// The paxos-kv model's scripts: client 0 puts, client 1 reads.
+pub(crate) fn paxos_scripts() -> Vec<Vec<KvCommand>> {
     let key = "k".to_string();
     let put = KvCommand::Put {
         key: key.clone(),
         value: "a".to_string(),
     };
-    let client = |first_guess| KvPaxosClient::new(NodeId(first_guess), Default::default());
-    ClusterModel::new(
-        3,
+    vec![vec![put], vec![KvCommand::Get { key }]]
+}
+
+/// Client `index` of the paxos-kv model (it first tries replica `index`).
+pub(crate) fn paxos_client(index: u32) -> KvPaxosClient {
+    KvPaxosClient::new(NodeId(index), Default::default())
+}
+
+/// Three unmodified Multi-Paxos replicas and two clients (one puts, one reads) over FIFO
+/// channels; agreement and linearizability in every state; ballots above `rounds` pruned.
+pub(crate) fn paxos_model(variant: PaxosVariant, rounds: u64) -> ClusterModel<KvPaxosClient> {
+    let mut model = ClusterModel::new(
+        PAXOS_REPLICAS,
         move |_| KvPaxos::new(variant, PaxosConfig::default()),
         NetworkSemantics::OrderedExactlyOnce,
+    );
+    for (index, script) in paxos_scripts().into_iter().enumerate() {
+        model = model.client(paxos_client(index as u32), script);
+    }
+    model
+        .invariant("replicas agree", |state: &ClusterState<KvPaxosClient>| {
+            check_agreement(state.nodes.iter().filter_map(|slot| slot.state.as_ref())).is_ok()
+        })
+        .invariant(
+            "the history is linearizable",
+            |state: &ClusterState<KvPaxosClient>| kv_history_linearizable(&state.history),
+        )
+        .goal(
+            "every client is done",
+            |state: &ClusterState<KvPaxosClient>| state.all_clients_done(),
+        )
+        .prune(move |state: &ClusterState<KvPaxosClient>| {
+            state
+                .nodes
+                .iter()
+                .filter_map(|slot| slot.state.as_ref())
+                .any(|node| node.promised().round > rounds)
+        })
+}
+
+/// Views beyond this number are not explored in the pb-kv model.
+pub(crate) const PB_VIEW_MAX: u64 = 2;
+/// Nodes in the pb-kv model: the view service and two servers.
+pub(crate) const PB_NODES: u32 = 3;
+
+/// The pb-kv model's script: one client appends once.
+pub(crate) fn pb_scripts() -> Vec<Vec<KvCommand>> {
+    vec![vec![KvCommand::Append {
+        key: "k".to_string(),
+        value: "a".to_string(),
+    }]]
+}
+
+/// The running nodes of a primary-backup state.
+fn pb_nodes<G>(state: &ClusterState<PbClient, G>) -> impl Iterator<Item = (NodeId, &PbNode)> {
+    state
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, slot)| slot.state.as_ref().map(|node| (NodeId(index as u32), node)))
+}
+
+/// A primary-backup state with the view history as its ghost.
+type PbState = ClusterState<PbClient, ObservedViews>;
+
+/// The view service, two unmodified servers and a client that appends, over FIFO
+/// channels, up to `crashes` crashes; one primary per view, views only from the view
+/// service, the view history (a ghost along each path), the backup mirroring its primary
+/// and linearizability in every state; views above [`PB_VIEW_MAX`] pruned.
+pub(crate) fn pb_model(variant: PbVariant, crashes: u32) -> ClusterModel<PbClient, ObservedViews> {
+    let mut model = ClusterModel::new(
+        PB_NODES,
+        move |id| PbNode::new(id, variant),
+        NetworkSemantics::OrderedExactlyOnce,
     )
-    .client(client(0), vec![put])
-    .client(client(1), vec![KvCommand::Get { key }])
-    .invariant("replicas agree", |state: &ClusterState<KvPaxosClient>| {
-        check_agreement(state.nodes.iter().filter_map(|slot| slot.state.as_ref())).is_ok()
-    })
-    .invariant(
-        "the history is linearizable",
-        |state: &ClusterState<KvPaxosClient>| kv_history_linearizable(&state.history),
-    )
-    .goal(
-        "every client is done",
-        |state: &ClusterState<KvPaxosClient>| state.all_clients_done(),
-    )
-    .prune(move |state: &ClusterState<KvPaxosClient>| {
-        state
-            .nodes
-            .iter()
-            .filter_map(|slot| slot.state.as_ref())
-            .any(|node| node.promised().round > rounds)
-    })
+    .max_crashes(crashes);
+    for script in pb_scripts() {
+        model = model.client(PbClient::new(PbClientConfig::default()), script);
+    }
+    model
+        .ghost(|ghost: &mut ObservedViews, state: &PbState| ghost.observe(pb_nodes(state)))
+        .invariant("one primary per view", |state: &PbState| {
+            check_one_primary_per_view(pb_nodes(state)).is_ok()
+        })
+        .invariant("views come from the view service", |state: &PbState| {
+            check_views_come_from_the_view_service(pb_nodes(state)).is_ok()
+        })
+        .invariant("the view history holds", |state: &PbState| {
+            state.ghost.violation().is_none()
+        })
+        .invariant("the backup mirrors its primary", |state: &PbState| {
+            check_backup_mirrors_primary(pb_nodes(state)).is_ok()
+        })
+        .invariant("the history is linearizable", |state: &PbState| {
+            kv_history_linearizable(&state.history)
+        })
+        .goal("an operation completed", |state: &PbState| {
+            state.history.len() > 1
+        })
+        .prune(|state: &PbState| {
+            pb_nodes(state)
+                .filter_map(|(_, node)| node.as_view_service())
+                .any(|view_service| view_service.view().number > PB_VIEW_MAX)
+        })
 }
 
 /// Runs the checker on `model` as the arguments say and prints the report.
-fn explore<M: Model>(model: &M, arguments: &McArgs) -> anyhow::Result<ExitCode>
+fn explore<M: Model>(model: &M, arguments: &McArgs) -> anyhow::Result<Report<M>>
 where
     Report<M>: std::fmt::Display,
 {
@@ -231,10 +415,7 @@ where
     let report = checker.run(strategy);
     progress.finish_and_clear();
     print!("{report}");
-    Ok(match report.verdict() {
-        Verdict::Violation => ExitCode::from(1),
-        Verdict::Verified | Verdict::Inconclusive => ExitCode::SUCCESS,
-    })
+    Ok(report)
 }
 
 #[cfg(test)]

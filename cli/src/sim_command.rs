@@ -1,6 +1,11 @@
 //! `synod sim`: sweeps seeds with a progress bar, summarizes, and leaves a replay command
 //! and a trace for every failing seed.
 
+// The replay of model-checker traces is `synod sim --replay`'s alone, so it is declared here
+// (its file sits beside this one).
+#[path = "replay.rs"]
+mod replay;
+
 use crate::registry::Protocol;
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -76,6 +81,16 @@ pub struct SimArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Replay a model checker's counterexample (`synod mc --trace-out FILE`) instead of
+    /// sweeping seeds: its protocol, variant and configuration come from the file. Exit 1
+    /// if the simulator finds the violation again.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["seeds", "seed"])]
+    replay: Option<PathBuf>,
+    /// With --replay: run the file's steps on this variant's nodes instead (e.g. `correct`,
+    /// to see the same schedule pass); steps it does not enable, such as deliveries of
+    /// messages its nodes never sent, are left out.
+    #[arg(long, value_name = "VARIANT", requires = "replay")]
+    replay_variant: Option<String>,
 }
 
 /// A validated plan: which protocol, which seeds, which configuration.
@@ -161,6 +176,9 @@ fn replay_command(arguments: &SimArgs, plan: &Plan, seed: u64, trace: &Path) -> 
 
 /// Runs `synod sim`.
 pub fn run(arguments: SimArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &arguments.replay {
+        return replay::run(path, arguments.replay_variant.as_deref());
+    }
     let plan = plan(&arguments)?;
     if let Some(seed) = arguments.seed {
         return run_single(&arguments, &plan, seed);

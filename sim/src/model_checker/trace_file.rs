@@ -221,6 +221,30 @@ impl TraceFile {
     }
 }
 
+/// The actions of `actions` that `model` can take in order from its first initial state,
+/// skipping each one not enabled where it comes up (as the minimizer replays a shortened
+/// path). Running one variant's counterexample against another variant this way never
+/// delivers a message the other variant did not send.
+pub fn enabled_actions<M: Model>(model: &M, actions: &[M::Action]) -> Vec<M::Action> {
+    let Some(mut state) = model.init_states().into_iter().next() else {
+        return Vec::new();
+    };
+    let mut enabled = Vec::new();
+    let mut taken = Vec::with_capacity(actions.len());
+    for action in actions {
+        enabled.clear();
+        model.actions(&state, &mut enabled);
+        if !enabled.contains(action) {
+            continue;
+        }
+        if let Some(next) = model.next_state(&state, action.clone()) {
+            state = next;
+            taken.push(action.clone());
+        }
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +294,23 @@ mod tests {
             file.actions(&other),
             Err(TraceFileError::Mismatch { step: 1, .. })
         ));
+    }
+
+    #[test]
+    fn the_correct_protocol_takes_only_the_steps_it_enables() {
+        let (model, file) = counterexample();
+        let actions = file.actions(&model).expect("replays");
+        assert_eq!(enabled_actions(&model, &actions), actions);
+        // The correct TM never commits early, so that step and the ones that depend on it
+        // drop out.
+        let correct = TwoPhaseCommit::new(3);
+        let taken = enabled_actions(&correct, &actions);
+        assert!(taken.len() < actions.len(), "{taken:?}");
+        assert!(
+            !taken
+                .iter()
+                .any(|action| format!("{action:?}") == "TmCommit")
+        );
     }
 
     #[test]
