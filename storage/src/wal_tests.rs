@@ -511,3 +511,114 @@ fn sync_counts_release_held_outputs_in_each_life() {
     let (_, records) = open(&directory, &options);
     assert_eq!(records, vec![b"snapshot".to_vec(), b"unsynced".to_vec()]);
 }
+
+/// The documented limit of the fault model: a crash that lost an earlier unsynced page but
+/// kept a later one leaves a hole before valid records. Recovery cannot tell it from rot in
+/// synced data, so it refuses to open rather than guess in the direction that could lose
+/// acknowledged records.
+#[test]
+fn a_hole_before_valid_unsynced_records_refuses_rather_than_guesses() {
+    let directory = TestDirectory::new();
+    let options = WalOptions {
+        write_buffer_bytes: 0,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = open(&directory, &options);
+    wal.append(b"synced").expect("appends");
+    wal.sync().expect("syncs");
+    wal.append(b"lost page").expect("appends");
+    wal.append(b"kept page").expect("appends");
+    drop(wal);
+    let path = directory.path().join(segment_file_name(0));
+    let mut bytes = fs::read(&path).expect("readable");
+    let hole = SEGMENT_HEADER_BYTES + 16 + b"synced".len();
+    bytes[hole..hole + 16 + b"lost page".len()].fill(0);
+    fs::write(&path, bytes).expect("writable");
+    let error = Wal::open(directory.path(), options).expect_err("refuses");
+    assert!(
+        matches!(error, StorageError::CorruptRecord { offset, .. } if offset == hole as u64),
+        "{error}"
+    );
+}
+
+mod checkpoint_crash_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn step() -> impl Strategy<Value = CheckpointStep> {
+        prop_oneof![
+            Just(CheckpointStep::TemporaryWritten),
+            Just(CheckpointStep::Renamed),
+            Just(CheckpointStep::Durable),
+            Just(CheckpointStep::SegmentTemporaryWritten),
+            Just(CheckpointStep::SegmentCreated),
+            Just(CheckpointStep::SegmentsDeleted),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Random records and syncs (an earlier checkpoint perhaps among them), then a
+        /// checkpoint cut short at a random step, its un-fsynced rename perhaps lost and its
+        /// temporary file perhaps cut: recovery returns either the log as it was (every
+        /// synced record) or the checkpoint alone, and the latter once it was durable.
+        #[test]
+        fn a_checkpoint_cut_short_anywhere_recovers_old_or_new(
+            records in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..40), 0u8..8), 1..20),
+            step in step(),
+            lose_rename in any::<bool>(),
+            cut in proptest::option::of(0u64..80),
+        ) {
+            let directory = TestDirectory::new();
+            let options = small_segments();
+            let (mut wal, _) = open(&directory, &options);
+            // What recovery must return before the final checkpoint, and how much of it is
+            // durable (the rest may survive too: it was written through).
+            let mut log: Vec<Vec<u8>> = Vec::new();
+            let mut durable = 0;
+            for (record, action) in &records {
+                match action {
+                    0 => {
+                        wal.append_checkpoint(record).expect("checkpoints");
+                        log = vec![record.clone()];
+                        durable = 1;
+                    }
+                    1 | 2 => {
+                        wal.append(record).expect("appends");
+                        log.push(record.clone());
+                        wal.sync().expect("syncs");
+                        durable = log.len();
+                    }
+                    _ => {
+                        wal.append(record).expect("appends");
+                        log.push(record.clone());
+                    }
+                }
+            }
+            let index = wal.next_index();
+            wal.checkpoint_until(b"final checkpoint", Some(step)).expect("steps");
+            drop(wal);
+            let snapshot = directory.path().join(snapshot_file_name(index));
+            let temporary = directory.path().join(format!("{}.tmp", snapshot_file_name(index)));
+            let rename_lost = step == CheckpointStep::Renamed && lose_rename;
+            if rename_lost {
+                fs::rename(&snapshot, &temporary).expect("renames back");
+            }
+            if let (CheckpointStep::TemporaryWritten, Some(keep)) = (step, cut) {
+                let file = fs::OpenOptions::new().write(true).open(&temporary).expect("opens");
+                file.set_len(keep).expect("cuts");
+            }
+
+            let (_, recovered) = Wal::open(directory.path(), options).expect("recovers");
+            let checkpoint_durable = step >= CheckpointStep::Renamed && !rename_lost;
+            if checkpoint_durable {
+                prop_assert_eq!(recovered.records, vec![b"final checkpoint".to_vec()]);
+                prop_assert_eq!(recovered.next_index, index + 1);
+            } else {
+                prop_assert!(recovered.records.len() >= durable);
+                prop_assert_eq!(&recovered.records[..], &log[..recovered.records.len()]);
+            }
+        }
+    }
+}
