@@ -264,10 +264,19 @@ pub(crate) fn paxos_client(index: u32) -> KvPaxosClient {
 /// Three unmodified Multi-Paxos replicas and two clients (one puts, one reads) over FIFO
 /// channels; agreement and linearizability in every state; ballots above `rounds` pruned.
 pub(crate) fn paxos_model(variant: PaxosVariant, rounds: u64) -> ClusterModel<KvPaxosClient> {
+    paxos_model_over(variant, rounds, NetworkSemantics::OrderedExactlyOnce)
+}
+
+/// [`paxos_model`] over any network semantics.
+fn paxos_model_over(
+    variant: PaxosVariant,
+    rounds: u64,
+    network: NetworkSemantics,
+) -> ClusterModel<KvPaxosClient> {
     let mut model = ClusterModel::new(
         PAXOS_REPLICAS,
         move |_| KvPaxos::new(variant, PaxosConfig::default()),
-        NetworkSemantics::OrderedExactlyOnce,
+        network,
     );
     for (index, script) in paxos_scripts().into_iter().enumerate() {
         model = model.client(paxos_client(index as u32), script);
@@ -279,6 +288,16 @@ pub(crate) fn paxos_model(variant: PaxosVariant, rounds: u64) -> ClusterModel<Kv
         .invariant(
             "the history is linearizable",
             |state: &ClusterState<KvPaxosClient>| kv_history_linearizable(&state.history),
+        )
+        .goal(
+            "a replica executed a command",
+            |state: &ClusterState<KvPaxosClient>| {
+                state
+                    .nodes
+                    .iter()
+                    .filter_map(|slot| slot.state.as_ref())
+                    .any(|node| node.executed_below() > 0)
+            },
         )
         .goal(
             "every client is done",
@@ -421,6 +440,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every node may campaign up to round 3 in the Paxos tests.
+    const ROUND_MAX: u64 = 3;
+
+    #[test]
+    fn the_forgetful_paxos_proposer_is_caught_by_random_walks_and_minimized() {
+        let model = paxos_model(PaxosVariant::ForgetAcceptedValues, ROUND_MAX);
+        let report = Checker::new(&model)
+            .max_depth(200)
+            .threads(2)
+            .random_probes(1, 20_000);
+        assert_eq!(report.verdict(), Verdict::Violation, "{report}");
+        let counterexample = report.violation.as_ref().expect("a violation");
+        // Two elections, a chosen command, and the second leader's no-op in its slot.
+        assert!(counterexample.path.len() <= 45, "{}", counterexample.path);
+    }
+
+    #[test]
+    fn correct_paxos_holds_on_every_walk_and_executes_commands() {
+        let model = paxos_model(PaxosVariant::Correct, ROUND_MAX);
+        let report = Checker::new(&model)
+            .max_depth(200)
+            .threads(2)
+            .random_probes(1, 5_000);
+        assert_ne!(report.verdict(), Verdict::Violation, "{report}");
+        // Walks rarely keep one leader long enough for both clients to finish (every timer
+        // may fire at any step), but they must get a command chosen and executed.
+        assert!(
+            report.goals[0].example.is_some(),
+            "nothing was ever executed: {report}"
+        );
+    }
+
+    #[test]
+    fn correct_paxos_holds_in_every_state_up_to_depth_seven_over_a_redelivering_network() {
+        let model = paxos_model_over(
+            PaxosVariant::Correct,
+            ROUND_MAX,
+            NetworkSemantics::Redeliverable,
+        );
+        let report = Checker::new(&model).max_depth(7).threads(2).bfs();
+        assert_ne!(report.verdict(), Verdict::Violation, "{report}");
+        assert!(report.unique_states > 1_000, "{report}");
+    }
 
     #[test]
     fn durations_parse_with_and_without_units() {
