@@ -19,6 +19,7 @@ use synod_core::hash::StableHasher;
 use synod_core::node::NodeId;
 use synod_protocols::mvcc::machine::MvccMachine;
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant};
+use synod_protocols::raft::{RaftConfig, RaftNode, RaftVariant, ReadMode};
 use synod_storage::{Wal, WalOptions};
 use tokio::net::TcpListener;
 
@@ -36,8 +37,10 @@ pub struct MemberSpec {
 /// Which replication protocol runs the state machine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConsensusKind {
-    /// Multi-Paxos with a distinguished proposer.
+    /// Raft with pre-vote, check-quorum and ReadIndex reads.
     #[default]
+    Raft,
+    /// Multi-Paxos with a distinguished proposer (every read goes through the log).
     Paxos,
 }
 
@@ -64,6 +67,8 @@ pub struct MemberConfig {
     pub consensus: ConsensusKind,
     /// Where to serve HTTP `/metrics` and `/health`, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Applied entries beyond the last snapshot that trigger a new one (Raft).
+    pub snapshot_threshold_entries: u64,
 }
 
 impl MemberConfig {
@@ -86,6 +91,7 @@ impl MemberConfig {
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
             consensus: ConsensusKind::default(),
             metrics_listen: None,
+            snapshot_threshold_entries: 100_000,
         }
     }
 }
@@ -239,6 +245,25 @@ pub async fn run_member(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MemberError> {
     match config.consensus {
+        ConsensusKind::Raft => {
+            let node = RaftNode::<MvccMachine>::new(
+                RaftVariant::Correct,
+                RaftConfig {
+                    heartbeat_interval: config.heartbeat,
+                    election_timeout_min: config.election_timeout,
+                    election_timeout_max: config.election_timeout * 2,
+                    read_mode: ReadMode::ReadIndex,
+                    snapshot_threshold_entries: config.snapshot_threshold_entries,
+                    snapshot_chunk_bytes: 1024 * 1024,
+                    append_entries_max: 1024,
+                    append_bytes_max: 1024 * 1024,
+                    inflight_messages_max: 16,
+                    inflight_bytes_max: 16 * 1024 * 1024,
+                    ..RaftConfig::default()
+                },
+            );
+            run_node(node, config, listeners, shutdown).await
+        }
         ConsensusKind::Paxos => {
             let node = PaxosNode::<MvccMachine>::new(
                 PaxosVariant::Correct,

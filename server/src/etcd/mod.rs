@@ -23,6 +23,7 @@ use synod_protocols::mvcc::machine::{
     MvccMachine, MvccOperation, MvccOutput, MvccRequest, MvccResponse, RequestError,
 };
 use synod_protocols::paxos::PaxosNode;
+use synod_protocols::raft::RaftNode;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -64,6 +65,22 @@ impl Consensus for PaxosNode<MvccMachine> {
 
     fn machine(&self) -> &MvccMachine {
         self.store()
+    }
+}
+
+impl Consensus for RaftNode<MvccMachine> {
+    fn status(&self) -> ConsensusStatus {
+        ConsensusStatus {
+            term: self.term(),
+            // A leader names itself.
+            leader: self.leader(),
+            commit_index: self.commit_index(),
+            applied_index: self.applied_index(),
+        }
+    }
+
+    fn machine(&self) -> &MvccMachine {
+        self.state()
     }
 }
 
