@@ -75,6 +75,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::ops::Bound;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -147,6 +148,33 @@ pub fn read_etcd_jsonl<R: BufRead>(
     input: R,
     source_name: &str,
 ) -> Result<Vec<EtcdEvent>, HistoryError> {
+    read_lines(input, source_name)
+}
+
+/// Reads only the etcd fields of a JSON Lines history, one per event (blank lines skipped), to
+/// go with the events [`read_jsonl`](crate::history::read_jsonl) reads: for
+/// [`check_etcd_parts`], without a second copy of every event.
+pub fn read_etcd_fields<R: BufRead>(
+    input: R,
+    source_name: &str,
+) -> Result<Vec<EtcdFields>, HistoryError> {
+    read_lines(input, source_name)
+}
+
+/// [`read_etcd_fields`] from a file.
+pub fn read_etcd_fields_file(path: &Path) -> Result<Vec<EtcdFields>, HistoryError> {
+    let file = File::open(path).map_err(|source| HistoryError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    read_lines(BufReader::new(file), &path.display().to_string())
+}
+
+/// One `T` per non-blank line of JSON Lines.
+fn read_lines<T: DeserializeOwned, R: BufRead>(
+    input: R,
+    source_name: &str,
+) -> Result<Vec<T>, HistoryError> {
     let mut input = input;
     let mut events = Vec::new();
     let mut buffer = Vec::new();
@@ -183,12 +211,11 @@ pub fn read_etcd_jsonl<R: BufRead>(
         if line.trim().is_empty() {
             continue;
         }
-        let event =
-            serde_json::from_str::<EtcdEvent>(line).map_err(|error| HistoryError::Malformed {
-                source_name: source_name.to_owned(),
-                line: line_number,
-                message: error.to_string(),
-            })?;
+        let event = serde_json::from_str::<T>(line).map_err(|error| HistoryError::Malformed {
+            source_name: source_name.to_owned(),
+            line: line_number,
+            message: error.to_string(),
+        })?;
         events.push(event);
     }
 }
@@ -224,8 +251,21 @@ pub fn check_etcd(
     events: &[EtcdEvent],
     options: &CheckOptions,
 ) -> Result<CheckReport, HistoryError> {
-    let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
-    let (model, operations) = EtcdModel::build(events, &plain)?;
+    let (plain, fields): (Vec<Event>, Vec<EtcdFields>) = events
+        .iter()
+        .map(|event| (event.event.clone(), event.fields.clone()))
+        .unzip();
+    check_etcd_parts(&plain, &fields, options)
+}
+
+/// [`check_etcd`] for a history held as its events and, apart, their etcd fields: `fields[i]`
+/// belongs to `events[i]`, and a missing entry counts as no etcd field.
+pub fn check_etcd_parts(
+    plain: &[Event],
+    fields: &[EtcdFields],
+    options: &CheckOptions,
+) -> Result<CheckReport, HistoryError> {
+    let (model, operations) = EtcdModel::build(plain, fields)?;
     if let Some(violation) = revision_violation(&operations, &model.commands) {
         return Ok(CheckReport {
             verdict: Verdict::NotLinearizable(violation),
@@ -240,7 +280,7 @@ pub fn check_etcd(
     }
     // The search pairs the events again; one copy of the operations at a time is enough.
     drop(operations);
-    check(&model, &plain, options)
+    check(&model, plain, options)
 }
 
 /// One etcd operation as the model reads it; `None` revisions and outcomes are unknown (the
@@ -353,27 +393,30 @@ pub struct EtcdModel {
 impl EtcdModel {
     /// Reads and validates a history's operations and groups keys by lease.
     pub fn new(events: &[EtcdEvent]) -> Result<EtcdModel, HistoryError> {
-        let plain: Vec<Event> = events.iter().map(|event| event.event.clone()).collect();
-        Ok(EtcdModel::build(events, &plain)?.0)
+        let (plain, fields): (Vec<Event>, Vec<EtcdFields>) = events
+            .iter()
+            .map(|event| (event.event.clone(), event.fields.clone()))
+            .unzip();
+        Ok(EtcdModel::build(&plain, &fields)?.0)
     }
 
-    /// The model and the history's operations, given the events without their etcd fields too.
+    /// The model and the history's operations, from its events and their etcd fields.
     fn build(
-        events: &[EtcdEvent],
         plain: &[Event],
+        fields: &[EtcdFields],
     ) -> Result<(EtcdModel, Vec<Operation>), HistoryError> {
         let operations = pair_operations(plain)?;
-        let fields_of = |index: Option<usize>| index.map(|index| &events[index].fields);
+        let fields_of = |index: usize| fields.get(index).unwrap_or(&NO_FIELDS);
         let mut commands = Vec::with_capacity(operations.len());
         for operation in &operations {
             commands.push(read_command(
                 operation,
-                &events[operation.invoke_index].fields,
-                fields_of(operation.complete_index),
+                fields_of(operation.invoke_index),
+                operation.complete_index.map(fields_of),
             )?);
         }
-        let (partition_of, partition_names) = lease_groups(&operations, events);
-        let mut invoked_at = vec![u32::MAX; events.len()];
+        let (partition_of, partition_names) = lease_groups(&operations, &fields_of);
+        let mut invoked_at = vec![u32::MAX; plain.len()];
         for (position, operation) in operations.iter().enumerate() {
             invoked_at[operation.invoke_index] =
                 u32::try_from(position).expect("fewer than 2^32 operations");
@@ -548,7 +591,10 @@ fn lease_text(lease: Option<&Value>) -> Option<String> {
 
 /// Each operation's partition: its key, except that keys attached to a common lease (and that
 /// lease's grants and revokes) share one.
-fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> (Vec<u32>, Vec<String>) {
+fn lease_groups<'a>(
+    operations: &[Operation],
+    fields_of: &impl Fn(usize) -> &'a EtcdFields,
+) -> (Vec<u32>, Vec<String>) {
     /// Union-find over keys and leases.
     #[derive(Default)]
     struct Groups<'a> {
@@ -578,8 +624,8 @@ fn lease_groups(operations: &[Operation], events: &[EtcdEvent]) -> (Vec<u32>, Ve
                 .entry(key)
                 .or_insert_with(|| fresh(&mut groups.parent))
         });
-        let invoke = &events[operation.invoke_index].fields;
-        let completion = operation.complete_index.map(|index| &events[index].fields);
+        let invoke = fields_of(operation.invoke_index);
+        let completion = operation.complete_index.map(fields_of);
         let lease = lease_text(invoke.lease.as_ref())
             .or_else(|| lease_text(completion.and_then(|fields| fields.lease.as_ref())));
         let lease_node = lease.map(|lease| {
@@ -793,6 +839,14 @@ impl Model for EtcdModel {
         (specification, inputs)
     }
 }
+
+/// The fields of an event that has none.
+static NO_FIELDS: EtcdFields = EtcdFields {
+    revision: None,
+    mod_revision: None,
+    succeeded: None,
+    lease: None,
+};
 
 /// The lease id of a write that attached none.
 const NO_LEASE: u32 = 0;

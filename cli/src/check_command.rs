@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use synod_check::etcd::{EtcdEvent, check_etcd, read_etcd_jsonl_file};
+use synod_check::etcd::{EtcdFields, check_etcd_parts, read_etcd_fields_file};
 use synod_check::format::{Format, History, read_history_file};
 use synod_check::{
     Budget, CheckOptions, CheckReport, KvModel, RegisterModel, Verdict, check, html,
@@ -176,31 +176,26 @@ fn check_file(path: &Path, arguments: &CheckArgs, options: &CheckOptions) -> Fil
         Err(error) => return FileOutcome::BadInput(error.to_string()),
     };
     // The etcd fields, which the common reader drops: only JSON Lines have them.
-    let etcd_events = || -> Result<Vec<EtcdEvent>, String> {
+    let etcd_fields = || -> Result<Vec<EtcdFields>, String> {
         if history.format == Format::Jsonl {
-            read_etcd_jsonl_file(path).map_err(|error| error.to_string())
+            read_etcd_fields_file(path).map_err(|error| error.to_string())
         } else {
-            Ok(history
-                .events
-                .iter()
-                .cloned()
-                .map(EtcdEvent::from)
-                .collect())
+            Ok(Vec::new())
         }
     };
-    let mut etcd_history = None;
+    let mut fields = None;
     let model = match arguments.model {
         ModelChoice::Auto if history.format == Format::Jsonl => {
-            let events = match etcd_events() {
-                Ok(events) => events,
+            let read = match etcd_fields() {
+                Ok(read) => read,
                 Err(message) => return FileOutcome::BadInput(message),
             };
-            let model = if looks_like_etcd(&events) {
+            let model = if looks_like_etcd(&history, &read) {
                 Some(ModelChoice::Etcd)
             } else {
                 guess_model(&history)
             };
-            etcd_history = Some(events);
+            fields = Some(read);
             model
         }
         ModelChoice::Auto => guess_model(&history),
@@ -213,15 +208,19 @@ fn check_file(path: &Path, arguments: &CheckArgs, options: &CheckOptions) -> Fil
             history.events[0].f
         ));
     };
-    if model == ModelChoice::Etcd && etcd_history.is_none() {
-        match etcd_events() {
-            Ok(events) => etcd_history = Some(events),
+    if model == ModelChoice::Etcd && fields.is_none() {
+        match etcd_fields() {
+            Ok(read) => fields = Some(read),
             Err(message) => return FileOutcome::BadInput(message),
         }
     }
     let checked = match model {
-        ModelChoice::Etcd => check_etcd(etcd_history.as_deref().unwrap_or_default(), options)
-            .map(|report| ("etcd key-value", report)),
+        ModelChoice::Etcd => check_etcd_parts(
+            &history.events,
+            fields.as_deref().unwrap_or_default(),
+            options,
+        )
+        .map(|report| ("etcd key-value", report)),
         ModelChoice::Register => check(&RegisterModel, &history.events, options)
             .map(|report| ("compare-and-set register", report)),
         ModelChoice::Kv | ModelChoice::Auto => {
@@ -252,10 +251,12 @@ fn guess_model(history: &History) -> Option<ModelChoice> {
 }
 
 /// Whether a history uses the etcd vocabulary: a revision, a cas outcome, a lease.
-fn looks_like_etcd(events: &[EtcdEvent]) -> bool {
-    events
-        .iter()
-        .any(|event| event.fields != Default::default() || event.event.f.starts_with("lease-"))
+fn looks_like_etcd(history: &History, fields: &[EtcdFields]) -> bool {
+    fields.iter().any(|fields| *fields != EtcdFields::default())
+        || history
+            .events
+            .iter()
+            .any(|event| event.f.starts_with("lease-"))
 }
 
 /// Prints one file's verdict: in full for a single file, one line each for several.
