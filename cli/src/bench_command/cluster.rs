@@ -28,14 +28,20 @@ pub struct RunningCluster {
 }
 
 impl RunningCluster {
-    /// A cluster someone else runs: nothing to stop.
-    pub fn external(endpoints: Vec<String>) -> RunningCluster {
+    /// A cluster served at `endpoints` that stops when `guard` is dropped: the shape in which
+    /// a local Synod cluster (the server's `start_local_cluster()`) plugs in.
+    pub fn new(endpoints: Vec<String>, guard: Box<dyn Send>) -> RunningCluster {
         RunningCluster {
             endpoints,
             member_pids: Vec::new(),
             member_data_dirs: Vec::new(),
-            _guard: Box::new(()),
+            _guard: guard,
         }
+    }
+
+    /// A cluster someone else runs: nothing to stop.
+    pub fn external(endpoints: Vec<String>) -> RunningCluster {
+        RunningCluster::new(endpoints, Box::new(()))
     }
 
     /// Resident memory of each member this program started, in bytes (None if unreadable).
@@ -62,7 +68,10 @@ pub trait Launcher {
 pub enum SynodLauncher {
     /// Endpoints given with `--endpoints`.
     Endpoints(Vec<String>),
-    /// A local cluster started in-process; the server crate does not provide one yet.
+    /// A local cluster; the server crate does not provide one yet. When it does, this arm of
+    /// [`Launcher::start`] calls it and wraps its endpoints and guard with
+    /// [`RunningCluster::new`] (and fills in the members' pids and data directories, if
+    /// they are processes, so memory is reported as for etcd).
     Local,
 }
 
