@@ -325,6 +325,8 @@ fn a_far_behind_watcher_catches_up_in_bounded_responses() {
     let full = WATCH_REVISIONS_PER_RESPONSE_MAX as usize;
     assert_eq!(sizes, vec![full - 1, full, 501]);
     assert_eq!(hub.progress(&store).len(), 1, "caught up");
+    let backwards = store.events(&WatchFilter::default(), 50, 10);
+    assert_eq!(backwards, Ok(Vec::new()), "an empty interval has no events");
     // Compaction past a lagging watcher cancels it with the compact revision.
     let lagging = hub.create(
         WatchCreateRequest {

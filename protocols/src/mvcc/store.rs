@@ -843,7 +843,8 @@ impl MvccStore {
             .partition_point(|change| change.revision < start);
         let to = self
             .changes
-            .partition_point(|change| change.revision <= end);
+            .partition_point(|change| change.revision <= end)
+            .max(from);
         let mut events = Vec::new();
         for change in &self.changes[from..to] {
             if !range.contains(&change.key) {

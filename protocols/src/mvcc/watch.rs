@@ -186,9 +186,11 @@ impl WatchHub {
             if watcher.next_revision > store.revision() {
                 continue;
             }
-            let end = store
-                .revision()
-                .min(watcher.next_revision + WATCH_REVISIONS_PER_RESPONSE_MAX - 1);
+            let end = store.revision().min(
+                watcher
+                    .next_revision
+                    .saturating_add(WATCH_REVISIONS_PER_RESPONSE_MAX - 1),
+            );
             match store.events(&watcher.filter, watcher.next_revision, end) {
                 Ok(events) => {
                     watcher.next_revision = end + 1;
