@@ -112,6 +112,8 @@ mod server;
 mod view_service;
 
 #[cfg(test)]
+mod datadriven;
+#[cfg(test)]
 mod scenarios;
 
 pub use client::{PbClient, PbClientConfig, PbClientTimer};
