@@ -30,6 +30,7 @@ Examples:
   synod bench --endpoints http://127.0.0.1:2379 --op put --clients 64 --duration 10s
   synod bench --endpoints URL --op mix:put=50,get=40,txn=10 --plot latency.svg --json out.json
   synod bench --endpoints URL --compare-etcd --op get --clients 64   # same load on a local etcd
+  synod up   # in another terminal; then pass the endpoints it prints to --endpoints
   synod bench --local-etcd --op put --clients 256                    # etcd alone, 3 members
   synod bench --local-etcd --load 1000000 --clients 256              # write 1M keys, print RSS")]
 pub struct BenchArgs {
