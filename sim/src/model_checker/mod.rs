@@ -17,7 +17,12 @@
 //! [`synod_core::node::Client`]s into a model: the global state is every node, its durable
 //! records and pending timers, the network, every client and the history of completed
 //! operations; the actions deliver messages, fire timers, invoke client operations, and
-//! crash and restart nodes.
+//! crash and restart nodes. A ghost ([`cluster::ClusterModel::ghost`]) carried along each
+//! path turns properties about history into invariants of single states.
+//!
+//! [`directed::StartingAt`] searches from one chosen state (a directed search behind a long
+//! setup), and [`trace_file::TraceFile`] writes a counterexample as a file the simulator
+//! replays (`synod mc --trace-out`, `synod sim --replay`).
 //!
 //! ```
 //! use synod_sim::model_checker::checker::{Checker, Verdict};
