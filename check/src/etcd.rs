@@ -141,8 +141,8 @@ pub fn to_etcd_jsonl_line(event: &EtcdEvent) -> String {
     serde_json::to_string(event).expect("an event always serializes")
 }
 
-/// Reads an etcd-like JSON Lines history, keeping the etcd fields that [`read_jsonl`]
-/// (crate::history::read_jsonl) drops. Same rules: blank lines are skipped, a line over
+/// Reads an etcd-like JSON Lines history, keeping the etcd fields that
+/// [`read_jsonl`](crate::history::read_jsonl) drops. Same rules: blank lines are skipped, a line over
 /// [`EVENT_LINE_BYTES_MAX`] bytes or one that is not an event is an error naming its line.
 pub fn read_etcd_jsonl<R: BufRead>(
     input: R,
@@ -701,7 +701,7 @@ fn partition_name(keys: &[&str], leases: &[&str]) -> String {
         [] => String::new(),
         keys => format!(
             "{} (lease {})",
-            some_of(keys.iter().map(|key| format!("{key:?}")), keys.len()),
+            some_of(keys.iter().map(|key| (*key).to_owned()), keys.len()),
             some_of(leases.iter().map(|lease| (*lease).to_owned()), leases.len())
         ),
     }
@@ -898,7 +898,7 @@ pub enum EtcdInput {
     Cas {
         /// The key's cell.
         cell: u32,
-        /// The value id compared with ([`ABSENT`]: the key must be absent).
+        /// The value id compared with (the absent value, id 0: the key must be absent).
         expected: u32,
         /// The write's id, current if the comparison holds.
         writer: u32,
@@ -921,8 +921,9 @@ pub enum EtcdInput {
 pub struct EtcdState {
     /// The [`CellStates`] id of the cells' writer ids.
     cells: u32,
-    /// The largest revision created by a change linearized so far (0 before any): a function
-    /// of the set of linearized operations, so it never multiplies the configurations.
+    /// The largest revision created by a change linearized so far (0 before any). Nearly a
+    /// function of the set of linearized operations (only whether a revoke deleted anything
+    /// depends on the order), so it hardly multiplies the configurations.
     revision: u64,
 }
 

@@ -26,7 +26,9 @@
 //! # Models
 //!
 //! A [`Model`] is the extension point: [`register::RegisterModel`] (read, write, compare-and-set;
-//! Jepsen's register tests) and [`kv::KvModel`] (get, put, append, delete) are the two here.
+//! Jepsen's register tests), [`kv::KvModel`] (get, put, append, delete) and
+//! [`etcd::EtcdModel`] (etcd's get, put, delete, compare-and-set and leases, with cluster-wide
+//! revisions checked across keys too) are the three here.
 //!
 //! # Example
 //!

@@ -412,7 +412,7 @@ fn a_revoke_that_is_not_atomic_is_caught() {
         .ok(3, json!("y"), json!({}))
         .ok(1, Value::Null, json!({"lease": 9}));
     let violation = history.expect_violation();
-    assert_eq!(violation.key, r#""a", "b" (lease 9)"#);
+    assert_eq!(violation.key, "a, b (lease 9)");
 
     // The same reads of two keys that share no lease are fine.
     let mut unleased = History::default();
