@@ -5,7 +5,9 @@
 //!
 //! `SYNOD_RAFT_SEEDS=<n>` widens the sweeps (the CI slice is small to keep this file fast).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
 use synod_check::kv::Budget;
 use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, SessionKv};
 use synod_protocols::raft::invariants::{ElectionHistory, check_all};
@@ -105,4 +107,50 @@ fn one_seed_replays_identically() {
     );
     assert_eq!(first.trace_hash, second.trace_hash);
     assert_eq!(first.history, second.history);
+}
+
+#[test]
+fn lagging_and_restarted_followers_are_restored_by_snapshots() {
+    let faults: FaultSet = "crash,torn-write,partition,drop"
+        .parse()
+        .expect("valid fault list");
+    let mut installs_total = 0;
+    for seed in 1..=20 {
+        let config = config(seed, faults.clone());
+        let workload = KvWorkload::new(config.workload.clone());
+        let mut simulation = Simulation::new(
+            config,
+            Box::new(|_| KvRaft::new(RaftVariant::Correct, RaftConfig::default())),
+            |client, members| {
+                let first_guess = members[client.0 as usize % members.len()];
+                ReplicatedKvClient::<KvRaft>::new(first_guess, ReplicatedClientConfig::default())
+            },
+            workload,
+        );
+        // A snapshot point beyond the end of the log a node had just before: only an
+        // installed snapshot moves a running node there.
+        let installs = Rc::new(Cell::new(0));
+        let counted = Rc::clone(&installs);
+        let last_index = RefCell::new(BTreeMap::new());
+        simulation.add_invariant(Box::new(move |nodes| {
+            let mut last_index = last_index.borrow_mut();
+            let mut seen = BTreeMap::new();
+            for (id, node) in nodes.running() {
+                if last_index
+                    .get(&id)
+                    .is_some_and(|&last| node.log().snapshot_index() > last)
+                {
+                    counted.set(counted.get() + 1);
+                }
+                seen.insert(id, node.log().last_index());
+            }
+            *last_index = seen;
+            check_all(nodes.running())
+        }));
+        let report = simulation.run();
+        let findings = judge_kv_run(&report, Budget::default());
+        assert!(findings.is_empty(), "seed {seed}: {findings:?}");
+        installs_total += installs.get();
+    }
+    assert!(installs_total > 0, "no follower was restored by a snapshot");
 }

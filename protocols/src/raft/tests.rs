@@ -595,3 +595,101 @@ fn figure_8_the_broken_leader_commits_an_entry_that_is_then_overwritten() {
         cluster.node(2).violation()
     );
 }
+
+/// AppendEntries messages waiting in the network for `to`, with their entry counts.
+fn appends_to(cluster: &Cluster, to: u32) -> Vec<usize> {
+    cluster
+        .network
+        .iter()
+        .filter_map(|(_, destination, message)| match message {
+            RaftMessage::AppendEntries { entries, .. } if *destination == NodeId(to) => {
+                Some(entries.len())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn replication_pipelines_up_to_the_window_then_batches() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    // Followers are in replicate mode now: each write goes out at once, without waiting
+    // for the acknowledgement of the previous one, until the window of four is full.
+    for sequence in 0..10 {
+        let request = KvRequest {
+            sequence,
+            acknowledged_below: sequence,
+            command: put("x"),
+        };
+        cluster.handle(NodeId(0), |node, ctx| {
+            node.on_request(ClientId(1), request, ctx)
+        });
+    }
+    let window = RaftConfig::default().inflight_messages_max;
+    assert_eq!(appends_to(&cluster, 1), vec![1; window]);
+    // The acknowledgements open the window: the six waiting writes leave in one batch.
+    cluster.deliver_all();
+    assert_eq!(cluster.node(0).commit_index(), 11);
+    assert_eq!(cluster.node(1).log().last_index(), 11);
+}
+
+#[test]
+fn a_follower_in_probe_mode_gets_one_append_per_heartbeat() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.isolated.insert(NodeId(2));
+    cluster.elect(0);
+    cluster.isolated.clear();
+    // n2 never answered, so n0 does not know where its log ends: it probes.
+    for sequence in 0..3 {
+        let request = KvRequest {
+            sequence,
+            acknowledged_below: sequence,
+            command: put("x"),
+        };
+        cluster.handle(NodeId(0), |node, ctx| {
+            node.on_request(ClientId(1), request, ctx)
+        });
+    }
+    assert!(appends_to(&cluster, 2).is_empty(), "a probe is outstanding");
+    cluster.handle(NodeId(0), |node, ctx| {
+        node.on_timer(RaftTimer::Heartbeat, ctx)
+    });
+    assert_eq!(appends_to(&cluster, 2).len(), 1);
+    cluster.deliver_all();
+    assert_eq!(cluster.node(2).log().last_index(), 4);
+}
+
+#[test]
+fn batches_respect_the_entry_and_byte_limits() {
+    fn small_batches() -> KvRaft {
+        KvRaft::new(
+            RaftVariant::Correct,
+            RaftConfig {
+                append_entries_max: 3,
+                ..RaftConfig::default()
+            },
+        )
+    }
+    let mut cluster = Cluster::new(3, small_batches);
+    cluster.elect(0);
+    cluster.isolated.insert(NodeId(2));
+    for sequence in 0..7 {
+        cluster.request(0, 1, sequence, put("x"));
+    }
+    cluster.isolated.clear();
+    cluster.handle(NodeId(0), |node, ctx| {
+        node.on_timer(RaftTimer::Heartbeat, ctx)
+    });
+    // The probe of n2 is refused with a hint; the resend carries at most three entries.
+    let mut largest = 0;
+    while let Some((from, to, message)) = cluster.network.pop_front() {
+        if let RaftMessage::AppendEntries { entries, .. } = &message {
+            largest = largest.max(entries.len());
+        }
+        cluster.handle(to, |node, ctx| node.on_message(from, message, ctx));
+    }
+    assert_eq!(largest, 3);
+    assert_eq!(cluster.node(2).log().last_index(), 8);
+}
