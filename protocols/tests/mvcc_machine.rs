@@ -477,3 +477,188 @@ fn the_transaction_size_limit_is_configurable() {
     );
     assert_eq!(machine.store().revision(), 2);
 }
+
+#[test]
+fn deeply_nested_transactions_are_refused_before_they_exhaust_the_stack() {
+    let nest = |depth: usize| {
+        let mut txn = TxnRequest {
+            success: vec![RequestOp::Put(PutRequest::new("k", "v"))],
+            ..TxnRequest::default()
+        };
+        for _ in 1..depth {
+            txn = TxnRequest {
+                success: vec![RequestOp::Txn(txn)],
+                ..TxnRequest::default()
+            };
+        }
+        txn
+    };
+    let mut store = MvccStore::default();
+    assert!(store.txn(&nest(64)).is_ok());
+    let refused = store.txn(&nest(1_000));
+    assert_eq!(refused, Err(MvccError::TxnTooDeep { limit: 64 }));
+    assert_eq!(store.revision(), 2);
+}
+
+/// Any bytes, including none, and a mix of small and extreme numbers.
+fn wild_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![Just(0u8), Just(b'a'), Just(b'b'), any::<u8>()],
+        0..3,
+    )
+}
+
+fn wild_number() -> impl Strategy<Value = i64> {
+    prop_oneof![-3i64..6, Just(i64::MIN), Just(i64::MAX), any::<i64>()]
+}
+
+fn wild_operation() -> impl Strategy<Value = MvccOperation> {
+    use synod_protocols::mvcc::api::{
+        Compare, CompareResult, CompareTarget, SortOrder, SortTarget,
+    };
+    let range = (
+        (wild_bytes(), wild_bytes(), wild_number(), wild_number()),
+        (0usize..3, 0usize..5, any::<bool>(), any::<bool>()),
+        (wild_number(), wild_number(), wild_number(), wild_number()),
+    )
+        .prop_map(
+            |(
+                (key, range_end, limit, revision),
+                (order, target, keys_only, count_only),
+                (a, b, c, d),
+            )| {
+                RangeRequest {
+                    key,
+                    range_end,
+                    limit,
+                    revision,
+                    sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][order],
+                    sort_target: [
+                        SortTarget::Key,
+                        SortTarget::Version,
+                        SortTarget::Create,
+                        SortTarget::Mod,
+                        SortTarget::Value,
+                    ][target],
+                    serializable: false,
+                    keys_only,
+                    count_only,
+                    min_mod_revision: a,
+                    max_mod_revision: b,
+                    min_create_revision: c,
+                    max_create_revision: d,
+                }
+            },
+        )
+        .boxed();
+    let put = (
+        wild_bytes(),
+        wild_bytes(),
+        wild_number(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
+                key,
+                value,
+                lease,
+                prev_kv,
+                ignore_value,
+                ignore_lease,
+            },
+        )
+        .boxed();
+    let delete = (wild_bytes(), wild_bytes(), any::<bool>())
+        .prop_map(|(key, range_end, prev_kv)| DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv,
+        })
+        .boxed();
+    let compare = (
+        wild_bytes(),
+        wild_bytes(),
+        0usize..4,
+        wild_number(),
+        wild_bytes(),
+    )
+        .prop_map(|(key, range_end, result, number, value)| Compare {
+            result: [
+                CompareResult::Equal,
+                CompareResult::Greater,
+                CompareResult::Less,
+                CompareResult::NotEqual,
+            ][result],
+            target: match number.rem_euclid(5) {
+                0 => CompareTarget::Version(number),
+                1 => CompareTarget::Create(number),
+                2 => CompareTarget::Mod(number),
+                3 => CompareTarget::Lease(number),
+                _ => CompareTarget::Value(value),
+            },
+            key,
+            range_end,
+        });
+    let flat = prop_oneof![
+        range.clone().prop_map(RequestOp::Range),
+        put.clone().prop_map(RequestOp::Put),
+        delete.clone().prop_map(RequestOp::DeleteRange),
+    ];
+    let txn = (
+        prop::collection::vec(compare, 0..3),
+        prop::collection::vec(flat.clone(), 0..4),
+        prop::collection::vec(flat, 0..3),
+    )
+        .prop_map(|(compare, success, failure)| TxnRequest {
+            compare,
+            success,
+            failure,
+        });
+    prop_oneof![
+        range.prop_map(MvccOperation::Range),
+        put.prop_map(MvccOperation::Put),
+        delete.prop_map(MvccOperation::DeleteRange),
+        txn.prop_map(MvccOperation::Txn),
+        wild_number().prop_map(|revision| MvccOperation::Compact(CompactionRequest {
+            revision,
+            physical: false
+        })),
+        (wild_number(), wild_number())
+            .prop_map(|(ttl, id)| MvccOperation::LeaseGrant(LeaseGrantRequest { ttl, id })),
+        wild_number().prop_map(|id| MvccOperation::LeaseRevoke(LeaseRevokeRequest { id })),
+        wild_number().prop_map(|id| MvccOperation::LeaseKeepAlive(LeaseKeepAliveRequest { id })),
+        (wild_number(), any::<bool>()).prop_map(|(id, keys)| MvccOperation::LeaseTimeToLive(
+            LeaseTimeToLiveRequest { id, keys }
+        )),
+        Just(MvccOperation::LeaseLeases),
+    ]
+}
+
+proptest! {
+    /// Whatever clients send, the machine answers (or refuses) without panicking, its
+    /// revision never goes back, and the leader's housekeeping stays computable.
+    #[test]
+    fn arbitrary_requests_never_panic(
+        requests in prop::collection::vec(
+            (0u64..3, 0u64..8, 0u64..8, wild_operation(), any::<u64>()),
+            1..40,
+        ),
+        now in any::<u64>(),
+        leading_since in any::<u64>(),
+    ) {
+        let mut machine = MvccMachine::new();
+        let mut revision = machine.store().revision();
+        for (client, sequence, acknowledged_below, operation, at) in requests {
+            let request = MvccRequest { sequence, acknowledged_below, operation };
+            let _ = machine.query(ClientId(client), &request);
+            machine.apply(&MvccMachine::command(ClientId(client), request, Time(at)));
+            prop_assert!(machine.store().revision() >= revision);
+            revision = machine.store().revision();
+        }
+        for command in machine.due(Time(now), Time(leading_since)) {
+            machine.apply(&command);
+        }
+    }
+}

@@ -436,4 +436,11 @@ pub enum MvccError {
     /// The request names no key.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
+    /// Transactions nest deeper than the store allows ([`crate::mvcc::store::TXN_DEPTH_MAX`]);
+    /// flatten the request.
+    #[error("etcdserver: transactions nested too deeply (limit {limit}); flatten the request")]
+    TxnTooDeep {
+        /// The deepest nesting allowed.
+        limit: usize,
+    },
 }

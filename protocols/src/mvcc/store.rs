@@ -43,6 +43,11 @@ use crate::mvcc::watch::{EventType, WatchError, WatchEvent, WatchFilter};
 /// The default cap on compares, and on operations per branch, in one transaction (etcd's).
 pub const MAX_TXN_OPS_DEFAULT: usize = 128;
 
+/// How deeply transactions may nest: the store walks nested transactions recursively, so
+/// an unbounded depth would let one request exhaust the stack. (etcd has no such limit;
+/// its message size limit bounds the depth instead.)
+pub const TXN_DEPTH_MAX: usize = 64;
+
 /// The revision of an empty store (etcd starts at 1; the first write creates revision 2).
 pub const INITIAL_REVISION: i64 = 1;
 
@@ -491,7 +496,7 @@ impl MvccStore {
     /// Runs a transaction: compares, then one branch, all at one revision (which advances
     /// only if the branch changed something).
     pub fn txn(&mut self, request: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        self.check_txn_shape(request)?;
+        self.check_txn_shape(request, 1)?;
         check_write_conflicts(request)?;
         let plan = self.plan(request);
         self.check_txn_requests(request, &plan)?;
@@ -505,7 +510,14 @@ impl MvccStore {
         Ok(response)
     }
 
-    fn check_txn_shape(&self, request: &TxnRequest) -> Result<(), MvccError> {
+    /// Checks limits and keys before anything runs; `depth` is 1 for the outermost
+    /// transaction.
+    fn check_txn_shape(&self, request: &TxnRequest, depth: usize) -> Result<(), MvccError> {
+        if depth > TXN_DEPTH_MAX {
+            return Err(MvccError::TxnTooDeep {
+                limit: TXN_DEPTH_MAX,
+            });
+        }
         if request.compare.len() > self.max_txn_ops
             || request.success.len() > self.max_txn_ops
             || request.failure.len() > self.max_txn_ops
@@ -524,7 +536,7 @@ impl MvccStore {
                 RequestOp::DeleteRange(delete) if delete.key.is_empty() => {
                     return Err(MvccError::EmptyKey);
                 }
-                RequestOp::Txn(nested) => self.check_txn_shape(nested)?,
+                RequestOp::Txn(nested) => self.check_txn_shape(nested, depth + 1)?,
                 RequestOp::Put(_) | RequestOp::DeleteRange(_) => {}
             }
         }
