@@ -693,3 +693,85 @@ fn batches_respect_the_entry_and_byte_limits() {
     assert_eq!(largest, 3);
     assert_eq!(cluster.node(2).log().last_index(), 8);
 }
+
+/// A counter whose reads may be served by any replica (serializable).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct Counter {
+    total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum CounterRequest {
+    Add(u64),
+    ReadAny,
+}
+
+impl crate::replicated::StateMachine for Counter {
+    type Request = CounterRequest;
+    type Response = Option<u64>;
+    type Command = (ClientId, u64);
+
+    fn command(client: ClientId, request: CounterRequest, _now: Time) -> (ClientId, u64) {
+        match request {
+            CounterRequest::Add(amount) => (client, amount),
+            CounterRequest::ReadAny => (client, 0),
+        }
+    }
+
+    fn apply(&mut self, command: &(ClientId, u64)) -> Option<(ClientId, Option<u64>)> {
+        self.total += command.1;
+        Some((command.0, Some(self.total)))
+    }
+
+    fn redirect(_request: &CounterRequest, _leader: Option<NodeId>) -> Option<u64> {
+        None
+    }
+
+    fn read_consistency(request: &CounterRequest) -> Option<crate::replicated::ReadConsistency> {
+        (*request == CounterRequest::ReadAny)
+            .then_some(crate::replicated::ReadConsistency::Serializable)
+    }
+
+    fn query(&self, _client: ClientId, _request: &CounterRequest) -> Option<u64> {
+        Some(self.total)
+    }
+}
+
+#[test]
+fn a_serializable_read_is_answered_by_any_replica_from_its_applied_state() {
+    type CounterRaft = RaftNode<Counter>;
+    let members = [NodeId(0), NodeId(1), NodeId(2)];
+    let mut rng = Rng::new(3);
+    let mut follower = CounterRaft::new(RaftVariant::Correct, RaftConfig::default());
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_start(&mut ctx);
+    // The leader of term 1 replicates and commits one addition.
+    follower.on_message(
+        NodeId(0),
+        RaftMessage::AppendEntries {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                term: 1,
+                payload: Payload::Command((ClientId(5), 7)),
+            }],
+            commit: 1,
+            round: 1,
+        },
+        &mut ctx,
+    );
+    assert_eq!(follower.applied_index(), 1);
+    follower.on_request(ClientId(9), CounterRequest::ReadAny, &mut ctx);
+    follower.on_request(ClientId(9), CounterRequest::Add(1), &mut ctx);
+    let replies: Vec<Option<u64>> = ctx
+        .into_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Reply { response, .. } => Some(response),
+            _ => None,
+        })
+        .collect();
+    // The read is served locally; the write is refused (not the leader).
+    assert_eq!(replies, vec![Some(7), None]);
+}
