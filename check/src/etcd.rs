@@ -33,7 +33,9 @@
 //!    something have distinct revisions; if operation A completed before operation B was
 //!    invoked, B's revision is at least A's, and above it when B changed something; a `get` that
 //!    observed revision `r` and `mod_revision` `m` rules out any write of that key that created a
-//!    revision in `(m, r]`.
+//!    revision in `(m, r]`, and one that found the key absent at `r` rules out a known put being
+//!    its last change by `r`; on a key whose every change has a known revision, a `cas` compared
+//!    against the value of its last change before (or, for one that failed, at) its revision.
 //! 2. **Linearizability per key** with the crate's search: each key is checked on its own,
 //!    except that keys attached to a common lease are checked together with that lease's revokes
 //!    (a revoke deletes them in one step). The state is, per key, the write that produced its
@@ -44,7 +46,9 @@
 //! Either pass's violation comes back as a [`Violation`] naming the operations, their revisions
 //! and why they cannot be ordered, so [`crate::html::render_violation`] draws both kinds.
 //!
-//! Not modelled: lease expiry (the vocabulary has no event for it: a workload must use TTLs longer
+//! Reads are taken to be linearizable ones (etcd's default), whose header revision is at least
+//! every revision committed before they began; a serializable read may be older. Not modelled:
+//! lease expiry (the vocabulary has no event for it: a workload must use TTLs longer
 //! than its run, or an expired lease's keys vanish unexplained), keep-alives, and whether a put
 //! names a lease that exists.
 //!
@@ -1380,6 +1384,74 @@ fn revision_violation(
             _ => {}
         }
     }
+    // A cas whose key's every change has a known revision: the value it compared against is
+    // the last change's before its revision (for one that succeeded) or at it (one that failed).
+    let mut changes_unseen: BTreeSet<&str> = BTreeSet::new();
+    for (operation, command) in operations.iter().zip(commands) {
+        let Some(command) = command else { continue };
+        let unseen = match command {
+            EtcdCommand::Put { lease, .. } => {
+                lease.is_some() || operation.outcome != Outcome::Ok || command.revision().is_none()
+            }
+            EtcdCommand::Delete { .. } | EtcdCommand::Cas { .. } => {
+                operation.outcome != Outcome::Ok || command.revision().is_none()
+            }
+            EtcdCommand::Get { .. } | EtcdCommand::Revoke { .. } => false,
+        };
+        if let (true, Some(key)) = (unseen, command.key()) {
+            changes_unseen.insert(key);
+        }
+    }
+    for &(position, command, revision) in &known {
+        let EtcdCommand::Cas {
+            key,
+            expected,
+            succeeded: Some(succeeded),
+            ..
+        } = command
+        else {
+            continue;
+        };
+        if changes_unseen.contains(key.as_str()) {
+            continue;
+        }
+        let compared = changes_by_key.get(key.as_str()).and_then(|changes| {
+            if *succeeded {
+                changes.range(..revision).next_back()
+            } else {
+                changes.range(..=revision).next_back()
+            }
+        });
+        let (value, setter) = match compared {
+            Some((&at, &change)) => (written_value(commands[change].as_ref()), Some((at, change))),
+            None => (None, None),
+        };
+        if (value == expected.as_deref()) == *succeeded {
+            continue;
+        }
+        let held = value.map_or_else(|| "nothing".to_owned(), |value| format!("{value:?}"));
+        let origin = match setter {
+            Some((at, change)) => format!(
+                " (process {}'s {} at revision {at})",
+                operations[change].process, operations[change].f
+            ),
+            None => String::new(),
+        };
+        let refusal = if *succeeded {
+            format!("succeeded at revision {revision}, but the key held {held} before it{origin}")
+        } else {
+            format!(
+                "failed at revision {revision}, but the key held {held} then{origin}, as expected"
+            )
+        };
+        return Some(pair_violation(
+            operations,
+            setter.map_or(position, |(_, change)| change),
+            position,
+            format!("key {key:?} holding {held}"),
+            refusal,
+        ));
+    }
     for &(position, command, revision) in &known {
         let EtcdCommand::Get {
             key,
@@ -1451,6 +1523,15 @@ fn revision_violation(
         }
     }
     None
+}
+
+/// The value a change left its key with (`None`: absent).
+fn written_value(command: Option<&EtcdCommand>) -> Option<&str> {
+    match command? {
+        EtcdCommand::Put { value, .. } => Some(value),
+        EtcdCommand::Cas { new, .. } => Some(new),
+        EtcdCommand::Delete { .. } | EtcdCommand::Get { .. } | EtcdCommand::Revoke { .. } => None,
+    }
 }
 
 /// A violation between two operations: `first` fits, then `second` cannot (one operation when

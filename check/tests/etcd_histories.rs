@@ -290,15 +290,12 @@ fn a_lost_cas_is_caught() {
 
 #[test]
 fn a_cas_reported_failed_when_it_should_have_succeeded_is_caught() {
+    // No revision on the cas: the search alone decides.
     let mut history = History::default();
     history
         .put("a", "x", 1)
         .invoke(1, "cas", "a", json!(["x", "y"]))
-        .ok(
-            1,
-            json!(["x", "y"]),
-            json!({"succeeded": false, "revision": 1}),
-        );
+        .ok(1, json!(["x", "y"]), json!({"succeeded": false}));
     let text = failing_refusal(&history.expect_violation());
     assert!(
         text.starts_with(r#"would succeed: the key holds "x""#),
@@ -308,15 +305,12 @@ fn a_cas_reported_failed_when_it_should_have_succeeded_is_caught() {
 
 #[test]
 fn a_cas_reported_succeeded_when_it_should_have_failed_is_caught() {
+    // No revision on the cas: the search alone decides.
     let mut history = History::default();
     history
         .put("a", "x", 1)
         .invoke(1, "cas", "a", json!([null, "y"]))
-        .ok(
-            1,
-            json!([null, "y"]),
-            json!({"succeeded": true, "revision": 2}),
-        );
+        .ok(1, json!([null, "y"]), json!({"succeeded": true}));
     let text = failing_refusal(&history.expect_violation());
     assert!(
         text.starts_with(r#"would fail: the key holds "x", not null"#),
@@ -653,4 +647,40 @@ fn an_absent_read_at_a_revision_after_a_put_is_caught() {
         .ok(2, Value::Null, json!({"revision": 2, "mod_revision": 0}))
         .info(1);
     deleted.expect_linearizable();
+}
+
+#[test]
+fn a_failed_cas_at_a_revision_where_its_comparison_held_is_caught() {
+    // The cas overlaps the put, so the search may place it first (key absent, comparison
+    // false), but it reports the revision the put created, when the key held "x".
+    let mut history = History::default();
+    history
+        .invoke(1, "put", "a", json!("x"))
+        .invoke(2, "cas", "a", json!(["x", "y"]))
+        .ok(1, json!("x"), json!({"revision": 1}))
+        .ok(
+            2,
+            json!(["x", "y"]),
+            json!({"succeeded": false, "revision": 1}),
+        );
+    let text = failing_refusal(&history.expect_violation());
+    assert!(
+        text.contains(
+            r#"failed at revision 1, but the key held "x" then (process 1's put at revision 1)"#
+        ),
+        "{text}"
+    );
+
+    // Before the put's revision the key was absent, and the cas may have failed then.
+    let mut earlier = History::default();
+    earlier
+        .invoke(1, "put", "a", json!("x"))
+        .invoke(2, "cas", "a", json!(["x", "y"]))
+        .ok(
+            2,
+            json!(["x", "y"]),
+            json!({"succeeded": false, "revision": 0}),
+        )
+        .ok(1, json!("x"), json!({"revision": 1}));
+    earlier.expect_linearizable();
 }
