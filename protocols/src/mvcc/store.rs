@@ -7,9 +7,10 @@
 //!   versions, oldest first, each holding its value once (`None` marks a deletion).
 //!   Vectors grow by half their length rather than doubling from four, so the common
 //!   one-version key costs one 48-byte slot.
-//! - `changes`: one `(revision, key)` entry per written version, in revision order and, inside
-//!   a transaction, in operation order. Watches read events from it without scanning the
-//!   keyspace, and compaction uses it to visit only the keys it can shrink.
+//! - `changes`: the key of every written version, in revision order and, inside a
+//!   transaction, in operation order, packed into one buffer (16 bytes per entry plus the
+//!   key). Watches read events from it without scanning the keyspace, and compaction uses it
+//!   to visit only the keys it can shrink.
 //!
 //! Compaction to revision `c` keeps, per key, every version with `mod_revision >= c` and
 //! the newest version below `c` if it is live (it is what reads at `c` see and the previous
@@ -166,11 +167,52 @@ impl<'a> KeyRange<'a> {
     }
 }
 
-/// A key written at a revision, in the order the writes happened.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-struct Change {
-    revision: i64,
-    key: Box<[u8]>,
+/// The keys written at each revision, in the order the writes happened, packed into one
+/// buffer: entry `i` is the key `bytes[ends[i - 1]..ends[i]]` (from 0 for the first)
+/// written at `revisions[i]`. Sixteen bytes per entry plus the key's bytes, and no
+/// allocation per entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct ChangeLog {
+    revisions: Vec<i64>,
+    ends: Vec<u64>,
+    bytes: Vec<u8>,
+}
+
+impl ChangeLog {
+    fn push(&mut self, revision: i64, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len() as u64);
+        self.revisions.push(revision);
+    }
+
+    /// The index of the first entry at or after `revision`.
+    fn first_at(&self, revision: i64) -> usize {
+        self.revisions
+            .partition_point(|&written| written < revision)
+    }
+
+    /// Entries `range`, as (revision, key).
+    fn entries(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (i64, &[u8])> {
+        range.map(|index| {
+            let start = index.checked_sub(1).map_or(0, |before| self.ends[before]) as usize;
+            let end = self.ends[index] as usize;
+            (self.revisions[index], &self.bytes[start..end])
+        })
+    }
+
+    /// Forgets the entries before `index`.
+    fn drain_before(&mut self, index: usize) {
+        let cut = index.checked_sub(1).map_or(0, |last| self.ends[last]);
+        self.bytes.drain(..cut as usize);
+        self.ends.drain(..index);
+        for end in &mut self.ends {
+            *end -= cut;
+        }
+        self.revisions.drain(..index);
+        self.bytes.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.revisions.shrink_to_fit();
+    }
 }
 
 /// Which branch each transaction in a request tree takes, decided before anything runs.
@@ -195,7 +237,7 @@ pub struct MvccStore {
     keys: BTreeMap<Box<[u8]>, Vec<Version>>,
     revision: i64,
     compacted: i64,
-    changes: Vec<Change>,
+    changes: ChangeLog,
     leases: BTreeMap<i64, Lease>,
     next_lease_id: i64,
     max_txn_ops: usize,
@@ -215,7 +257,7 @@ impl MvccStore {
             keys: BTreeMap::new(),
             revision: INITIAL_REVISION,
             compacted: 0,
-            changes: Vec::new(),
+            changes: ChangeLog::default(),
             leases: BTreeMap::new(),
             next_lease_id: 1,
             max_txn_ops,
@@ -412,10 +454,7 @@ impl MvccStore {
                 self.keys.insert(Box::from(key), vec![new]);
             }
         }
-        self.changes.push(Change {
-            revision,
-            key: Box::from(key),
-        });
+        self.changes.push(revision, key);
         PutResponse {
             header: ResponseHeader { revision },
             prev_kv: previous
@@ -481,10 +520,7 @@ impl MvccStore {
                     value: None,
                 },
             );
-            self.changes.push(Change {
-                revision,
-                key: key.clone(),
-            });
+            self.changes.push(revision, key);
         }
         DeleteRangeResponse {
             header: ResponseHeader { revision },
@@ -664,16 +700,8 @@ impl MvccStore {
         if target > self.revision {
             return Err(MvccError::FutureRevision);
         }
-        let from = self
-            .changes
-            .partition_point(|change| change.revision < self.compacted);
-        let to = self
-            .changes
-            .partition_point(|change| change.revision < target);
-        let touched: BTreeSet<&[u8]> = self.changes[from..to]
-            .iter()
-            .map(|change| &*change.key)
-            .collect();
+        let to = self.changes.first_at(target);
+        let touched: BTreeSet<&[u8]> = self.changes.entries(0..to).map(|(_, key)| key).collect();
         for key in touched {
             let Some(versions) = self.keys.get_mut(key) else {
                 continue;
@@ -694,8 +722,7 @@ impl MvccStore {
                 versions.shrink_to_fit();
             }
         }
-        self.changes.drain(..to);
-        self.changes.shrink_to_fit();
+        self.changes.drain_before(to);
         self.compacted = target;
         Ok(CompactionResponse {
             header: self.header(),
@@ -850,23 +877,18 @@ impl MvccStore {
         }
         let end = end.min(self.revision);
         let range = KeyRange::new(&filter.key, &filter.range_end);
-        let from = self
-            .changes
-            .partition_point(|change| change.revision < start);
-        let to = self
-            .changes
-            .partition_point(|change| change.revision <= end)
-            .max(from);
+        let from = self.changes.first_at(start);
+        let to = self.changes.first_at(end.saturating_add(1)).max(from);
         let mut events = Vec::new();
-        for change in &self.changes[from..to] {
-            if !range.contains(&change.key) {
+        for (revision, key) in self.changes.entries(from..to) {
+            if !range.contains(key) {
                 continue;
             }
-            let Some(versions) = self.keys.get(&change.key) else {
+            let Some(versions) = self.keys.get(key) else {
                 continue;
             };
             let Ok(index) =
-                versions.binary_search_by_key(&change.revision, |version| version.mod_revision)
+                versions.binary_search_by_key(&revision, |version| version.mod_revision)
             else {
                 continue;
             };
@@ -882,13 +904,13 @@ impl MvccStore {
                 continue;
             }
             // A deletion's version is all zeros but the revision, as etcd reports it.
-            let kv = version.key_value(&change.key, true);
+            let kv = version.key_value(key, true);
             let prev_kv = if filter.prev_kv {
                 index
                     .checked_sub(1)
                     .and_then(|previous| versions.get(previous))
                     .filter(|previous| previous.is_live())
-                    .map(|previous| previous.key_value(&change.key, true))
+                    .map(|previous| previous.key_value(key, true))
             } else {
                 None
             };
