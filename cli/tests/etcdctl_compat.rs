@@ -4,10 +4,12 @@
 //! etcdctl comes from `$SYNOD_ETCDCTL_BIN`, PATH, or `.tools/etcd` (installed by
 //! scripts/get-etcd.sh when missing; the test fails, not skips, if it cannot be had).
 
+mod common;
+
+use common::ProcessCluster;
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn repository() -> PathBuf {
@@ -41,69 +43,17 @@ fn etcdctl_binary() -> PathBuf {
     local
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Cluster {
-    members: Vec<Child>,
+    _processes: ProcessCluster,
     endpoints: Vec<String>,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for member in &mut self.members {
-            let _ = member.kill();
-            let _ = member.wait();
-        }
-    }
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let data = tempfile::tempdir().unwrap();
-        let names = ["m1", "m2", "m3"];
-        let peers: Vec<String> = names
-            .iter()
-            .map(|name| format!("{name}=http://127.0.0.1:{}", free_port()))
-            .collect();
-        let clients: Vec<String> = names
-            .iter()
-            .map(|name| format!("{name}=http://127.0.0.1:{}", free_port()))
-            .collect();
-        let url = |entry: &String| entry.split_once('=').unwrap().1.to_string();
-        let mut members = Vec::new();
-        for (index, name) in names.iter().enumerate() {
-            let child = Command::new(env!("CARGO_BIN_EXE_synod"))
-                .arg("server")
-                .args(["--name", name])
-                .arg("--data-dir")
-                .arg(data.path().join(name))
-                .args(["--listen-peer-url", &url(&peers[index])])
-                .args(["--listen-client-url", &url(&clients[index])])
-                .args(["--initial-cluster", &peers.join(",")])
-                .args(["--initial-cluster-clients", &clients.join(",")])
-                .args(["--heartbeat-ms", "20", "--election-timeout-ms", "200"])
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            members.push(child);
-        }
-        let endpoints = clients
-            .iter()
-            .map(|entry| url(entry).trim_start_matches("http://").to_string())
-            .collect();
+        let processes = ProcessCluster::start(3);
         let cluster = Cluster {
-            members,
-            endpoints,
-            _data: data,
+            endpoints: processes.endpoints.clone(),
+            _processes: processes,
         };
         // Ready when a write goes through.
         let deadline = Instant::now() + Duration::from_secs(20);
