@@ -51,7 +51,7 @@ async fn client(
         let key = format!("k{}", counter % 3);
         let members = clients.len();
         let kv = &mut clients[(counter as usize + process as usize) % members];
-        if counter % 2 == 0 {
+        if counter.is_multiple_of(2) {
             let value = format!("{process}:{counter}");
             record(
                 &history,
