@@ -2,7 +2,8 @@
 //! Each test names the rule of the module documentation it checks.
 
 use super::invariants::{
-    ViewHistory, check_one_primary_per_view, check_views_come_from_the_view_service, permanent_stop,
+    ViewHistory, check_backup_mirrors_primary, check_one_primary_per_view,
+    check_views_come_from_the_view_service, permanent_stop,
 };
 use super::*;
 use synod_core::kv::KvCommand;
@@ -883,4 +884,60 @@ fn the_permanent_stop_is_recognised_and_nothing_else_is() {
         permanent_stop([(VIEW_SERVICE, &first.node), (N1, &empty_n1.node)])
             .is_some_and(|why| why.contains("before acknowledging"))
     );
+}
+
+// ---- The backup mirrors its primary ----
+
+/// Delivers every message `from` sent to `to` among `effects`; returns `to`'s effects.
+fn relay(effects: &[Effect<PbNode>], from: &Subject, to: &mut Subject) -> Vec<Effect<PbNode>> {
+    let mut produced = Vec::new();
+    for (destination, message) in sends(effects) {
+        if destination == to.id {
+            produced.extend(to.deliver(from.id, message));
+        }
+    }
+    produced
+}
+
+/// A primary and its backup of view 2 = (n1, n2), the state transferred for real.
+fn primary_and_backup(variant: PbVariant) -> (Subject, Subject) {
+    let mut primary = Subject::new(N1, variant);
+    let mut backup = Subject::new(N2, PbVariant::Correct);
+    primary.deliver(VIEW_SERVICE, view_reply(view(1, Some(N1), None)));
+    let transfer = primary.deliver(VIEW_SERVICE, view_reply(view(2, Some(N1), Some(N2))));
+    let ack = relay(&transfer, &primary, &mut backup);
+    relay(&ack, &backup, &mut primary);
+    assert_eq!(primary.server().serving_view(), Some(2));
+    (primary, backup)
+}
+
+fn mirrored(primary: &Subject, backup: &Subject) -> Result<(), String> {
+    check_backup_mirrors_primary([(N1, &primary.node), (N2, &backup.node)])
+}
+
+#[test]
+fn the_backup_mirrors_its_primary_at_every_step_of_a_write() {
+    let (mut primary, mut backup) = primary_and_backup(PbVariant::Correct);
+    assert_eq!(mirrored(&primary, &backup), Ok(()));
+    let forward = primary.request(4, command(0, append("x")));
+    // In flight, not yet at the backup: the stores are equal.
+    assert_eq!(mirrored(&primary, &backup), Ok(()));
+    let ack = relay(&forward, &primary, &mut backup);
+    // Applied at the backup, not yet at the primary: the backup is one batch ahead.
+    assert_eq!(mirrored(&primary, &backup), Ok(()));
+    let effects = relay(&ack, &backup, &mut primary);
+    assert_eq!(replies(&effects), vec![done(4, 0)]);
+    assert_eq!(mirrored(&primary, &backup), Ok(()));
+}
+
+#[test]
+fn an_early_reply_and_a_write_from_elsewhere_break_the_mirror() {
+    let (mut primary, backup) = primary_and_backup(PbVariant::ReplyBeforeBackupAck);
+    let effects = primary.request(4, command(0, append("x")));
+    assert_eq!(replies(&effects), vec![done(4, 0)]);
+    assert!(mirrored(&primary, &backup).is_err());
+    // A backup that took a batch its primary never sent.
+    let (primary, mut backup) = primary_and_backup(PbVariant::Correct);
+    backup.deliver(N1, forward(2, 1, "z"));
+    assert!(mirrored(&primary, &backup).is_err());
 }
