@@ -35,7 +35,7 @@ Examples:
   synod bench --local-etcd --load 1000000 --clients 256              # write 1M keys, print RSS")]
 pub struct BenchArgs {
     /// Client URLs of the server to load, comma-separated (`http://` is added when missing).
-    /// Without it, the Synod side is a local cluster, which the server cannot start yet.
+    /// Without it, the Synod side is a local three-member cluster started for the run.
     #[arg(long, value_delimiter = ',', conflicts_with = "local_etcd")]
     endpoints: Vec<String>,
     /// What to send: put, get (linearizable Range), get-serializable, txn (compare-and-put on

@@ -7,6 +7,7 @@
 
 mod bench_command;
 mod check_command;
+mod local_cluster;
 mod mc_command;
 mod registry;
 mod server_command;

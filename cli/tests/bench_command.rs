@@ -98,7 +98,6 @@ fn argument_errors_exit_2_and_say_what_to_do() {
             &["--endpoints", "http://[::1", "--ops", "5"],
             "is not a URL",
         ),
-        (&["--ops", "5"], "pass --endpoints"),
         (
             &["--local-etcd", "--endpoints", "127.0.0.1:1"],
             "cannot be used with",

@@ -1,9 +1,8 @@
 //! The systems a benchmark runs against: endpoints given on the command line, a local etcd
-//! cluster started for the run, or (once the server provides it) a local Synod cluster.
+//! cluster started for the run, or a local Synod cluster.
 //!
 //! A [`Launcher`] starts a cluster and returns a [`RunningCluster`], whose drop stops it and
-//! removes its data. The Synod side is a launcher too, so `--compare-etcd` does not change
-//! when the server's `start_local_cluster()` arrives: only [`SynodLauncher`] does.
+//! removes its data. The Synod side is a launcher too: given endpoints, or a local cluster.
 
 use anyhow::{Context, Result, bail};
 use std::fs;
@@ -29,7 +28,7 @@ pub struct RunningCluster {
 
 impl RunningCluster {
     /// A cluster served at `endpoints` that stops when `guard` is dropped: the shape in which
-    /// a local Synod cluster (the server's `start_local_cluster()`) plugs in.
+    /// a local Synod cluster plugs in.
     pub fn new(endpoints: Vec<String>, guard: Box<dyn Send>) -> RunningCluster {
         RunningCluster {
             endpoints,
@@ -68,10 +67,8 @@ pub trait Launcher {
 pub enum SynodLauncher {
     /// Endpoints given with `--endpoints`.
     Endpoints(Vec<String>),
-    /// A local cluster; the server crate does not provide one yet. When it does, this arm of
-    /// [`Launcher::start`] calls it and wraps its endpoints and guard with
-    /// [`RunningCluster::new`] (and fills in the members' pids and data directories, if
-    /// they are processes, so memory is reported as for etcd).
+    /// A local three-member cluster of `synod server` processes (as `synod up` starts), with
+    /// their pids and data directories so memory is reported as for etcd.
     Local,
 }
 
@@ -79,11 +76,17 @@ impl Launcher for SynodLauncher {
     fn start(&self) -> Result<RunningCluster> {
         match self {
             SynodLauncher::Endpoints(endpoints) => Ok(RunningCluster::external(endpoints.clone())),
-            SynodLauncher::Local => bail!(
-                "Synod cannot start a local cluster yet (the server's start_local_cluster() does \
-                 not exist); start a Synod or etcd server yourself and pass --endpoints URL[,URL..], \
-                 or use --local-etcd to measure etcd alone"
-            ),
+            SynodLauncher::Local => {
+                let local = crate::local_cluster::LocalCluster::start(3, None, true)?;
+                let endpoints = local.endpoints.clone();
+                wait_until_serving(&endpoints)?;
+                let pids = local.pids();
+                let data_dirs = local.data_dirs.clone();
+                let mut cluster = RunningCluster::new(endpoints, Box::new(local));
+                cluster.member_pids = pids;
+                cluster.member_data_dirs = data_dirs;
+                Ok(cluster)
+            }
         }
     }
 }
@@ -380,4 +383,25 @@ fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path)
         .is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0)
+}
+
+/// Waits until every endpoint answers a linearizable read (a leader is elected and a
+/// quorum answers), for at most [`ETCD_READY_TIMEOUT`].
+fn wait_until_serving(endpoints: &[String]) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")?;
+    let deadline = Instant::now() + ETCD_READY_TIMEOUT;
+    for url in endpoints {
+        while !runtime.block_on(linearizable_read_succeeds(url)) {
+            if Instant::now() >= deadline {
+                bail!(
+                    "the local Synod cluster did not serve reads within {ETCD_READY_TIMEOUT:?} ({url})"
+                );
+            }
+            std::thread::sleep(ETCD_READY_PROBE_INTERVAL);
+        }
+    }
+    Ok(())
 }
