@@ -32,11 +32,13 @@ const FAILURE_LINES_MAX: usize = 10;
 #[derive(Args, Debug)]
 pub struct SimArgs {
     /// Protocol to simulate: `amo-kv` (one at-most-once server), `paxos-kv` (Multi-Paxos,
-    /// 3 replicas) or `pb-kv` (primary-backup: a view service and 3 servers).
+    /// 3 replicas), `raft-kv` (Raft, 3 replicas) or `pb-kv` (primary-backup: a view service
+    /// and 3 servers).
     #[arg(long, default_value = "amo-kv")]
     protocol: String,
     /// Protocol variant: `correct`, or a deliberately broken one the checks must catch:
-    /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; pb-kv
+    /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; raft-kv
+    /// `figure8` (and the read modes `lease-reads`, `log-reads`); pb-kv
     /// `reply-before-backup-ack`, `backup-accepts-any-primary`, `view-service-skips-ack`,
     /// `volatile-view-service`. An unknown name lists the protocol's variants.
     #[arg(long, default_value = "correct")]
