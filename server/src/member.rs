@@ -403,6 +403,14 @@ async fn serve_grpc<N: Consensus>(
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(
             shared.clone(),
         )))
+        .add_service(crate::api::v3lockpb::lock_server::LockServer::new(
+            crate::etcd::recipes::LockService(shared.clone()),
+        ))
+        .add_service(
+            crate::api::v3electionpb::election_server::ElectionServer::new(
+                crate::etcd::recipes::ElectionService(shared.clone()),
+            ),
+        )
         .add_service(health_service)
         .serve_with_incoming_shutdown(
             // Small request/response exchanges must not wait for Nagle's algorithm and

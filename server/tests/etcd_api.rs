@@ -418,3 +418,113 @@ async fn metrics_and_health_over_http() {
         assert!(body.contains(expected), "missing {expected} in:\n{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_services_serialize_owners() {
+    use synod_server::api::v3electionpb as election;
+    use synod_server::api::v3lockpb as lock;
+    let cluster = Cluster::start(3).await;
+    let mut leases = LeaseClient::new(cluster.channel(0).await);
+    let first = eventually(|| {
+        let mut leases = leases.clone();
+        async move {
+            leases
+                .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+                .await
+        }
+    })
+    .await
+    .into_inner()
+    .id;
+    let second = leases
+        .lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+
+    // The first owner holds the lock; the second waits until it is released.
+    let mut locks = lock::lock_client::LockClient::new(cluster.channel(1).await);
+    let held = locks
+        .lock(lock::LockRequest {
+            name: b"jobs".to_vec(),
+            lease: first,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let mut waiter_client = lock::lock_client::LockClient::new(cluster.channel(2).await);
+    let waiter = tokio::spawn(async move {
+        waiter_client
+            .lock(lock::LockRequest {
+                name: b"jobs".to_vec(),
+                lease: second,
+            })
+            .await
+            .map(|response| response.into_inner().key)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the second owner must wait");
+    locks
+        .unlock(lock::UnlockRequest { key: held.clone() })
+        .await
+        .unwrap();
+    let acquired = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock after unlock")
+        .unwrap()
+        .unwrap();
+    assert_ne!(acquired, held);
+
+    // Elections: the first campaigner leads, proclaims, and resigns.
+    let mut elections = election::election_client::ElectionClient::new(cluster.channel(0).await);
+    let leader = elections
+        .campaign(election::CampaignRequest {
+            name: b"primary".to_vec(),
+            lease: first,
+            value: b"node-a".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    let current = elections
+        .leader(election::LeaderRequest {
+            name: b"primary".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.kv.unwrap().value, b"node-a");
+    elections
+        .proclaim(election::ProclaimRequest {
+            leader: Some(leader.clone()),
+            value: b"node-a v2".to_vec(),
+        })
+        .await
+        .unwrap();
+    let current = elections
+        .leader(election::LeaderRequest {
+            name: b"primary".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.kv.unwrap().value, b"node-a v2");
+    elections
+        .resign(election::ResignRequest {
+            leader: Some(leader.clone()),
+        })
+        .await
+        .unwrap();
+    let error = elections
+        .proclaim(election::ProclaimRequest {
+            leader: Some(leader),
+            value: b"stale".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.message(), "election: not leader");
+}

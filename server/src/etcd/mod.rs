@@ -7,6 +7,7 @@
 //! endpoint ([`Forwarder`]), so clients never need to find the leader themselves.
 
 pub mod convert;
+pub mod recipes;
 pub mod services;
 
 use crate::api::etcdserverpb as pb;

@@ -60,7 +60,7 @@ impl Forwarder {
         }
     }
 
-    fn channel(&self, node: NodeId) -> Result<Channel, Status> {
+    pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, Status> {
         let mut channels = self
             .channels
             .lock()
@@ -82,7 +82,7 @@ impl Forwarder {
 
 /// Refuses to forward a call that was already forwarded once (no loops between members
 /// that disagree about the leader); the caller retries.
-fn forward_request<T>(
+pub(crate) fn forward_request<T>(
     incoming: &tonic::metadata::MetadataMap,
     message: T,
 ) -> Result<Request<T>, Status> {
