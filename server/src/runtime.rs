@@ -194,7 +194,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
         );
         let peers = PeerSender::start(config.id, &config.peers);
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
-        let seed = seed_from_os(config.id);
+        let seed = random_u64() ^ u64::from(config.id.0);
         let timer_inbox = inbox.clone();
         let task = tokio::spawn(async move {
             let mut driver = Driver::<N> {
@@ -288,18 +288,18 @@ impl<N: Node> Drop for NodeHandle<N> {
     }
 }
 
-/// A per-process seed for the node's RNG. Only the simulator needs reproducible
-/// randomness; here distinct nodes and restarts must simply not collide.
-fn seed_from_os(id: NodeId) -> u64 {
+/// 64 bits that differ between processes and restarts. Only the simulator needs
+/// reproducible randomness; here node RNGs and client ids must simply not collide.
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(id.0);
     hasher.write_u128(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos())
             .unwrap_or_default(),
     );
+    hasher.write_u32(std::process::id());
     hasher.finish()
 }
 

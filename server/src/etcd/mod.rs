@@ -11,7 +11,7 @@ pub mod recipes;
 pub mod services;
 
 use crate::api::etcdserverpb as pb;
-use crate::runtime::{NodeHandle, RuntimeError, RuntimeNode};
+use crate::runtime::{NodeHandle, RuntimeError, RuntimeNode, random_u64};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -363,18 +363,4 @@ pub fn store_error(error: MvccError) -> Status {
         MvccError::LeaseExists => Status::failed_precondition(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
     }
-}
-
-/// 64 bits that differ between processes and restarts.
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
