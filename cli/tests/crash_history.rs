@@ -8,6 +8,7 @@ mod common;
 
 use common::ProcessCluster;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use synod_server::api::etcdserverpb as pb;
@@ -39,14 +40,14 @@ async fn client(
     endpoints: Vec<String>,
     history: History,
     started: Instant,
-    stop_at: Instant,
+    stop: Arc<AtomicBool>,
 ) {
     let mut clients = Vec::new();
     for endpoint in &endpoints {
         clients.push(KvClient::new(channel(endpoint).await));
     }
     let mut counter = 0u64;
-    while Instant::now() < stop_at {
+    while !stop.load(Ordering::Relaxed) {
         counter += 1;
         let key = format!("k{}", counter % 3);
         let members = clients.len();
@@ -120,6 +121,25 @@ async fn client(
     }
 }
 
+/// How many puts have been acknowledged so far.
+fn acknowledged_puts(history: &History) -> usize {
+    history
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "ok" && event["f"] == "put")
+        .count()
+}
+
+/// Polls `condition` until it holds; panics with `what` after 20 s.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The index of the member that reports itself as leader.
 async fn leader(endpoints: &[String]) -> Option<usize> {
     for (index, endpoint) in endpoints.iter().enumerate() {
@@ -153,7 +173,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_write() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let stop_at = Instant::now() + Duration::from_secs(6);
+    let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..4)
         .map(|process| {
             runtime.spawn(client(
@@ -161,20 +181,33 @@ fn killing_the_leader_under_load_loses_no_acknowledged_write() {
                 endpoints.clone(),
                 history.clone(),
                 started,
-                stop_at,
+                stop.clone(),
             ))
         })
         .collect();
-    // Kill the leader twice during the run, restarting it each time.
+    // Kill the leader twice under load, restarting it each time once a new leader serves.
     for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(1200));
+        let before = acknowledged_puts(&history);
+        wait_until("20 more puts are acknowledged", || {
+            acknowledged_puts(&history) >= before + 20
+        });
         let victim = runtime
             .block_on(leader(&endpoints))
             .expect("a leader before the kill");
         cluster.kill(victim);
-        std::thread::sleep(Duration::from_millis(800));
+        wait_until("another member leads", || {
+            runtime
+                .block_on(leader(&endpoints))
+                .is_some_and(|leader| leader != victim)
+        });
         cluster.restart(victim);
     }
+    let before = acknowledged_puts(&history);
+    wait_until(
+        "20 more puts are acknowledged after the last restart",
+        || acknowledged_puts(&history) >= before + 20,
+    );
+    stop.store(true, Ordering::Relaxed);
     runtime.block_on(async {
         for worker in workers {
             worker.await.unwrap();

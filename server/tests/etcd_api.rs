@@ -464,7 +464,22 @@ async fn lock_and_election_services_serialize_owners() {
             .await
             .map(|response| response.into_inner().key)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the second owner's claim is in the store it is queued behind the first.
+    let mut kv = KvClient::new(cluster.channel(0).await);
+    let claims = || pb::RangeRequest {
+        key: b"jobs/".to_vec(),
+        range_end: b"jobs0".to_vec(),
+        count_only: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while kv.range(claims()).await.unwrap().into_inner().count < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second claim never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(!waiter.is_finished(), "the second owner must wait");
     locks
         .unlock(lock::UnlockRequest { key: held.clone() })
