@@ -75,11 +75,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::ops::Bound;
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -87,7 +86,7 @@ pub use crate::checker::{Budget, Verdict, Violation};
 use crate::checker::{CheckOptions, CheckReport, check};
 use crate::fast_hash::{FastHashMap, Interner};
 use crate::history::pair_operations;
-use crate::history::{EVENT_LINE_BYTES_MAX, Event, HistoryError, Operation, Outcome};
+use crate::history::{Event, HistoryError, Operation, Outcome};
 use crate::keyed_state::{ABSENT, CellStates, Values};
 use crate::model::{Interpretation, Model, SequentialSpecification};
 
@@ -152,7 +151,7 @@ pub fn read_etcd_jsonl<R: BufRead>(
     input: R,
     source_name: &str,
 ) -> Result<Vec<EtcdEvent>, HistoryError> {
-    read_lines(input, source_name)
+    crate::history::read_json_lines(input, source_name)
 }
 
 /// Reads only the etcd fields of a JSON Lines history, one per event (blank lines skipped), to
@@ -162,7 +161,7 @@ pub fn read_etcd_fields<R: BufRead>(
     input: R,
     source_name: &str,
 ) -> Result<Vec<EtcdFields>, HistoryError> {
-    read_lines(input, source_name)
+    crate::history::read_json_lines(input, source_name)
 }
 
 /// [`read_etcd_fields`] from a file.
@@ -171,57 +170,7 @@ pub fn read_etcd_fields_file(path: &Path) -> Result<Vec<EtcdFields>, HistoryErro
         path: path.to_owned(),
         source,
     })?;
-    read_lines(BufReader::new(file), &path.display().to_string())
-}
-
-/// One `T` per non-blank line of JSON Lines.
-fn read_lines<T: DeserializeOwned, R: BufRead>(
-    input: R,
-    source_name: &str,
-) -> Result<Vec<T>, HistoryError> {
-    let mut input = input;
-    let mut events = Vec::new();
-    let mut buffer = Vec::new();
-    let mut line_number = 0;
-    loop {
-        line_number += 1;
-        buffer.clear();
-        let read_error = |source| HistoryError::Read {
-            source_name: source_name.to_owned(),
-            line: line_number,
-            source,
-        };
-        // One byte over the limit tells a line of exactly the limit from a longer one.
-        let limit = u64::try_from(EVENT_LINE_BYTES_MAX + 1).unwrap_or(u64::MAX);
-        let bytes_read = input
-            .by_ref()
-            .take(limit)
-            .read_until(b'\n', &mut buffer)
-            .map_err(read_error)?;
-        if bytes_read == 0 {
-            return Ok(events);
-        }
-        if buffer.last() == Some(&b'\n') {
-            buffer.pop();
-        }
-        if buffer.len() > EVENT_LINE_BYTES_MAX {
-            return Err(read_error(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("line is longer than {EVENT_LINE_BYTES_MAX} bytes"),
-            )));
-        }
-        let line = std::str::from_utf8(&buffer)
-            .map_err(|error| read_error(io::Error::new(io::ErrorKind::InvalidData, error)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event = serde_json::from_str::<T>(line).map_err(|error| HistoryError::Malformed {
-            source_name: source_name.to_owned(),
-            line: line_number,
-            message: error.to_string(),
-        })?;
-        events.push(event);
-    }
+    crate::history::read_json_lines(BufReader::new(file), &path.display().to_string())
 }
 
 /// Reads an etcd-like JSON Lines history from a file; an empty one is an error.

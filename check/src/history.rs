@@ -367,6 +367,15 @@ pub fn to_jsonl_line(event: &Event) -> String {
 
 /// Reads a JSON Lines history; `source_name` names the input in error messages.
 pub fn read_jsonl<R: BufRead>(input: R, source_name: &str) -> Result<Vec<Event>, HistoryError> {
+    read_json_lines(input, source_name)
+}
+
+/// One `T` per non-blank line of JSON Lines, with the line limit and located errors every
+/// history reader shares.
+pub(crate) fn read_json_lines<T: serde::de::DeserializeOwned, R: BufRead>(
+    input: R,
+    source_name: &str,
+) -> Result<Vec<T>, HistoryError> {
     let mut input = input;
     let mut events = Vec::new();
     let mut buffer = Vec::new();
@@ -403,12 +412,11 @@ pub fn read_jsonl<R: BufRead>(input: R, source_name: &str) -> Result<Vec<Event>,
         if line.trim().is_empty() {
             continue;
         }
-        let event =
-            serde_json::from_str::<Event>(line).map_err(|error| HistoryError::Malformed {
-                source_name: source_name.to_owned(),
-                line: line_number,
-                message: describe_json_error(&error),
-            })?;
+        let event = serde_json::from_str::<T>(line).map_err(|error| HistoryError::Malformed {
+            source_name: source_name.to_owned(),
+            line: line_number,
+            message: describe_json_error(&error),
+        })?;
         events.push(event);
     }
 }
