@@ -15,6 +15,8 @@
 //! | `cas`          | `value`: `[expected, new]`              | `succeeded`: `true` or `false`; `revision`                 |
 //! | `lease-grant`  | no `key`; `value`: the TTL in seconds   | `lease`: the lease's id                                    |
 //! | `lease-revoke` | no `key`; `lease`: the id               | optionally `revision`                                      |
+//! | `lease-keepalive` | no `key`; `lease`: the id            | `value`: the TTL granted again                             |
+//! | `lease-expire` | no `key`; `lease`: the id (the checker adds these, see below) | never completes          |
 //!
 //! A `cas` is a transaction: if the key holds `expected` (or, when `expected` is `null`, if the
 //! key is absent), put `new`; otherwise do nothing. Both answers are real outcomes. A
@@ -48,9 +50,34 @@
 //!
 //! Reads are taken to be linearizable ones (etcd's default), whose header revision is at least
 //! every revision committed before they began; a serializable read may be older. Not modelled:
-//! lease expiry (the vocabulary has no event for it: a workload must use TTLs longer
-//! than its run, or an expired lease's keys vanish unexplained), keep-alives, and whether a put
-//! names a lease that exists.
+//! whether a put names a lease that exists, and what a keep-alive answers (only when it was
+//! invoked matters, below).
+//!
+//! # Lease expiry
+//!
+//! Expiry is an internal event: no client asks for it, yet it deletes the lease's keys like a
+//! revoke. The checker models it as a possible spontaneous revoke: for every lease granted `ok`
+//! it adds a `lease-expire` operation that is invoked at the earliest instant the lease may
+//! expire and never completes, so the search may place it at any later point, or nowhere. How
+//! early that instant is comes from [`LeaseExpiry`]:
+//!
+//! - [`LeaseExpiry::AfterTtl`] (the default): a renewal (grant or keep-alive) that completed
+//!   `ok` was applied before any expiry (else it would have found no lease), so the renewal
+//!   the leader judged the lease by was proposed after that renewal's invoke; the leader,
+//!   this one or a successor that counts a full TTL from its own promotion, waits a TTL on its
+//!   clock. A clock running at most `d` fast and jumping ahead by at most `J` in all makes
+//!   that at least `(ttl - J) / (1 + d)` of real time, so the lease cannot expire before
+//!   `latest ok renewal's invoke + (ttl - J) / (1 + d)`. The default takes Synod's Raft
+//!   assumption: `d` = 1 % ([`LEASE_CLOCK_DRIFT_PPM_DEFAULT`]) and clocks that never jump
+//!   (`J` = 0); a simulation passes the jumps its nemesis may have made.
+//! - [`LeaseExpiry::AnyTimeAfterGrant`]: for systems whose clocks nothing bounds.
+//! - [`LeaseExpiry::Never`]: leases outlive the history; a leased key that vanishes without a
+//!   delete or revoke is a violation.
+//!
+//! A key that vanishes before its lease's earliest expiry is a violation, and so is one read
+//! after another key of the same lease was seen deleted by the expiry, since an expiry deletes
+//! them all in one revision. Keep-alives (`lease-keepalive`, `lease` on the invoke) change no
+//! key; an `ok` one moves its lease's earliest expiry later.
 //!
 //! # Example
 //!
@@ -94,7 +121,8 @@ use crate::model::{Interpretation, Model, SequentialSpecification};
 const MODEL_NAME: &str = "etcd key-value";
 
 /// The operation names the model has, for error messages.
-const SUPPORTED_OPERATIONS: &str = "get, put, delete, cas, lease-grant, lease-revoke";
+const SUPPORTED_OPERATIONS: &str =
+    "get, put, delete, cas, lease-grant, lease-keepalive, lease-revoke";
 
 /// How many keys (and leases) a lease group's partition name lists before "N more".
 const PARTITION_NAME_ITEMS_MAX: usize = 3;
@@ -188,14 +216,201 @@ pub fn read_etcd_jsonl_file(path: &Path) -> Result<Vec<EtcdEvent>, HistoryError>
 }
 
 /// Checks whether an etcd-like history is linearizable, key by key (lease groups together) on
-/// the calling thread, within `budget`. Like [`check_kv_history`](crate::kv::check_kv_history),
-/// a malformed history is an error rather than a verdict.
+/// the calling thread, within `budget`, with the default [`LeaseExpiry`]. Like
+/// [`check_kv_history`](crate::kv::check_kv_history), a malformed history is an error rather
+/// than a verdict.
 pub fn check_etcd_history(events: &[EtcdEvent], budget: Budget) -> Result<Verdict, HistoryError> {
-    let options = CheckOptions {
-        budget,
+    check_etcd_history_with(
+        events,
+        &EtcdOptions {
+            budget,
+            ..EtcdOptions::default()
+        },
+    )
+}
+
+/// [`check_etcd_history`] with every etcd option.
+pub fn check_etcd_history_with(
+    events: &[EtcdEvent],
+    options: &EtcdOptions,
+) -> Result<Verdict, HistoryError> {
+    let (plain, fields): (Vec<Event>, Vec<EtcdFields>) = events
+        .iter()
+        .map(|event| (event.event.clone(), event.fields.clone()))
+        .unzip();
+    let check_options = CheckOptions {
+        budget: options.budget,
         ..CheckOptions::default()
     };
-    Ok(check_etcd(events, &options)?.verdict)
+    Ok(check_etcd_parts_with(&plain, &fields, &check_options, options.lease_expiry)?.verdict)
+}
+
+/// When a lease may expire on its own, as the checker assumes (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseExpiry {
+    /// Leases never expire: a key attached to one vanishes only by a delete or a revoke.
+    Never,
+    /// A lease may expire at any instant after its grant was invoked.
+    AnyTimeAfterGrant,
+    /// A lease may expire only once a TTL has passed since the invoke of its last renewal
+    /// (grant or keep-alive) that completed `ok`, measured by a leader clock that runs at
+    /// most `drift_ppm` parts per million fast and jumped ahead by at most `clock_jumps`
+    /// in all: no earlier than `invoke + (ttl - clock_jumps) / (1 + drift)` on the
+    /// history's clock.
+    AfterTtl {
+        /// How much faster than real time a leader's clock may run, in parts per million.
+        drift_ppm: u32,
+        /// The most a leader's clock may have jumped ahead in the history, in all.
+        clock_jumps: std::time::Duration,
+    },
+}
+
+/// The clock-drift bound Synod's Raft assumes ([`LeaseExpiry::default`] uses it): 1 %.
+pub const LEASE_CLOCK_DRIFT_PPM_DEFAULT: u32 = 10_000;
+
+impl Default for LeaseExpiry {
+    /// Expiry after a TTL at Synod's assumed drift bound, with clocks that never jump.
+    fn default() -> LeaseExpiry {
+        LeaseExpiry::AfterTtl {
+            drift_ppm: LEASE_CLOCK_DRIFT_PPM_DEFAULT,
+            clock_jumps: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// How to check an etcd-like history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// When to give up.
+    pub budget: Budget,
+    /// When leases may expire.
+    pub lease_expiry: LeaseExpiry,
+}
+
+/// The name of the operation the checker adds for a lease's possible expiry.
+pub const LEASE_EXPIRE: &str = "lease-expire";
+
+/// The earliest history time at which `lease` may expire under `expiry`, from its `ok`
+/// grant (TTL `ttl_seconds`, invoked at `granted_at`) and its latest renewal invoke.
+fn earliest_expiry(expiry: LeaseExpiry, granted_at: u64, renewed_at: u64, ttl: u64) -> u64 {
+    match expiry {
+        LeaseExpiry::Never => u64::MAX,
+        LeaseExpiry::AnyTimeAfterGrant => granted_at,
+        LeaseExpiry::AfterTtl {
+            drift_ppm,
+            clock_jumps,
+        } => {
+            let ttl_nanos = u128::from(ttl) * 1_000_000_000;
+            let left = ttl_nanos.saturating_sub(clock_jumps.as_nanos());
+            let real = left * 1_000_000 / (1_000_000 + u128::from(drift_ppm));
+            renewed_at.saturating_add(u64::try_from(real).unwrap_or(u64::MAX))
+        }
+    }
+}
+
+/// A history's events and, apart, their etcd fields.
+type SplitHistory = (Vec<Event>, Vec<EtcdFields>);
+
+/// The history with an `info` [`LEASE_EXPIRE`] operation added for every lease granted `ok`,
+/// invoked at the earliest instant `expiry` allows (a lease that may never expire gets none):
+/// the expiry is an internal event that may happen at any point after that, or never, which
+/// is exactly what an operation without completion means. `None` if nothing was added.
+fn with_expiries(
+    plain: &[Event],
+    fields: &[EtcdFields],
+    expiry: LeaseExpiry,
+) -> Result<Option<SplitHistory>, HistoryError> {
+    if expiry == LeaseExpiry::Never {
+        return Ok(None);
+    }
+    let operations = pair_operations(plain)?;
+    let fields_of = |index: usize| fields.get(index).unwrap_or(&NO_FIELDS);
+    // Per lease (its JSON text): the lease value, the grant's invoke time and TTL, and the
+    // latest invoke of an `ok` renewal.
+    let mut leases: BTreeMap<String, (Value, u64, u64, u64)> = BTreeMap::new();
+    for operation in &operations {
+        if operation.outcome != Outcome::Ok {
+            continue;
+        }
+        let Some(complete) = operation.complete_index else {
+            continue;
+        };
+        let lease = fields_of(complete)
+            .lease
+            .clone()
+            .or_else(|| fields_of(operation.invoke_index).lease.clone())
+            .filter(|lease| !lease.is_null());
+        let Some(lease) = lease else { continue };
+        let text = lease.to_string();
+        match operation.f.as_str() {
+            "lease-grant" => {
+                // A TTL the history does not give as a number counts as none at all.
+                let ttl = operation.input.as_u64().unwrap_or(0);
+                let entry = leases.entry(text).or_insert((
+                    lease,
+                    operation.invoke_time,
+                    operation.invoke_time,
+                    ttl,
+                ));
+                entry.1 = operation.invoke_time;
+                entry.2 = entry.2.max(operation.invoke_time);
+                entry.3 = ttl;
+            }
+            "lease-keepalive" => {
+                if let Some(entry) = leases.get_mut(&text) {
+                    entry.2 = entry.2.max(operation.invoke_time);
+                }
+            }
+            _ => {}
+        }
+    }
+    if leases.is_empty() {
+        return Ok(None);
+    }
+    let mut expiries: Vec<(u64, Value)> = leases
+        .into_values()
+        .map(|(lease, granted_at, renewed_at, ttl)| {
+            (earliest_expiry(expiry, granted_at, renewed_at, ttl), lease)
+        })
+        .filter(|(at, _)| *at != u64::MAX)
+        .collect();
+    expiries.sort_by_key(|(at, _)| *at);
+    let first_process = plain
+        .iter()
+        .map(|event| event.process)
+        .max()
+        .map_or(0, |process| process.saturating_add(1));
+    let mut events = Vec::with_capacity(plain.len() + expiries.len());
+    let mut all_fields = Vec::with_capacity(plain.len() + expiries.len());
+    let mut pending = expiries.into_iter().enumerate().peekable();
+    for (index, event) in plain.iter().enumerate() {
+        // An expiry goes before the first event at or after its earliest instant: operations
+        // that completed before that instant come before it in real time.
+        while let Some((number, (at, lease))) = pending.next_if(|(_, (at, _))| *at <= event.time) {
+            events.push(expiry_event(first_process + number as u64, at));
+            all_fields.push(EtcdFields {
+                lease: Some(lease),
+                ..EtcdFields::default()
+            });
+        }
+        events.push(event.clone());
+        all_fields.push(fields_of(index).clone());
+    }
+    // Expiries after the last event could only come after every operation: they explain
+    // nothing, so they are left out.
+    Ok(Some((events, all_fields)))
+}
+
+/// The invoke of a possible lease expiry at `time`.
+fn expiry_event(process: u64, time: u64) -> Event {
+    Event {
+        process,
+        kind: crate::history::EventKind::Invoke,
+        f: LEASE_EXPIRE.to_owned(),
+        key: None,
+        value: Value::Null,
+        time,
+    }
 }
 
 /// Checks an etcd-like history: the revision pass, then (if it finds nothing) the search of each
@@ -218,6 +433,21 @@ pub fn check_etcd_parts(
     fields: &[EtcdFields],
     options: &CheckOptions,
 ) -> Result<CheckReport, HistoryError> {
+    check_etcd_parts_with(plain, fields, options, LeaseExpiry::default())
+}
+
+/// [`check_etcd_parts`] with leases expiring as `lease_expiry` says.
+pub fn check_etcd_parts_with(
+    plain: &[Event],
+    fields: &[EtcdFields],
+    options: &CheckOptions,
+    lease_expiry: LeaseExpiry,
+) -> Result<CheckReport, HistoryError> {
+    let augmented = with_expiries(plain, fields, lease_expiry)?;
+    let (plain, fields) = match &augmented {
+        Some((events, fields)) => (events.as_slice(), fields.as_slice()),
+        None => (plain, fields),
+    };
     let (model, operations) = EtcdModel::build(plain, fields)?;
     if let Some(violation) = revision_violation(&operations, &model.commands) {
         return Ok(CheckReport {
@@ -515,8 +745,9 @@ fn read_command(
                 revision,
             }
         }
-        "lease-grant" => return Ok(None),
-        "lease-revoke" => {
+        // A grant creates nothing a read can see, and a renewal changes no key.
+        "lease-grant" | "lease-keepalive" => return Ok(None),
+        "lease-revoke" | LEASE_EXPIRE => {
             let lease = lease_text(invoke_fields.lease.as_ref())
                 .or_else(|| lease_text(completion_fields.and_then(|f| f.lease.as_ref())))
                 .ok_or_else(|| invalid(index, "needs the \"lease\" it revokes".to_owned()))?;
