@@ -2,7 +2,10 @@
 //! running nodes after every step (the simulator's invariant hooks, the model checker).
 //!
 //! [`check_one_primary_per_view`] and [`check_views_come_from_the_view_service`] look at one
-//! global state and nothing else, so a model checker can evaluate them on any state.
+//! global state and nothing else, so a model checker can evaluate them on any state; so do
+//! [`check_backup_mirrors_primary`] and [`check_append_logs_never_fork`], which catch a
+//! replica applying what it should not at the step it does.
+//!
 //! [`ViewHistory`] remembers what it saw across states and checks the properties that are
 //! about history: a view number always names the same view, at most one server ever serves
 //! a view, and no view is revealed before its predecessor's primary installed it (so the
@@ -98,6 +101,42 @@ pub fn check_backup_mirrors_primary<'a>(
                  primary {id} nor that store with the batch in flight applied"
             ));
         }
+    }
+    Ok(())
+}
+
+/// No two servers' stores have diverged, judged by one key that only ever receives appends:
+/// of any two servers holding a store, the value of `key` on one is a prefix of its value on
+/// the other.
+///
+/// Every store in a correct cluster is the initial store with some prefix of one sequence
+/// of operations applied: a backup applies its primary's batches in order, a primary
+/// applies only batches its backup applied first, a promoted backup goes on from where it
+/// stood, and a transfer copies a whole store. With appends only on `key`, a prefix of the
+/// sequence is a prefix of the value. Two servers that each applied an operation the other
+/// does not have (a deposed primary whose forwards some server still acknowledges while
+/// the new primary serves: split brain) break this at the step the second one applies,
+/// before a client could read the difference. Give the appends distinct values, or two
+/// different histories can spell the same string.
+pub fn check_append_logs_never_fork<'a>(
+    nodes: impl IntoIterator<Item = (NodeId, &'a PbNode)>,
+    key: &str,
+) -> Result<(), String> {
+    let mut values: Vec<(NodeId, &str)> = Vec::new();
+    for (id, node) in nodes {
+        let Some(store) = node.as_server().and_then(|server| server.store()) else {
+            continue;
+        };
+        let value = store.map().get(key).unwrap_or("");
+        for &(other, other_value) in &values {
+            if !value.starts_with(other_value) && !other_value.starts_with(value) {
+                return Err(format!(
+                    "the stores forked: {other} has {key:?} = {other_value:?} and {id} has \
+                     {value:?}, neither a prefix of the other"
+                ));
+            }
+        }
+        values.push((id, value));
     }
     Ok(())
 }

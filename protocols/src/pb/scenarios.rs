@@ -2,8 +2,8 @@
 //! Each test names the rule of the module documentation it checks.
 
 use super::invariants::{
-    ViewHistory, check_backup_mirrors_primary, check_one_primary_per_view,
-    check_views_come_from_the_view_service, permanent_stop,
+    ViewHistory, check_append_logs_never_fork, check_backup_mirrors_primary,
+    check_one_primary_per_view, check_views_come_from_the_view_service, permanent_stop,
 };
 use super::*;
 use synod_core::kv::KvCommand;
@@ -940,4 +940,44 @@ fn an_early_reply_and_a_write_from_elsewhere_break_the_mirror() {
     let (primary, mut backup) = primary_and_backup(PbVariant::Correct);
     backup.deliver(N1, forward(2, 1, "z"));
     assert!(mirrored(&primary, &backup).is_err());
+}
+
+// ---- The stores never fork ----
+
+#[test]
+fn stores_on_one_history_pass_and_a_deposed_primary_acknowledged_anyway_forks_them() {
+    let forked = |nodes: [(NodeId, &Subject); 2]| {
+        check_append_logs_never_fork(nodes.map(|(id, subject)| (id, &subject.node)), "k")
+    };
+    // A correct write: the backup runs a batch ahead of its primary, then they are equal.
+    let (mut primary, mut backup) = primary_and_backup(PbVariant::Correct);
+    let forwarded = primary.request(4, command(0, append("x")));
+    let ack = relay(&forwarded, &primary, &mut backup);
+    assert_eq!(forked([(N1, &primary), (N2, &backup)]), Ok(()));
+    relay(&ack, &backup, &mut primary);
+    assert_eq!(forked([(N1, &primary), (N2, &backup)]), Ok(()));
+    // A server without a store holds nothing to compare.
+    let empty = Subject::new(N3, PbVariant::Correct);
+    assert_eq!(forked([(N1, &primary), (N3, &empty)]), Ok(()));
+
+    // Split brain: n2, promoted in view 3, serves "y" alone; the deposed n1 forwards "x",
+    // and a gullible n2 acknowledges it, so n1 applies "x" on a store without "y".
+    let (mut deposed, _) = primary_and_backup(PbVariant::Correct);
+    let mut gullible = Subject::new(N2, PbVariant::BackupAcceptsAnyPrimary);
+    gullible.deliver(
+        N1,
+        PbMessage::Transfer {
+            view: view(2, Some(N1), Some(N2)),
+            store: SessionKv::new(),
+        },
+    );
+    gullible.deliver(VIEW_SERVICE, view_reply(view(3, Some(N2), None)));
+    gullible.request(5, command(0, append("y")));
+    let forwarded = deposed.request(4, command(0, append("x")));
+    let ack = relay(&forwarded, &deposed, &mut gullible);
+    // "yx" on n2 and nothing yet on n1: one history so far.
+    assert_eq!(forked([(N1, &deposed), (N2, &gullible)]), Ok(()));
+    relay(&ack, &gullible, &mut deposed);
+    let error = forked([(N1, &deposed), (N2, &gullible)]).expect_err("forked");
+    assert!(error.contains(r#""x" and n2 has "yx""#), "{error}");
 }
