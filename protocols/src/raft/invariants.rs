@@ -27,7 +27,109 @@ pub fn check_all<'a, S: StateMachine + 'a>(
     check_election_safety(nodes.iter().copied())?;
     check_log_matching(nodes.iter().copied())?;
     check_leader_completeness(nodes.iter().copied())?;
-    check_state_machine_safety(nodes.iter().copied())
+    check_state_machine_safety(nodes.iter().copied())?;
+    check_membership(nodes.iter().copied(), None)
+}
+
+/// Membership changes:
+/// - every configuration has a voter, and no node is both voter and learner;
+/// - at most one configuration change is uncommitted: no log holds more than one
+///   configuration entry above the committed index (checked only given
+///   `committed_floor`, an index known committed, because a stateless check over running
+///   nodes may miss what crashed nodes alone knew committed; the highest commit index
+///   among the nodes counts too);
+/// - a leader is a voter of its configuration unless the configuration that removed it is
+///   still uncommitted (once it commits, the leader steps down);
+/// - joint majorities: a leader that committed an entry of its term holds its commit
+///   index with a quorum of its configuration (a majority of both voter sets while joint)
+///   whenever that configuration is itself committed.
+pub fn check_membership<'a, S: StateMachine + 'a>(
+    nodes: impl IntoIterator<Item = (NodeId, &'a RaftNode<S>)>,
+    committed_floor: Option<u64>,
+) -> Result<(), String> {
+    let nodes: Vec<(NodeId, &RaftNode<S>)> = nodes.into_iter().collect();
+    let committed = committed_floor.map(|floor| {
+        nodes
+            .iter()
+            .map(|(_, node)| node.commit_index())
+            .fold(floor, u64::max)
+    });
+    for (id, node) in &nodes {
+        let membership = node.membership();
+        if membership.voters.is_empty() {
+            return Err(format!("{id} holds a configuration without voters"));
+        }
+        if let Some(both) = membership
+            .learners
+            .iter()
+            .find(|learner| membership.is_voter(**learner))
+        {
+            return Err(format!("{id}: {both} is both a voter and a learner"));
+        }
+        let uncommitted = committed.map_or(0, |committed| {
+            node.log_memberships().range(committed + 1..).count()
+        });
+        if let Some(committed) = committed
+            && uncommitted > 1
+        {
+            return Err(format!(
+                "{id} holds {uncommitted} configuration entries above the committed index \
+                 {committed}: {:?}",
+                node.log_memberships()
+                    .range(committed + 1..)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let config_committed = node.membership_index() <= node.commit_index();
+        if !membership.is_voter(*id) && config_committed {
+            return Err(format!(
+                "{id} still leads term {} though its committed configuration removed it",
+                node.term()
+            ));
+        }
+        if let Some(quorum) = node.quorum_match_index()
+            && config_committed
+            && node
+                .term_start_index()
+                .is_some_and(|start| node.membership_index() >= start)
+            && quorum < node.commit_index()
+        {
+            return Err(format!(
+                "leader {id} committed {} but a quorum of {membership:?} holds only {quorum}",
+                node.commit_index()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Remembers the highest commit index ever seen, so that the membership check still knows
+/// an index committed when every node that knew it has crashed.
+#[derive(Clone, Debug, Default)]
+pub struct MembershipHistory {
+    committed: u64,
+}
+
+impl MembershipHistory {
+    /// An empty history.
+    pub fn new() -> Self {
+        MembershipHistory::default()
+    }
+
+    /// Runs [`check_membership`] with the highest commit index seen so far.
+    pub fn observe<'a, S: StateMachine + 'a>(
+        &mut self,
+        nodes: impl IntoIterator<Item = (NodeId, &'a RaftNode<S>)>,
+    ) -> Result<(), String> {
+        let nodes: Vec<(NodeId, &RaftNode<S>)> = nodes.into_iter().collect();
+        for (_, node) in &nodes {
+            self.committed = self.committed.max(node.commit_index());
+        }
+        check_membership(nodes, Some(self.committed))
+    }
 }
 
 /// Election safety among the given nodes: at most one leader per term.

@@ -1,6 +1,7 @@
 //! The replicated log as one node holds it: a compacted prefix (the snapshot point) followed
 //! by the retained entries. Indexes start at 1; index 0 with term 0 is the empty prefix.
 
+use super::membership::Membership;
 use crate::replicated::StateMachine;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,8 @@ pub enum Payload<S: StateMachine> {
     Noop,
     /// A state-machine command.
     Command(S::Command),
+    /// A cluster configuration, in effect on a node as soon as its log holds it.
+    Config(Membership),
 }
 
 /// One log entry.

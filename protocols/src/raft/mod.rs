@@ -76,11 +76,14 @@
 //! assert_eq!(node.term(), 1);
 //! ```
 
+pub mod churn;
 pub mod invariants;
 mod log;
+mod membership;
 mod node;
 
 pub use log::{Entry, Payload, RaftLog};
+pub use membership::{ChangeVariant, Membership, MembershipChange, MembershipError};
 pub use node::{
     RaftConfig, RaftMessage, RaftNode, RaftRecord, RaftTimer, RaftVariant, ReadMode, SnapshotChunk,
     SnapshotRecord,

@@ -1,6 +1,7 @@
 //! The Raft node: roles, messages, records and their handlers.
 
 use super::log::{Entry, Payload, RaftLog};
+use super::membership::{ChangeVariant, Membership, MembershipChange, MembershipError};
 use crate::replicated::{ReadConsistency, StateMachine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -133,6 +134,8 @@ pub struct SnapshotChunk {
     pub last_term: u64,
     /// The applied-prefix digest at `last_index`.
     pub digest: u64,
+    /// The configuration in effect at `last_index`.
+    pub membership: Membership,
     /// Length of the whole encoded state.
     pub total_bytes: u64,
     /// CRC32C of the whole encoded state.
@@ -159,6 +162,9 @@ pub enum RaftMessage<S: StateMachine> {
         last_term: u64,
         /// A pre-vote changes no state on either side.
         pre_vote: bool,
+        /// Sent on the leader's request (a leadership transfer): voters answer even while
+        /// they heard from that leader lately.
+        transfer: bool,
     },
     /// The answer to a `RequestVote`.
     VoteReply {
@@ -204,6 +210,11 @@ pub enum RaftMessage<S: StateMachine> {
     },
     /// A piece of a snapshot.
     InstallSnapshot(Box<SnapshotChunk>),
+    /// The leader of `term` hands leadership to the receiver: campaign now.
+    TimeoutNow {
+        /// The leader's term.
+        term: u64,
+    },
     /// The answer to a chunk.
     SnapshotReply {
         /// The follower's term.
@@ -233,6 +244,8 @@ pub struct SnapshotRecord<S: StateMachine> {
     pub last_term: u64,
     /// The applied-prefix digest at `last_index`.
     pub digest: u64,
+    /// The configuration in effect at `last_index` (later ones are in `entries`).
+    pub membership: Membership,
     /// The state machine after applying every entry up to `last_index`.
     pub state: S,
     /// The retained log after `last_index`.
@@ -324,6 +337,19 @@ struct Leader<S: StateMachine> {
     reads: Vec<PendingRead<S>>,
     /// Leader-proposed commands are not proposed again until this index is applied.
     due_fence: u64,
+    /// A leadership transfer under way.
+    transfer: Option<Transfer>,
+    /// Set once this leader asked another node to campaign: voters may then ignore their
+    /// promise to it, so it serves no lease read for the rest of its term.
+    lease_void: bool,
+}
+
+/// A leadership transfer: the leader takes no proposals, brings the target up to date and
+/// sends it `TimeoutNow`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Transfer {
+    target: NodeId,
+    started: Time,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -340,6 +366,7 @@ struct SnapshotImage {
     last_index: u64,
     last_term: u64,
     digest: u64,
+    membership: Membership,
     bytes: Vec<u8>,
     checksum: u32,
 }
@@ -356,11 +383,18 @@ struct Incoming {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RaftNode<S: StateMachine> {
     variant: RaftVariant,
+    change_variant: ChangeVariant,
     config: RaftConfig,
+    /// The configuration before any configuration entry (the driver's members if not set).
+    bootstrap: Option<Membership>,
     // Durable.
     term: u64,
     voted_for: Option<NodeId>,
     log: RaftLog<S>,
+    /// The configuration at the log's snapshot point.
+    snapshot_membership: Membership,
+    /// The configuration entries of the retained log, by index.
+    log_configs: BTreeMap<u64, Membership>,
     // Volatile.
     role: Role<S>,
     leader: Option<NodeId>,
@@ -382,10 +416,14 @@ impl<S: StateMachine> RaftNode<S> {
     pub fn new(variant: RaftVariant, config: RaftConfig) -> Self {
         RaftNode {
             variant,
+            change_variant: ChangeVariant::Joint,
             config,
+            bootstrap: None,
             term: 0,
             voted_for: None,
             log: RaftLog::default(),
+            snapshot_membership: Membership::default(),
+            log_configs: BTreeMap::new(),
             role: Role::Follower,
             leader: None,
             promised: false,
@@ -397,6 +435,240 @@ impl<S: StateMachine> RaftNode<S> {
             snapshot: None,
             incoming: None,
             violation: None,
+        }
+    }
+
+    /// The same node whose cluster starts as `voters` (instead of every member the driver
+    /// names): nodes outside it wait, without campaigning, until a configuration entry
+    /// names them. Every node of one cluster must be given the same set.
+    pub fn with_voters(mut self, voters: impl IntoIterator<Item = NodeId>) -> Self {
+        let bootstrap = Membership::of_voters(voters);
+        self.snapshot_membership = bootstrap.clone();
+        self.bootstrap = Some(bootstrap);
+        self
+    }
+
+    /// The same node changing its configuration the way `variant` says (joint consensus
+    /// unless a broken variant is asked for).
+    pub fn with_change_variant(mut self, variant: ChangeVariant) -> Self {
+        self.change_variant = variant;
+        self
+    }
+
+    /// The configuration in effect: the latest one in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        self.log_configs
+            .last_key_value()
+            .map_or(&self.snapshot_membership, |(_, membership)| membership)
+    }
+
+    /// The index of the entry that carries the configuration in effect (the snapshot point
+    /// if the retained log carries none).
+    pub fn membership_index(&self) -> u64 {
+        self.log_configs
+            .last_key_value()
+            .map_or(self.log.snapshot_index(), |(&index, _)| index)
+    }
+
+    /// The configuration entries of the retained log, by index.
+    pub fn log_memberships(&self) -> &BTreeMap<u64, Membership> {
+        &self.log_configs
+    }
+
+    /// The node a leadership transfer is handing over to, if one is under way.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Leader(leader) => leader.transfer.as_ref().map(|transfer| transfer.target),
+            _ => None,
+        }
+    }
+
+    /// For a leader that committed an entry of its own term: the highest index a quorum of
+    /// its configuration (both voter sets while joint) holds by its own bookkeeping.
+    pub fn quorum_match_index(&self) -> Option<u64> {
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        (self.commit_index >= leader.term_start_index)
+            .then(|| self.quorum_of(leader, |p| p.match_index, leader.self_match))
+    }
+
+    /// The first index of this leader's term (its no-op).
+    pub fn term_start_index(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leader(leader) => Some(leader.term_start_index),
+            _ => None,
+        }
+    }
+
+    /// Proposes `changes` as one configuration change (leader only) and returns the index
+    /// of its first entry. With more than one voter changing, the change passes through a
+    /// joint configuration that the leader leaves by itself once it commits. Refused while
+    /// another change or a leadership transfer is under way, before the leader committed
+    /// an entry of its term, and for a learner promotion while the learner lags behind.
+    pub fn propose_membership_change(
+        &mut self,
+        changes: &[MembershipChange],
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, MembershipError> {
+        let Role::Leader(leader) = &self.role else {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if let Some(transfer) = &leader.transfer {
+            return Err(MembershipError::TransferInProgress(transfer.target));
+        }
+        if self.commit_index < leader.term_start_index {
+            return Err(MembershipError::LeaderNotReady);
+        }
+        let pending = self.membership_index();
+        if pending > self.commit_index || self.membership().is_joint() {
+            return Err(MembershipError::ChangeInProgress { index: pending });
+        }
+        let joint = self.change_variant == ChangeVariant::Joint;
+        let next = self.membership().changed(changes, joint)?;
+        let last_index = self.log.last_index();
+        let lag_allowed = self.config.append_entries_max as u64;
+        for change in changes {
+            if let MembershipChange::Promote(learner) = *change {
+                let progress = leader.progress.get(&learner);
+                let match_index = progress.map_or(0, |progress| progress.match_index);
+                let snapshotting =
+                    progress.is_some_and(|progress| matches!(progress.mode, Mode::Snapshot { .. }));
+                if snapshotting || match_index + lag_allowed < last_index {
+                    return Err(MembershipError::LearnerBehind {
+                        learner,
+                        match_index,
+                        last_index,
+                    });
+                }
+            }
+        }
+        let index = self.append_local(Payload::Config(next), ctx);
+        self.broadcast_appends(false, ctx);
+        Ok(index)
+    }
+
+    /// Hands leadership to voter `target` (leader only): the leader stops taking
+    /// proposals, brings `target` up to date and tells it to campaign at once. The transfer
+    /// is abandoned if `target` has not taken over within the longest election timeout.
+    pub fn transfer_leadership(
+        &mut self,
+        target: NodeId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), MembershipError> {
+        let is_voter = self.membership().is_voter(target);
+        let Role::Leader(leader) = &mut self.role else {
+            return Err(MembershipError::NotLeader {
+                leader: self.leader,
+            });
+        };
+        if target == ctx.id() {
+            return Ok(());
+        }
+        if let Some(transfer) = &leader.transfer {
+            return Err(MembershipError::TransferInProgress(transfer.target));
+        }
+        if !is_voter {
+            return Err(MembershipError::TargetNotVoter(target));
+        }
+        leader.transfer = Some(Transfer {
+            target,
+            started: ctx.now(),
+        });
+        leader.lease_void = true;
+        leader.lease_until = None;
+        self.send_appends(target, false, ctx);
+        self.maybe_send_timeout_now(ctx);
+        Ok(())
+    }
+
+    /// Tells the transfer target to campaign once its log matches the leader's.
+    fn maybe_send_timeout_now(&mut self, ctx: &mut Context<Self>) {
+        let last_index = self.log.last_index();
+        let term = self.term;
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let Some(transfer) = &leader.transfer else {
+            return;
+        };
+        let caught_up = leader
+            .progress
+            .get(&transfer.target)
+            .is_some_and(|progress| progress.match_index >= last_index);
+        if caught_up {
+            ctx.send(transfer.target, RaftMessage::TimeoutNow { term });
+        }
+    }
+
+    /// The value a quorum of the configuration reached, given each follower's value
+    /// (`value`) and the leader's own (`own`).
+    fn quorum_of(&self, leader: &Leader<S>, value: impl Fn(&Progress) -> u64, own: u64) -> u64 {
+        let id = self.leader;
+        self.membership().quorum_value(|node| {
+            if Some(node) == id {
+                own
+            } else {
+                leader.progress.get(&node).map_or(0, &value)
+            }
+        })
+    }
+
+    /// Makes the leader's progress map cover exactly the nodes of the configuration.
+    fn reconcile_progress(&mut self, id: NodeId) {
+        let nodes = self.membership().nodes();
+        let next_index = self.log.last_index() + 1;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader
+            .progress
+            .retain(|node, _| nodes.contains(node) && *node != id);
+        for node in nodes {
+            if node != id {
+                leader.progress.entry(node).or_insert(Progress {
+                    match_index: 0,
+                    next_index,
+                    mode: Mode::Probe { sent: false },
+                    active: true,
+                    acked_round: 0,
+                });
+            }
+        }
+    }
+
+    /// Notes the configuration entries among the log's entries from `first_index` on, after
+    /// the log was replaced from there.
+    fn note_configs_from(&mut self, first_index: u64) {
+        self.log_configs.split_off(&first_index);
+        let last = self.log.last_index();
+        for (offset, entry) in self.log.slice(first_index, last).iter().enumerate() {
+            if let Payload::Config(membership) = &entry.payload {
+                let index = first_index.max(self.log.snapshot_index() + 1) + offset as u64;
+                self.log_configs.insert(index, membership.clone());
+            }
+        }
+    }
+
+    /// Folds the configuration entries the snapshot point now covers into the snapshot's
+    /// configuration.
+    fn fold_configs(&mut self) {
+        let retained = self.log_configs.split_off(&(self.log.snapshot_index() + 1));
+        if let Some((_, membership)) = self.log_configs.pop_last() {
+            self.snapshot_membership = membership;
+        }
+        self.log_configs = retained;
+    }
+
+    /// The configuration before any configuration entry, fixed on first use from the
+    /// driver's members unless [`RaftNode::with_voters`] gave one.
+    fn bootstrap(&mut self, ctx: &Context<Self>) {
+        if self.bootstrap.is_none() {
+            let bootstrap = Membership::of_voters(ctx.members().iter().copied());
+            self.snapshot_membership = bootstrap.clone();
+            self.bootstrap = Some(bootstrap);
         }
     }
 
@@ -463,15 +735,12 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    fn quorum(ctx: &Context<Self>) -> usize {
-        ctx.members().len() / 2 + 1
-    }
-
-    fn peers(ctx: &Context<Self>) -> Vec<NodeId> {
+    /// Every node of the configuration but this one: the nodes a leader replicates to.
+    fn peers(&self, ctx: &Context<Self>) -> Vec<NodeId> {
         let id = ctx.id();
-        ctx.members()
-            .iter()
-            .copied()
+        self.membership()
+            .nodes()
+            .into_iter()
             .filter(|&member| member != id)
             .collect()
     }
@@ -525,7 +794,9 @@ impl<S: StateMachine> RaftNode<S> {
         self.leader = leader;
     }
 
-    fn campaign(&mut self, pre_vote: bool, ctx: &mut Context<Self>) {
+    /// Asks the voters of the configuration for (pre-)votes; `transfer` marks an election
+    /// the leader asked for.
+    fn campaign(&mut self, pre_vote: bool, transfer: bool, ctx: &mut Context<Self>) {
         let term = if pre_vote {
             self.role = Role::PreCandidate {
                 granted: BTreeSet::new(),
@@ -546,15 +817,16 @@ impl<S: StateMachine> RaftNode<S> {
             last_index: self.log.last_index(),
             last_term: self.log.last_term(),
             pre_vote,
+            transfer,
         };
         // Itself included: its own vote counts once the vote's record is durable.
-        for index in 0..ctx.members().len() {
-            let to = ctx.members()[index];
+        for to in self.membership().all_voters() {
             ctx.send(to, request.clone());
         }
         self.arm_election(ctx);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_request_vote(
         &mut self,
         from: NodeId,
@@ -562,13 +834,15 @@ impl<S: StateMachine> RaftNode<S> {
         last_index: u64,
         last_term: u64,
         pre_vote: bool,
+        transfer: bool,
         ctx: &mut Context<Self>,
     ) {
         let own = from == ctx.id();
         // The follower promise: a node that heard from a leader lately (or leads) ignores
         // candidates, so a leader's lease holds and a returning partitioned node cannot
-        // disrupt a working leader.
-        if !own && (self.promised || self.is_leader()) && term >= self.term {
+        // disrupt a working leader. An election the leader asked for (a transfer; that
+        // leader gave up its lease) is answered regardless.
+        if !own && !transfer && (self.promised || self.is_leader()) && term >= self.term {
             return;
         }
         let up_to_date = self.log.candidate_up_to_date(last_index, last_term);
@@ -591,7 +865,7 @@ impl<S: StateMachine> RaftNode<S> {
         let granted = term == self.term
             && self.voted_for.is_none_or(|vote| vote == from)
             && up_to_date
-            && (own || !self.is_leader());
+            && (own || transfer || !self.is_leader());
         if granted && self.voted_for.is_none() {
             self.voted_for = Some(from);
             self.persist_hard_state(ctx);
@@ -605,6 +879,20 @@ impl<S: StateMachine> RaftNode<S> {
                 pre_vote: false,
             },
         );
+    }
+
+    /// The leader asks this node to take over: campaign now, without a pre-vote.
+    fn on_timeout_now(&mut self, from: NodeId, term: u64, ctx: &mut Context<Self>) {
+        if term < self.term || self.is_leader() || !self.membership().is_voter(ctx.id()) {
+            return;
+        }
+        if term > self.term {
+            self.become_follower(term, Some(from), ctx);
+        }
+        if self.leader != Some(from) {
+            return;
+        }
+        self.campaign(false, true, ctx);
     }
 
     fn on_vote_reply(
@@ -621,15 +909,15 @@ impl<S: StateMachine> RaftNode<S> {
             }
             return;
         }
-        let quorum = Self::quorum(ctx);
+        let membership = self.membership().clone();
         let won = match &mut self.role {
             Role::PreCandidate { granted } if pre_vote && term == self.term + 1 => {
                 granted.insert(from);
-                granted.len() >= quorum
+                membership.has_quorum(granted)
             }
             Role::Candidate { granted } if !pre_vote && term == self.term => {
                 granted.insert(from);
-                granted.len() >= quorum
+                membership.has_quorum(granted)
             }
             _ => false,
         };
@@ -637,7 +925,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         if pre_vote {
-            self.campaign(false, ctx);
+            self.campaign(false, false, ctx);
         } else {
             self.become_leader(ctx);
         }
@@ -645,7 +933,8 @@ impl<S: StateMachine> RaftNode<S> {
 
     fn become_leader(&mut self, ctx: &mut Context<Self>) {
         let next_index = self.log.last_index() + 1;
-        let progress = Self::peers(ctx)
+        let progress = self
+            .peers(ctx)
             .into_iter()
             .map(|peer| {
                 (
@@ -671,6 +960,8 @@ impl<S: StateMachine> RaftNode<S> {
             lease_until: None,
             reads: Vec::new(),
             due_fence: 0,
+            transfer: None,
+            lease_void: false,
         }));
         ctx.cancel_timer(RaftTimer::Election);
         match self.variant {
@@ -708,19 +999,25 @@ impl<S: StateMachine> RaftNode<S> {
         );
     }
 
-    /// Appends an entry of the current term to the leader's log and persists it.
-    fn append_local(&mut self, payload: Payload<S>, ctx: &mut Context<Self>) {
+    /// Appends an entry of the current term to the leader's log and persists it; returns
+    /// its index. A configuration takes effect at once.
+    fn append_local(&mut self, payload: Payload<S>, ctx: &mut Context<Self>) -> u64 {
         let entry = Entry {
             term: self.term,
             payload,
         };
         let index = self.log.push(entry.clone());
+        if let Payload::Config(membership) = &entry.payload {
+            self.log_configs.insert(index, membership.clone());
+            self.reconcile_progress(ctx.id());
+        }
         ctx.persist(RaftRecord::Entries {
             first_index: index,
             entries: vec![entry],
         });
         ctx.sync();
         self.acknowledge_self(ctx);
+        index
     }
 
     /// Sends every follower what it can take now; `heartbeat` also starts a new round
@@ -734,7 +1031,7 @@ impl<S: StateMachine> RaftNode<S> {
                 leader.round_sent_at.pop_first();
             }
         }
-        for peer in Self::peers(ctx) {
+        for peer in self.peers(ctx) {
             self.send_appends(peer, heartbeat, ctx);
         }
     }
@@ -789,6 +1086,7 @@ impl<S: StateMachine> RaftNode<S> {
                     last_index: image.last_index,
                     last_term: image.last_term,
                     digest: image.digest,
+                    membership: image.membership.clone(),
                     total_bytes: image.bytes.len() as u64,
                     checksum: image.checksum,
                     offset: start as u64,
@@ -932,6 +1230,7 @@ impl<S: StateMachine> RaftNode<S> {
                 ));
             }
             self.log.overwrite(index, &entries[offset..]);
+            self.note_configs_from(index);
             ctx.persist(RaftRecord::Entries {
                 first_index: index,
                 entries: entries[offset..].to_vec(),
@@ -1017,6 +1316,7 @@ impl<S: StateMachine> RaftNode<S> {
                 Mode::Snapshot { .. } => {}
             }
             self.advance_commit(ctx);
+            self.maybe_send_timeout_now(ctx);
         } else if reply.rejected_prev >= progress.match_index
             && !matches!(progress.mode, Mode::Snapshot { .. })
         {
@@ -1105,6 +1405,9 @@ impl<S: StateMachine> RaftNode<S> {
             self.log
                 .reset(chunk.last_index, chunk.last_term, Vec::new());
         }
+        self.fold_configs();
+        self.log_configs.split_off(&(self.log.last_index() + 1));
+        self.snapshot_membership = chunk.membership.clone();
         self.state = state;
         self.commit_index = chunk.last_index;
         self.applied_index = chunk.last_index;
@@ -1115,6 +1418,7 @@ impl<S: StateMachine> RaftNode<S> {
             last_index: chunk.last_index,
             last_term: chunk.last_term,
             digest: chunk.digest,
+            membership: chunk.membership,
             bytes: incoming.bytes,
             checksum: chunk.checksum,
         });
@@ -1165,20 +1469,10 @@ impl<S: StateMachine> RaftNode<S> {
     /// Commits the highest index a majority holds, counting only entries of the current
     /// term (the figure-8 variant counts any).
     fn advance_commit(&mut self, ctx: &mut Context<Self>) {
-        let quorum = Self::quorum(ctx);
         let Role::Leader(leader) = &self.role else {
             return;
         };
-        let mut matches: Vec<u64> = leader
-            .progress
-            .values()
-            .map(|progress| progress.match_index)
-            .chain(std::iter::once(leader.self_match))
-            .collect();
-        matches.sort_unstable_by(|left, right| right.cmp(left));
-        let Some(&majority) = matches.get(quorum - 1) else {
-            return;
-        };
+        let majority = self.quorum_of(leader, |progress| progress.match_index, leader.self_match);
         if majority <= self.commit_index {
             return;
         }
@@ -1189,6 +1483,23 @@ impl<S: StateMachine> RaftNode<S> {
         if counts {
             self.commit_index = majority;
             self.apply_committed(ctx);
+            self.after_config_commit(ctx);
+        }
+    }
+
+    /// Once the configuration in effect is committed, a leader leaves a joint
+    /// configuration by appending the final one, and a leader the configuration no longer
+    /// names as a voter steps down.
+    fn after_config_commit(&mut self, ctx: &mut Context<Self>) {
+        if !self.is_leader() || self.membership_index() > self.commit_index {
+            return;
+        }
+        let membership = self.membership().clone();
+        if membership.is_joint() {
+            self.append_local(Payload::Config(membership.leave_joint()), ctx);
+            self.broadcast_appends(false, ctx);
+        } else if !membership.is_voter(ctx.id()) {
+            self.become_follower(self.term, None, ctx);
         }
     }
 
@@ -1230,10 +1541,12 @@ impl<S: StateMachine> RaftNode<S> {
         let bytes = postcard::to_allocvec(&self.state)
             .expect("a state machine encodes with postcard (it derives Serialize)");
         self.log.compact_to(self.applied_index);
+        self.fold_configs();
         self.snapshot = Some(SnapshotImage {
             last_index: self.applied_index,
             last_term: self.log.snapshot_term(),
             digest: self.digest,
+            membership: self.snapshot_membership.clone(),
             checksum: crc32c::crc32c(&bytes),
             bytes,
         });
@@ -1249,6 +1562,7 @@ impl<S: StateMachine> RaftNode<S> {
             last_index,
             last_term: self.log.snapshot_term(),
             digest: self.digest,
+            membership: self.snapshot_membership.clone(),
             state: self.state.clone(),
             entries: self
                 .log
@@ -1261,21 +1575,20 @@ impl<S: StateMachine> RaftNode<S> {
     /// Answers the pending reads whose round a majority acknowledged and whose index is
     /// applied; extends the lease by the newest acknowledged round.
     fn confirm_reads(&mut self, ctx: &mut Context<Self>) {
-        let quorum = Self::quorum(ctx);
         let lease = self.config.lease_duration();
         let applied = self.applied_index;
+        let confirmed = match &self.role {
+            Role::Leader(leader) => {
+                self.quorum_of(leader, |progress| progress.acked_round, leader.round)
+            }
+            _ => return,
+        };
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let mut rounds: Vec<u64> = leader
-            .progress
-            .values()
-            .map(|progress| progress.acked_round)
-            .chain(std::iter::once(leader.round))
-            .collect();
-        rounds.sort_unstable_by(|left, right| right.cmp(left));
-        let confirmed = rounds.get(quorum - 1).copied().unwrap_or(0);
-        if let Some(&sent_at) = leader.round_sent_at.get(&confirmed) {
+        if !leader.lease_void
+            && let Some(&sent_at) = leader.round_sent_at.get(&confirmed)
+        {
             let until = sent_at + lease;
             if leader.lease_until.is_none_or(|current| current < until) {
                 leader.lease_until = Some(until);
@@ -1306,6 +1619,11 @@ impl<S: StateMachine> RaftNode<S> {
             ctx.reply(client, S::redirect(&request, self.leader));
             return;
         };
+        if leader.transfer.is_some() {
+            // Handing over: take nothing new (the client retries elsewhere).
+            ctx.reply(client, S::redirect(&request, None));
+            return;
+        }
         let mode = self.config.read_mode;
         if consistency == Some(ReadConsistency::Linearizable) && mode != ReadMode::Log {
             let caught_up = self.applied_index >= leader.term_start_index;
@@ -1340,8 +1658,17 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
+        if leader
+            .transfer
+            .as_ref()
+            .is_some_and(|transfer| now >= transfer.started + self.config.election_timeout_max)
+        {
+            // The target did not take over in time: lead on.
+            leader.transfer = None;
+        }
+        let transferring = leader.transfer.is_some();
         let mut due = Vec::new();
-        if applied >= leader.term_start_index && applied >= leader.due_fence {
+        if !transferring && applied >= leader.term_start_index && applied >= leader.due_fence {
             due = self.state.due(now, leader.leading_since);
         }
         for progress in leader.progress.values_mut() {
@@ -1359,23 +1686,27 @@ impl<S: StateMachine> RaftNode<S> {
             leader.due_fence = leader.due_fence.max(last_index);
         }
         self.broadcast_appends(true, ctx);
+        // The TimeoutNow may have been lost.
+        self.maybe_send_timeout_now(ctx);
         self.arm_heartbeat(ctx);
     }
 
     fn on_check_quorum(&mut self, ctx: &mut Context<Self>) {
-        let quorum = Self::quorum(ctx);
+        let membership = self.membership().clone();
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let active = 1 + leader
+        let mut active: BTreeSet<NodeId> = leader
             .progress
-            .values()
-            .filter(|progress| progress.active)
-            .count();
+            .iter()
+            .filter(|(_, progress)| progress.active)
+            .map(|(&id, _)| id)
+            .collect();
+        active.insert(ctx.id());
         for progress in leader.progress.values_mut() {
             progress.active = false;
         }
-        if active < quorum {
+        if !membership.has_quorum(&active) {
             self.become_follower(self.term, None, ctx);
             return;
         }
@@ -1393,19 +1724,28 @@ impl<S: StateMachine> RaftNode<S> {
                 RaftRecord::Entries {
                     first_index,
                     entries,
-                } => self.log.overwrite(first_index, &entries),
+                } => {
+                    if first_index <= self.log.last_index() + 1 {
+                        self.log.overwrite(first_index, &entries);
+                        self.note_configs_from(first_index);
+                    }
+                }
                 RaftRecord::Snapshot(snapshot) => {
                     let snapshot = *snapshot;
                     self.term = snapshot.term;
                     self.voted_for = snapshot.voted_for;
                     self.log
                         .reset(snapshot.last_index, snapshot.last_term, snapshot.entries);
+                    self.snapshot_membership = snapshot.membership.clone();
+                    self.log_configs.clear();
+                    self.note_configs_from(snapshot.last_index + 1);
                     let bytes = postcard::to_allocvec(&snapshot.state)
                         .expect("a state machine encodes with postcard (it derives Serialize)");
                     self.snapshot = Some(SnapshotImage {
                         last_index: snapshot.last_index,
                         last_term: snapshot.last_term,
                         digest: snapshot.digest,
+                        membership: snapshot.membership,
                         checksum: crc32c::crc32c(&bytes),
                         bytes,
                     });
@@ -1459,10 +1799,12 @@ impl<S: StateMachine> Node for RaftNode<S> {
     type Timer = RaftTimer;
 
     fn on_start(&mut self, ctx: &mut Context<Self>) {
+        self.bootstrap(ctx);
         self.arm_election(ctx);
     }
 
     fn on_recover(&mut self, records: Vec<RaftRecord<S>>, ctx: &mut Context<Self>) {
+        self.bootstrap(ctx);
         self.recover(records);
         // The node may have acknowledged a leader just before crashing: keep its promise.
         self.promise(ctx);
@@ -1475,7 +1817,9 @@ impl<S: StateMachine> Node for RaftNode<S> {
                 last_index,
                 last_term,
                 pre_vote,
-            } => self.on_request_vote(from, term, last_index, last_term, pre_vote, ctx),
+                transfer,
+            } => self.on_request_vote(from, term, last_index, last_term, pre_vote, transfer, ctx),
+            RaftMessage::TimeoutNow { term } => self.on_timeout_now(from, term, ctx),
             RaftMessage::VoteReply {
                 term,
                 granted,
@@ -1546,7 +1890,12 @@ impl<S: StateMachine> Node for RaftNode<S> {
         match timer {
             RaftTimer::Election => {
                 if !self.is_leader() {
-                    self.campaign(true, ctx);
+                    if self.membership().is_voter(ctx.id()) {
+                        self.campaign(true, false, ctx);
+                    } else {
+                        // Learners and nodes outside the configuration never campaign.
+                        self.arm_election(ctx);
+                    }
                 }
             }
             RaftTimer::Heartbeat => self.on_heartbeat(ctx),

@@ -256,6 +256,7 @@ fn votes_and_acknowledgements_leave_only_after_their_records() {
                 last_index: 9,
                 last_term: 4,
                 pre_vote: false,
+                transfer: false,
             },
             ctx,
         )
