@@ -1,5 +1,10 @@
 //! The protocols `synod sim` can run, and how to build a simulation of each.
 
+// The MVCC workload and judgement; the simulator's tests include the same file.
+#[path = "mvcc_sim.rs"]
+pub mod mvcc_sim;
+
+use mvcc_sim::{HalfTtlLeases, MvccRun, WriteAudit, run_mvcc};
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
@@ -13,11 +18,22 @@ use synod_protocols::pb::{PbClient, PbClientConfig, PbNode, PbVariant};
 use synod_protocols::raft::invariants::{ElectionHistory, check_all};
 use synod_protocols::raft::{RaftConfig, RaftNode, RaftVariant, ReadMode};
 
-/// Raft replicating the key-value state machine.
+/// Raft replicating the session key-value state machine.
 type KvRaft = RaftNode<SessionKv>;
 
-/// Multi-Paxos replicating the key-value state machine.
+/// Multi-Paxos replicating the session key-value state machine.
 type KvPaxos = PaxosNode<SessionKv>;
+
+/// Raft replicating the MVCC machine.
+type MvccRaft = RaftNode<MvccMachine>;
+
+/// Raft replicating the MVCC machine whose leader expires leases at half their TTL.
+type HastyRaft = RaftNode<HalfTtlLeases>;
+
+/// Multi-Paxos replicating the MVCC machine.
+type MvccPaxos = PaxosNode<MvccMachine>;
+use synod_check::etcd::EtcdEvent;
+use synod_protocols::mvcc::MvccMachine;
 use synod_protocols::rpc::{AmoClientConfig, AmoKvClient, AmoKvServer, AmoVariant};
 use synod_sim::config::SimConfig;
 use synod_sim::simulation::{Invariant, NodeFactory, RunReport, Simulation};
@@ -47,37 +63,50 @@ pub struct RaftSetup {
     pub variant: RaftVariant,
     /// How gets are served.
     pub read_mode: ReadMode,
+    /// With the MVCC workload: run the broken machine whose leader expires leases at half
+    /// their TTL.
+    pub half_ttl_leases: bool,
 }
 
 impl RaftSetup {
-    /// Every `raft-kv` variant: ReadIndex reads, lease reads, reads through the log, and
-    /// the broken figure-8 leader.
-    pub const ALL: [RaftSetup; 4] = [
+    /// Every `raft-kv` variant: ReadIndex reads, lease reads, reads through the log, the
+    /// broken figure-8 leader, and the broken lease expiry.
+    pub const ALL: [RaftSetup; 5] = [
         RaftSetup {
             variant: RaftVariant::Correct,
             read_mode: ReadMode::ReadIndex,
+            half_ttl_leases: false,
         },
         RaftSetup {
             variant: RaftVariant::Correct,
             read_mode: ReadMode::Lease,
+            half_ttl_leases: false,
         },
         RaftSetup {
             variant: RaftVariant::Correct,
             read_mode: ReadMode::Log,
+            half_ttl_leases: false,
         },
         RaftSetup {
             variant: RaftVariant::Figure8,
             read_mode: ReadMode::ReadIndex,
+            half_ttl_leases: false,
+        },
+        RaftSetup {
+            variant: RaftVariant::Correct,
+            read_mode: ReadMode::ReadIndex,
+            half_ttl_leases: true,
         },
     ];
 
     /// The `--variant` name.
     pub fn name(self) -> &'static str {
-        match (self.variant, self.read_mode) {
-            (RaftVariant::Figure8, _) => "figure8",
-            (RaftVariant::Correct, ReadMode::Lease) => "lease-reads",
-            (RaftVariant::Correct, ReadMode::Log) => "log-reads",
-            (RaftVariant::Correct, ReadMode::ReadIndex) => "correct",
+        match (self.half_ttl_leases, self.variant, self.read_mode) {
+            (true, _, _) => "half-ttl-leases",
+            (false, RaftVariant::Figure8, _) => "figure8",
+            (false, RaftVariant::Correct, ReadMode::Lease) => "lease-reads",
+            (false, RaftVariant::Correct, ReadMode::Log) => "log-reads",
+            (false, RaftVariant::Correct, ReadMode::ReadIndex) => "correct",
         }
     }
 
@@ -86,6 +115,93 @@ impl RaftSetup {
         RaftConfig {
             read_mode: self.read_mode,
             ..RaftConfig::default()
+        }
+    }
+}
+
+/// What the clients of a run do, as named by `--workload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// The MVCC machine with etcd semantics: put, linearizable get, delete, cas, leases
+    /// (grant, put with a lease, keep-alive, revoke, expiry), judged by the etcd model.
+    Mvcc,
+    /// The session key-value store: get, put, append, delete, judged by the key-value model.
+    SessionKv,
+}
+
+impl WorkloadKind {
+    /// The `--workload` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Mvcc => "mvcc",
+            WorkloadKind::SessionKv => "session-kv",
+        }
+    }
+
+    /// The workload `--workload` names for `protocol` (`None`: its default).
+    pub fn parse(protocol: Protocol, name: Option<&str>) -> Result<WorkloadKind, String> {
+        let replicated = matches!(protocol, Protocol::PaxosKv(_) | Protocol::RaftKv(_));
+        let wanted = match name {
+            None if replicated => WorkloadKind::Mvcc,
+            None => WorkloadKind::SessionKv,
+            Some("mvcc") => WorkloadKind::Mvcc,
+            Some("session-kv") => WorkloadKind::SessionKv,
+            Some(other) => {
+                return Err(format!(
+                    "unknown workload '{other}': choose mvcc or session-kv"
+                ));
+            }
+        };
+        if wanted == WorkloadKind::Mvcc && !replicated {
+            return Err(format!(
+                "{} runs only the session-kv workload; mvcc needs paxos-kv or raft-kv",
+                protocol.name()
+            ));
+        }
+        if let Protocol::RaftKv(setup) = protocol
+            && setup.half_ttl_leases
+            && wanted != WorkloadKind::Mvcc
+        {
+            return Err(
+                "variant half-ttl-leases breaks the MVCC machine's leases: use it with \
+                        --workload mvcc"
+                    .to_owned(),
+            );
+        }
+        Ok(wanted)
+    }
+}
+
+/// One run, judged.
+pub struct Judged {
+    /// The simulator's report.
+    pub report: RunReport,
+    /// What went wrong (empty: the run passed).
+    pub findings: Vec<Finding>,
+    /// With the MVCC workload: the history with its etcd fields.
+    pub etcd_history: Option<Vec<EtcdEvent>>,
+    /// With the MVCC workload: the audit of acknowledged writes.
+    pub audit: Option<WriteAudit>,
+}
+
+impl From<(RunReport, Vec<Finding>)> for Judged {
+    fn from((report, findings): (RunReport, Vec<Finding>)) -> Judged {
+        Judged {
+            report,
+            findings,
+            etcd_history: None,
+            audit: None,
+        }
+    }
+}
+
+impl From<MvccRun> for Judged {
+    fn from(run: MvccRun) -> Judged {
+        Judged {
+            report: run.report,
+            findings: run.findings,
+            etcd_history: Some(run.history),
+            audit: Some(run.audit),
         }
     }
 }
@@ -162,8 +278,69 @@ impl Protocol {
         }
     }
 
-    /// Runs one seed (tracing to `trace` if given) and judges it.
+    /// Runs one seed of `workload` (tracing to `trace` if given) and judges it.
     pub fn run(
+        self,
+        workload: WorkloadKind,
+        config: SimConfig,
+        trace: Option<Box<dyn Write>>,
+    ) -> Judged {
+        if workload == WorkloadKind::Mvcc {
+            return self.run_mvcc(config, trace);
+        }
+        self.run_session_kv(config, trace).into()
+    }
+
+    /// Runs one seed of the MVCC workload on a replicated protocol.
+    fn run_mvcc(self, config: SimConfig, trace: Option<Box<dyn Write>>) -> Judged {
+        match self {
+            Protocol::RaftKv(setup) if setup.half_ttl_leases => {
+                let history = RefCell::new(ElectionHistory::new());
+                run_mvcc(
+                    config,
+                    Box::new(move |_| HastyRaft::new(setup.variant, setup.config())),
+                    |node: &HastyRaft| (node.applied_index(), &node.state().0),
+                    Box::new(move |nodes| {
+                        history.borrow_mut().observe(nodes.running())?;
+                        check_all(nodes.running())
+                    }),
+                    trace,
+                )
+                .into()
+            }
+            Protocol::RaftKv(setup) => {
+                let history = RefCell::new(ElectionHistory::new());
+                run_mvcc(
+                    config,
+                    Box::new(move |_| MvccRaft::new(setup.variant, setup.config())),
+                    |node: &MvccRaft| (node.applied_index(), node.state()),
+                    Box::new(move |nodes| {
+                        history.borrow_mut().observe(nodes.running())?;
+                        check_all(nodes.running())
+                    }),
+                    trace,
+                )
+                .into()
+            }
+            Protocol::PaxosKv(variant) => run_mvcc(
+                config,
+                Box::new(move |_| MvccPaxos::new(variant, PaxosConfig::default())),
+                |node: &MvccPaxos| (node.executed_below(), node.store()),
+                Box::new(|nodes| {
+                    check_agreement(nodes.running().map(|(_, node): (NodeId, &MvccPaxos)| node))
+                }),
+                trace,
+            )
+            .into(),
+            // `WorkloadKind::parse` allows the MVCC workload on replicated protocols only.
+            Protocol::AmoKv(_) | Protocol::PrimaryBackup(_) => {
+                self.run_session_kv(config, trace).into()
+            }
+        }
+    }
+
+    /// Runs one seed of the session key-value workload.
+    fn run_session_kv(
         self,
         config: SimConfig,
         trace: Option<Box<dyn Write>>,

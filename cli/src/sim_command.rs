@@ -6,7 +6,8 @@
 #[path = "replay.rs"]
 mod replay;
 
-use crate::registry::Protocol;
+use crate::registry::mvcc_sim::THINK_TIME_MAX;
+use crate::registry::{Judged, Protocol, WorkloadKind};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use synod_check::etcd::to_etcd_jsonl_line;
 use synod_check::history::write_jsonl;
 use synod_sim::config::{FaultSet, SimConfig};
 use synod_sim::simulation::RunReport;
 use synod_sim::sweep::sweep;
-use synod_sim::verdict::Finding;
 
 /// Failing seeds whose trace and history are written to disk; more are only listed.
 const FAILURE_FILES_MAX: usize = 5;
@@ -38,11 +39,19 @@ pub struct SimArgs {
     protocol: String,
     /// Protocol variant: `correct`, or a deliberately broken one the checks must catch:
     /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; raft-kv
-    /// `figure8` (and the read modes `lease-reads`, `log-reads`); pb-kv
+    /// `figure8`, `half-ttl-leases` (a leader expiring leases at half their TTL; with the
+    /// mvcc workload) and the read modes `lease-reads`, `log-reads`; pb-kv
     /// `reply-before-backup-ack`, `backup-accepts-any-primary`, `view-service-skips-ack`,
     /// `volatile-view-service`. An unknown name lists the protocol's variants.
     #[arg(long, default_value = "correct")]
     variant: String,
+    /// What clients do: `mvcc` (the etcd-semantics MVCC machine: put, linearizable get,
+    /// delete, cas, lease grant, put with a lease, keep-alive, revoke and expiry, judged by
+    /// the etcd model with a store audit; the default for paxos-kv and raft-kv) or
+    /// `session-kv` (get, put, append, delete on the session store; the only one for amo-kv
+    /// and pb-kv).
+    #[arg(long)]
+    workload: Option<String>,
     /// Seeds to run, inclusive: `1..1000`, `1..=1000` or a single number.
     #[arg(long, default_value = "1..1000", conflicts_with = "seed")]
     seeds: String,
@@ -98,6 +107,7 @@ pub struct SimArgs {
 /// A validated plan: which protocol, which seeds, which configuration.
 struct Plan {
     protocol: Protocol,
+    workload: WorkloadKind,
     seeds: Vec<u64>,
     base: SimConfig,
 }
@@ -132,6 +142,8 @@ fn probability(name: &str, value: f64) -> anyhow::Result<f64> {
 fn plan(arguments: &SimArgs) -> anyhow::Result<Plan> {
     let protocol =
         Protocol::parse(&arguments.protocol, &arguments.variant).map_err(anyhow::Error::msg)?;
+    let workload =
+        WorkloadKind::parse(protocol, arguments.workload.as_deref()).map_err(anyhow::Error::msg)?;
     let seeds = match arguments.seed {
         Some(seed) => vec![seed],
         None => parse_seeds(&arguments.seeds)?,
@@ -151,8 +163,13 @@ fn plan(arguments: &SimArgs) -> anyhow::Result<Plan> {
     base.network.drop_probability = probability("drop-rate", arguments.drop_rate)?;
     base.network.duplicate_probability = probability("duplicate-rate", arguments.duplicate_rate)?;
     base.network.reorder_probability = probability("reorder-rate", arguments.reorder_rate)?;
+    if workload == WorkloadKind::Mvcc {
+        // Runs long enough for leases whose keep-alives stop to expire while clients watch.
+        base.workload.think_time_max = THINK_TIME_MAX;
+    }
     Ok(Plan {
         protocol,
+        workload,
         seeds,
         base,
     })
@@ -161,10 +178,11 @@ fn plan(arguments: &SimArgs) -> anyhow::Result<Plan> {
 /// The one-line command that replays `seed` with a trace.
 fn replay_command(arguments: &SimArgs, plan: &Plan, seed: u64, trace: &Path) -> String {
     format!(
-        "synod sim --protocol {} --variant {} --faults {} --clients {} --ops {} --keys {} \
-         --drop-rate {} --duplicate-rate {} --reorder-rate {} --seed {seed} --trace {}",
+        "synod sim --protocol {} --variant {} --workload {} --faults {} --clients {} --ops {} \
+         --keys {} --drop-rate {} --duplicate-rate {} --reorder-rate {} --seed {seed} --trace {}",
         plan.protocol.name(),
         plan.protocol.variant_name(),
+        plan.workload.name(),
         plan.base.faults,
         arguments.clients,
         arguments.ops,
@@ -193,10 +211,18 @@ fn open_writer(path: &Path) -> anyhow::Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::new(file)))
 }
 
-fn write_history(path: &Path, report: &RunReport) -> anyhow::Result<()> {
+/// Writes the run's history; an MVCC run's with its etcd fields, so `synod check --model
+/// etcd` reads it.
+fn write_history(path: &Path, judged: &Judged) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut writer = BufWriter::new(file);
-    write_jsonl(&mut writer, &report.history)
+    let written = match &judged.etcd_history {
+        Some(events) => events
+            .iter()
+            .try_for_each(|event| writeln!(writer, "{}", to_etcd_jsonl_line(event))),
+        None => write_jsonl(&mut writer, &judged.report.history),
+    };
+    written
         .and_then(|()| writer.flush())
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -210,29 +236,34 @@ fn run_single(arguments: &SimArgs, plan: &Plan, seed: u64) -> anyhow::Result<Exi
         seed,
         ..plan.base.clone()
     };
-    let (report, findings) = plan.protocol.run(config, trace);
+    let judged = plan.protocol.run(plan.workload, config, trace);
+    let (report, findings) = (&judged.report, &judged.findings);
     if let Some(error) = &report.trace_error {
         bail!("writing the trace failed: {error}");
     }
     if let Some(path) = &arguments.history {
-        write_history(path, &report)?;
+        write_history(path, &judged)?;
         println!("history: {}", path.display());
     }
     if let Some(path) = &arguments.trace {
         println!("trace: {}", path.display());
     }
     println!(
-        "protocol {} (variant {}), faults {}, seed {seed}",
+        "protocol {} (variant {}, workload {}), faults {}, seed {seed}",
         plan.protocol.name(),
         plan.protocol.variant_name(),
+        plan.workload.name(),
         plan.base.faults
     );
     println!(
         "ops: ok {}, fail {}, info {}",
         report.outcomes.ok, report.outcomes.fail, report.outcomes.info
     );
-    println!("faults injected: {}", describe_faults(&report));
-    for finding in &findings {
+    println!("faults injected: {}", describe_faults(report));
+    if let Some(audit) = &judged.audit {
+        print_audit(audit.acknowledged, audit.lost, audit.leases_expired);
+    }
+    for finding in findings {
         println!("{finding}");
     }
     println!("violations: {}", usize::from(!findings.is_empty()));
@@ -243,6 +274,11 @@ fn run_single(arguments: &SimArgs, plan: &Plan, seed: u64) -> anyhow::Result<Exi
     } else {
         ExitCode::from(1)
     })
+}
+
+fn print_audit(acknowledged: u64, lost: u64, leases_expired: u64) {
+    println!("acknowledged writes lost: {lost} of {acknowledged}");
+    println!("leases expired: {leases_expired}");
 }
 
 fn describe_faults(report: &RunReport) -> String {
@@ -270,8 +306,7 @@ fn print_speed(events: u64, simulated: Duration, elapsed: Duration) {
 /// What the sweep keeps of one seed.
 struct SeedResult {
     seed: u64,
-    report: RunReport,
-    findings: Vec<Finding>,
+    judged: Judged,
 }
 
 fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
@@ -280,9 +315,10 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .clamp(1, plan.seeds.len().max(1));
     println!(
-        "simulating {} (variant {}) over {} seeds with faults {} on {jobs} threads",
+        "simulating {} (variant {}, workload {}) over {} seeds with faults {} on {jobs} threads",
         plan.protocol.name(),
         plan.protocol.variant_name(),
+        plan.workload.name(),
         plan.seeds.len(),
         plan.base.faults
     );
@@ -300,9 +336,10 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
             seed,
             ..plan.base.clone()
         };
-        plan.protocol.run(config, None)
+        plan.protocol.run(plan.workload, config, None)
     };
-    let announce = |seed, (_, findings): &(RunReport, Vec<Finding>)| {
+    let announce = |seed, judged: &Judged| {
+        let findings = &judged.findings;
         let failed = if findings.is_empty() {
             violations.load(Ordering::Relaxed)
         } else {
@@ -320,11 +357,7 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
     };
     let results: Vec<SeedResult> = sweep(&plan.seeds, jobs, run_seed, announce)
         .into_iter()
-        .map(|(seed, (report, findings))| SeedResult {
-            seed,
-            report,
-            findings,
-        })
+        .map(|(seed, judged)| SeedResult { seed, judged })
         .collect();
     progress.finish_and_clear();
     summarize(arguments, plan, &results, started.elapsed())
@@ -343,20 +376,27 @@ fn summarize(
     let mut simulated = Duration::ZERO;
     let mut faults = std::collections::BTreeMap::new();
     let mut combined = synod_core::hash::StableHasher::new();
+    let mut audits = None;
     for result in results {
-        ok += result.report.outcomes.ok;
-        fail += result.report.outcomes.fail;
-        info += result.report.outcomes.info;
-        events += result.report.events;
-        simulated += result.report.simulated;
-        for (name, count) in &result.report.faults {
+        if let Some(audit) = &result.judged.audit {
+            let (acknowledged, lost, expired) = audits.get_or_insert((0, 0, 0));
+            *acknowledged += audit.acknowledged;
+            *lost += audit.lost;
+            *expired += audit.leases_expired;
+        }
+        ok += result.judged.report.outcomes.ok;
+        fail += result.judged.report.outcomes.fail;
+        info += result.judged.report.outcomes.info;
+        events += result.judged.report.events;
+        simulated += result.judged.report.simulated;
+        for (name, count) in &result.judged.report.faults {
             *faults.entry(*name).or_insert(0u64) += count;
         }
-        std::hash::Hasher::write_u64(&mut combined, result.report.trace_hash);
+        std::hash::Hasher::write_u64(&mut combined, result.judged.report.trace_hash);
     }
     let failing: Vec<&SeedResult> = results
         .iter()
-        .filter(|result| !result.findings.is_empty())
+        .filter(|result| !result.judged.findings.is_empty())
         .collect();
     println!("seeds run: {}", results.len());
     println!("ops: ok {ok}, fail {fail}, info {info}");
@@ -372,6 +412,9 @@ fn summarize(
             fault_text.join(", ")
         }
     );
+    if let Some((acknowledged, lost, expired)) = audits {
+        print_audit(acknowledged, lost, expired);
+    }
     println!("violations: {}", failing.len());
     print_speed(events, simulated, elapsed);
     println!(
@@ -397,10 +440,12 @@ fn summarize(
             seed: result.seed,
             ..plan.base.clone()
         };
-        let (report, _) = plan.protocol.run(config, Some(open_writer(&trace_path)?));
-        write_history(&history_path, &report)?;
+        let judged = plan
+            .protocol
+            .run(plan.workload, config, Some(open_writer(&trace_path)?));
+        write_history(&history_path, &judged)?;
         println!("\nseed {} failed:", result.seed);
-        for finding in &result.findings {
+        for finding in &result.judged.findings {
             println!("  {finding}");
         }
         println!(

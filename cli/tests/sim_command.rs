@@ -174,10 +174,87 @@ fn raft_kv_runs_clean_with_every_read_path() {
         ]);
         let text = stdout(&output);
         assert_eq!(output.status.code(), Some(0), "{variant}: {text}");
+        assert!(text.contains("workload mvcc"), "{variant}: {text}");
         assert!(text.contains("seeds run: 20"), "{variant}: {text}");
         assert!(text.contains("violations: 0"), "{variant}: {text}");
+        assert!(
+            text.contains("acknowledged writes lost: 0 of "),
+            "{variant}: {text}"
+        );
     }
+    // The session store stays reachable.
+    let output = synod(&[
+        "sim",
+        "--protocol",
+        "raft-kv",
+        "--workload",
+        "session-kv",
+        "--seeds",
+        "1..10",
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("workload session-kv"), "{text}");
+    assert!(!text.contains("acknowledged writes lost"), "{text}");
+    let output = synod(&["sim", "--protocol", "amo-kv", "--workload", "mvcc"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("paxos-kv or raft-kv"));
     let output = synod(&["sim", "--protocol", "raft-kv", "--variant", "figure9"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("figure8"));
+}
+
+#[test]
+fn paxos_kv_runs_the_mvcc_workload_clean() {
+    let output = synod(&["sim", "--protocol", "paxos-kv", "--seeds", "1..20"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("workload mvcc"), "{text}");
+    assert!(text.contains("violations: 0"), "{text}");
+    assert!(text.contains("acknowledged writes lost: 0 of "), "{text}");
+}
+
+#[test]
+fn early_lease_expiry_is_caught_and_its_history_fails_synod_check() {
+    let directory = scratch_directory("half-ttl-leases");
+    let failures = directory.join("failures");
+    let output = synod(&[
+        "sim",
+        "--protocol",
+        "raft-kv",
+        "--variant",
+        "half-ttl-leases",
+        "--faults",
+        "drop,duplicate,reorder,partition,crash,pause",
+        "--seeds",
+        "15..25",
+        "--failures-dir",
+        failures.to_str().expect("utf-8 path"),
+    ]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("not linearizable"), "{text}");
+    let history = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("history: "))
+        .expect("a history path");
+    // The written history carries its etcd fields: the etcd model rejects it on its own.
+    let check = synod(&["check", "--model", "etcd", history]);
+    assert_eq!(check.status.code(), Some(1), "{}", stdout(&check));
+    // The correct machine passes the same seeds, and its history checks.
+    let single = directory.join("seed.jsonl");
+    let output = synod(&[
+        "sim",
+        "--protocol",
+        "raft-kv",
+        "--faults",
+        "drop,duplicate,reorder,partition,crash,pause",
+        "--seed",
+        "20",
+        "--history",
+        single.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let check = synod(&["check", "--model", "etcd", single.to_str().expect("utf-8")]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout(&check));
 }
