@@ -619,7 +619,8 @@ impl<S: StateMachine> RaftNode<S> {
     /// Makes the leader's progress map cover exactly the nodes of the configuration.
     fn reconcile_progress(&mut self, id: NodeId) {
         let nodes = self.membership().nodes();
-        let next_index = self.log.last_index() + 1;
+        // A newcomer's first probe carries the newest entry (the configuration naming it).
+        let next_index = self.log.last_index().max(1);
         let Role::Leader(leader) = &mut self.role else {
             return;
         };

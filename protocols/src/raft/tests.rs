@@ -776,3 +776,247 @@ fn a_serializable_read_is_answered_by_any_replica_from_its_applied_state() {
     // The read is served locally; the write is refused (not the leader).
     assert_eq!(replies, vec![Some(7), None]);
 }
+
+/// n0, n1 and n2 vote; n3 and n4 wait outside the cluster.
+fn three_of_five() -> KvRaft {
+    Cluster::correct().with_voters([NodeId(0), NodeId(1), NodeId(2)])
+}
+
+/// Like [`three_of_five`], compacting every four applied entries in 8-byte chunks.
+fn three_of_five_compacting() -> KvRaft {
+    compacting().with_voters([NodeId(0), NodeId(1), NodeId(2)])
+}
+
+fn ids(list: &[u32]) -> BTreeSet<NodeId> {
+    list.iter().copied().map(NodeId).collect()
+}
+
+impl Cluster {
+    /// Proposes `changes` on `id` (messages stay queued).
+    fn propose(&mut self, id: u32, changes: &[MembershipChange]) -> Result<u64, MembershipError> {
+        let mut result = Err(MembershipError::NoChange);
+        self.handle(NodeId(id), |node, ctx| {
+            result = node.propose_membership_change(changes, ctx);
+        });
+        result
+    }
+
+    fn transfer(&mut self, id: u32, target: u32) -> Result<(), MembershipError> {
+        let mut result = Err(MembershipError::NoChange);
+        self.handle(NodeId(id), |node, ctx| {
+            result = node.transfer_leadership(NodeId(target), ctx);
+        });
+        result
+    }
+}
+
+#[test]
+fn section_4_3_learners_replicate_but_never_campaign_and_are_promoted_once_in_sync() {
+    let mut cluster = Cluster::new(5, three_of_five);
+    // Nodes outside the configuration do not campaign.
+    cluster.fire(3, RaftTimer::Election);
+    assert_eq!(cluster.node(3).term(), 0);
+    cluster.elect(0);
+    assert_eq!(
+        cluster.propose(0, &[MembershipChange::AddLearner(NodeId(3))]),
+        Ok(2)
+    );
+    cluster.deliver_all();
+    assert!(cluster.node(3).membership().is_learner(NodeId(3)));
+    assert_eq!(
+        cluster.node(3).log().last_index(),
+        2,
+        "the learner replicates"
+    );
+    cluster.fire(3, RaftTimer::PromiseExpired);
+    cluster.fire(3, RaftTimer::Election);
+    assert_eq!(cluster.node(3).term(), 1, "a learner never campaigns");
+    // A learner cut off while the log grows lags too far behind to be promoted.
+    assert!(
+        cluster
+            .propose(0, &[MembershipChange::AddLearner(NodeId(4))])
+            .is_ok()
+    );
+    cluster.deliver_all();
+    cluster.isolated.insert(NodeId(4));
+    for sequence in 0..70 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    let refused = cluster.propose(0, &[MembershipChange::Promote(NodeId(4))]);
+    assert!(
+        matches!(
+            refused,
+            Err(MembershipError::LearnerBehind {
+                learner: NodeId(4),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .expect_err("refused")
+            .to_string()
+            .contains("can only promote a learner that is in sync")
+    );
+    cluster.isolated.clear();
+    for _ in 0..10 {
+        cluster.fire(0, RaftTimer::Heartbeat);
+    }
+    // Promoting goes through the joint configuration, which the leader leaves by itself.
+    let joint = cluster
+        .propose(0, &[MembershipChange::Promote(NodeId(4))])
+        .expect("the learner caught up");
+    assert_eq!(cluster.node(0).membership().outgoing, ids(&[0, 1, 2]));
+    assert_eq!(cluster.node(0).membership().voters, ids(&[0, 1, 2, 4]));
+    // One change at a time.
+    assert_eq!(
+        cluster.propose(0, &[MembershipChange::Promote(NodeId(3))]),
+        Err(MembershipError::ChangeInProgress { index: joint })
+    );
+    cluster.deliver_all();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    for id in 0..5 {
+        let membership = cluster.node(id).membership();
+        assert!(!membership.is_joint(), "n{id}: {membership:?}");
+        assert_eq!(membership.voters, ids(&[0, 1, 2, 4]));
+        assert_eq!(membership.learners, ids(&[3]));
+    }
+    assert_eq!(cluster.node(0).membership_index(), joint + 1);
+    assert!(cluster.node(0).commit_index() > joint);
+}
+
+#[test]
+fn section_4_2_2_a_removed_leader_steps_down_once_the_new_configuration_commits() {
+    let mut cluster = Cluster::new(5, three_of_five);
+    cluster.elect(0);
+    // Replace n0 and n1 by n3 and n4: both voter sets change, so the change is joint.
+    let changes = [
+        MembershipChange::Remove(NodeId(0)),
+        MembershipChange::Remove(NodeId(1)),
+        MembershipChange::AddVoter(NodeId(3)),
+        MembershipChange::AddVoter(NodeId(4)),
+    ];
+    let joint = cluster.propose(0, &changes).expect("accepted");
+    assert!(
+        cluster.node(0).is_leader(),
+        "it leads through the joint phase"
+    );
+    assert!(cluster.node(0).membership().is_joint());
+    cluster.deliver_all();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert!(cluster.node(0).commit_index() > joint);
+    assert!(!cluster.node(0).is_leader(), "it stepped down");
+    assert_eq!(cluster.node(0).membership().voters, ids(&[2, 3, 4]));
+    // The removed node never campaigns again; the new voters elect one of theirs.
+    cluster.fire(0, RaftTimer::PromiseExpired);
+    cluster.fire(0, RaftTimer::Election);
+    assert!(!cluster.node(0).is_leader());
+    for id in [2, 4] {
+        cluster.fire(id, RaftTimer::PromiseExpired);
+    }
+    cluster.elect(3);
+    cluster.request(3, 1, 0, put("after"));
+    assert!(cluster.node(3).commit_index() > joint + 1);
+}
+
+#[test]
+fn section_3_10_leadership_transfer_hands_over_and_aborts_after_a_timeout() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("a"));
+    // The target is cut off: the transfer waits, proposals are refused meanwhile.
+    cluster.isolated.insert(NodeId(2));
+    assert_eq!(cluster.transfer(0, 2), Ok(()));
+    assert_eq!(cluster.node(0).transfer_target(), Some(NodeId(2)));
+    assert_eq!(
+        cluster.transfer(0, 1),
+        Err(MembershipError::TransferInProgress(NodeId(2)))
+    );
+    assert_eq!(
+        cluster.propose(0, &[MembershipChange::Remove(NodeId(1))]),
+        Err(MembershipError::TransferInProgress(NodeId(2)))
+    );
+    let commit = cluster.node(0).commit_index();
+    cluster.request(0, 1, 1, put("b"));
+    assert_eq!(
+        cluster.node(0).commit_index(),
+        commit,
+        "a proposal was taken"
+    );
+    // After the longest election timeout it gives up and takes proposals again.
+    cluster.now = cluster.now + RaftConfig::default().election_timeout_max;
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(0).transfer_target(), None);
+    cluster.request(0, 1, 1, put("b"));
+    assert!(cluster.node(0).commit_index() > commit);
+    // Reachable, the target takes over at once, though every voter heard from n0 lately
+    // (it skips the pre-vote and the followers' promise).
+    cluster.isolated.clear();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(cluster.transfer(0, 2), Ok(()));
+    cluster.deliver_all();
+    assert!(cluster.node(2).is_leader());
+    assert_eq!(cluster.node(2).term(), 2);
+    assert!(!cluster.node(0).is_leader());
+    assert_eq!(
+        cluster.transfer(1, 0),
+        Err(MembershipError::NotLeader {
+            leader: Some(NodeId(2))
+        })
+    );
+    // A learner cannot be a target.
+    assert_eq!(
+        cluster.transfer(2, 7),
+        Err(MembershipError::TargetNotVoter(NodeId(7)))
+    );
+}
+
+#[test]
+fn configurations_survive_restarts_and_travel_in_snapshots() {
+    let mut cluster = Cluster::new(5, three_of_five_compacting);
+    cluster.elect(0);
+    assert!(
+        cluster
+            .propose(0, &[MembershipChange::AddLearner(NodeId(3))])
+            .is_ok()
+    );
+    cluster.deliver_all();
+    assert!(
+        cluster
+            .propose(0, &[MembershipChange::Promote(NodeId(3))])
+            .is_ok()
+    );
+    cluster.deliver_all();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    let expected = cluster.node(0).membership().clone();
+    assert_eq!(expected.voters, ids(&[0, 1, 2, 3]));
+    // Compact the configuration entries away, then restart a voter from its checkpoint.
+    for sequence in 0..10 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    assert!(
+        cluster.node(1).log_memberships().is_empty(),
+        "no configuration entry is retained"
+    );
+    cluster.crash(1);
+    cluster.restart(1);
+    assert_eq!(cluster.node(1).membership(), &expected);
+    // A node added now learns the configuration from an InstallSnapshot.
+    assert!(
+        cluster
+            .propose(0, &[MembershipChange::AddLearner(NodeId(4))])
+            .is_ok()
+    );
+    for _ in 0..40 {
+        cluster.fire(0, RaftTimer::Heartbeat);
+    }
+    assert!(cluster.chunks_delivered > 0);
+    let mut with_four = expected.clone();
+    with_four.learners.insert(NodeId(4));
+    assert_eq!(cluster.node(4).membership(), &with_four);
+    assert_eq!(cluster.node(4).state(), cluster.node(0).state());
+    cluster.crash(4);
+    cluster.restart(4);
+    assert_eq!(cluster.node(4).membership(), &with_four);
+}
