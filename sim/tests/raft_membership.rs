@@ -61,9 +61,19 @@ fn node(change: ChangeVariant) -> Churning {
     let raft = KvRaft::new(RaftVariant::Correct, RaftConfig::default())
         .with_voters(FIRST_VOTERS)
         .with_change_variant(change);
-    let plan = ChurnPlan {
-        interval: Duration::from_millis(30),
-        ..ChurnPlan::default()
+    let plan = match change {
+        ChangeVariant::Joint => ChurnPlan {
+            interval: Duration::from_millis(30),
+            ..ChurnPlan::default()
+        },
+        // Three voters at all times: every voter change replaces one or two of them,
+        // where a single step goes wrong.
+        ChangeVariant::SingleStep => ChurnPlan {
+            interval: Duration::from_millis(30),
+            min_voters: 3,
+            max_voters: 3,
+            script: None,
+        },
     };
     ChurnNode::new(raft, plan)
 }
@@ -199,13 +209,24 @@ fn the_single_step_change_elects_two_leaders_in_one_term() {
         |seed| run(ChangeVariant::SingleStep, config(seed, faults.clone())).1,
         |_, _| {},
     );
-    let caught = results.iter().find(|(_, findings)| {
-        findings.iter().any(|finding| {
-            matches!(finding, Finding::Invariant(text) if text.contains("two leaders in term"))
+    let caught = results
+        .iter()
+        .filter(|(_, findings)| {
+            findings.iter().any(|finding| {
+                matches!(finding, Finding::Invariant(text) if text.contains("two leaders in term"))
+            })
         })
-    });
+        .count();
+    let any = results
+        .iter()
+        .filter(|(_, findings)| !findings.is_empty())
+        .count();
+    eprintln!(
+        "two leaders in one term in {caught} of {} seeds; some finding in {any}",
+        results.len()
+    );
     assert!(
-        caught.is_some(),
+        caught > 0,
         "no seed caught the single-step change: {results:?}"
     );
 }
