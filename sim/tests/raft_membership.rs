@@ -21,7 +21,9 @@ use synod_core::node::NodeId;
 use synod_protocols::kv_state::{ReplicatedClientConfig, ReplicatedKvClient, SessionKv};
 use synod_protocols::raft::churn::{ChurnNode, ChurnPlan, ChurnStats};
 use synod_protocols::raft::invariants::{ElectionHistory, MembershipHistory, check_all};
-use synod_protocols::raft::{ChangeVariant, Membership, RaftConfig, RaftNode, RaftVariant};
+use synod_protocols::raft::{
+    ChangeVariant, Membership, RaftConfig, RaftNode, RaftVariant, ReadMode,
+};
 use synod_sim::config::{FaultSet, SimConfig};
 use synod_sim::simulation::{RunReport, Simulation};
 use synod_sim::verdict::{Finding, judge_kv_run};
@@ -57,10 +59,16 @@ fn add(total: &mut ChurnStats, stats: ChurnStats) {
     total.transfers += stats.transfers;
 }
 
-fn node(change: ChangeVariant) -> Churning {
-    let raft = KvRaft::new(RaftVariant::Correct, RaftConfig::default())
-        .with_voters(FIRST_VOTERS)
-        .with_change_variant(change);
+fn node(change: ChangeVariant, read_mode: ReadMode) -> Churning {
+    let raft = KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            read_mode,
+            ..RaftConfig::default()
+        },
+    )
+    .with_voters(FIRST_VOTERS)
+    .with_change_variant(change);
     let plan = match change {
         ChangeVariant::Joint => ChurnPlan {
             interval: Duration::from_millis(30),
@@ -79,10 +87,18 @@ fn node(change: ChangeVariant) -> Churning {
 }
 
 fn run(change: ChangeVariant, config: SimConfig) -> (RunReport, Vec<Finding>, Observed) {
+    run_with(change, ReadMode::ReadIndex, config)
+}
+
+fn run_with(
+    change: ChangeVariant,
+    read_mode: ReadMode,
+    config: SimConfig,
+) -> (RunReport, Vec<Finding>, Observed) {
     let workload = KvWorkload::new(config.workload.clone());
     let mut simulation = Simulation::new(
         config,
-        Box::new(move |_| node(change)),
+        Box::new(move |_| node(change, read_mode)),
         |client, members| {
             let first_guess = members[client.0 as usize % members.len()];
             ReplicatedKvClient::<Churning>::new(first_guess, ReplicatedClientConfig::default())
@@ -196,6 +212,34 @@ fn the_correct_protocol_survives_churn_under_every_fault_kind() {
         results.iter().any(|(_, (_, _, newcomer))| *newcomer),
         "no node outside the first voters ever led"
     );
+}
+
+/// A leader that hands over gives up its lease (voters answer the transfer election
+/// despite their promise), so lease reads stay linearizable through transfers.
+#[test]
+fn lease_reads_stay_linearizable_through_transfers_and_changes() {
+    let count = seeds(16);
+    let seeds: Vec<u64> = (1..=count).collect();
+    let results = synod_sim::sweep::sweep(
+        &seeds,
+        2,
+        |seed| {
+            let (_, findings, observed) = run_with(
+                ChangeVariant::Joint,
+                ReadMode::Lease,
+                config(seed, FaultSet::all()),
+            );
+            (findings, observed.stats.transfers)
+        },
+        |_, _| {},
+    );
+    let failures: Vec<_> = results
+        .iter()
+        .filter(|(_, (findings, _))| !findings.is_empty())
+        .collect();
+    assert!(failures.is_empty(), "failing seeds: {failures:#?}");
+    let transfers: u64 = results.iter().map(|(_, (_, transfers))| transfers).sum();
+    assert!(transfers > 0, "no leadership transfer was started");
 }
 
 #[test]
