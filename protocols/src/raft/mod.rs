@@ -1,5 +1,5 @@
 //! Raft: a replicated log under a leader elected per term, generic over the replicated
-//! [`StateMachine`].
+//! [`StateMachine`](crate::replicated::StateMachine).
 //!
 //! Every node is a follower, a pre-candidate, a candidate or the leader of its current term.
 //!
@@ -37,12 +37,38 @@
 //!   that their rates differ from real time by at most [`RaftConfig::clock_drift_bound_ppm`].
 //!   Serializable reads are answered by any replica from its applied state.
 //!
+//! - **Membership**: the cluster's configuration ([`Membership`]: voters and learners) is a
+//!   log entry, in effect on a node as soon as its log holds it, and part of every
+//!   snapshot. A change ([`RaftNode::propose_membership_change`]) that alters the voters
+//!   first appends a *joint* configuration (old and new voter sets); while it is the latest,
+//!   commits, elections, ReadIndex rounds and check-quorum need a majority of both sets.
+//!   Once the joint entry commits, the leader appends the final configuration by itself.
+//!   One change at a time: another is refused until the previous one is committed and out
+//!   of its joint phase, and a new leader must first commit its no-op. A leader removed
+//!   from the voters leads through the change and steps down once the configuration
+//!   without it commits. Nodes replicate to, and ask votes of, the nodes the configuration
+//!   names; [`RaftNode::with_voters`] sets the configuration before any entry (otherwise
+//!   the driver's members), so spare nodes can wait outside the cluster.
+//! - **Learners** receive entries and snapshots but never campaign and never count toward
+//!   a quorum; promoting one is refused while its log lags more than one append batch
+//!   behind the leader's.
+//! - **Leadership transfer** ([`RaftNode::transfer_leadership`]): the leader stops taking
+//!   proposals, brings the target up to date and sends it `TimeoutNow`; the target
+//!   campaigns at once without a pre-vote, and voters answer it despite their promise.
+//!   The old leader gives up its lease for the rest of its term, and abandons the transfer
+//!   if it still leads after the longest election timeout.
+//!
 //! [`RaftVariant::Figure8`] is a deliberately broken leader (Raft paper, figure 8): it
 //! appends no no-op when elected and commits any entry a majority holds, whatever its term,
 //! so an entry it counts as committed can later be overwritten.
 //!
-//! [`invariants`] checks election safety, log matching, leader completeness and state-machine
-//! safety across nodes.
+//! [`ChangeVariant::SingleStep`] is a deliberately broken way to change the configuration:
+//! the new voters replace the old in one entry, so an old and a new majority can elect two
+//! leaders in one term.
+//!
+//! [`invariants`] checks election safety, log matching, leader completeness, state-machine
+//! safety and the membership rules across nodes. [`churn::ChurnNode`] drives membership
+//! changes and transfers from inside a simulator or the model checker.
 //!
 //! ```
 //! use synod_core::node::{Context, Effect, Node, NodeId};

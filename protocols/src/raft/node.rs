@@ -412,7 +412,8 @@ pub struct RaftNode<S: StateMachine> {
 }
 
 impl<S: StateMachine> RaftNode<S> {
-    /// A node that has not started yet.
+    /// A node that has not started yet. Its cluster starts as every member the driver
+    /// names (see [`RaftNode::with_voters`]) and changes through configuration entries.
     pub fn new(variant: RaftVariant, config: RaftConfig) -> Self {
         RaftNode {
             variant,
