@@ -193,25 +193,39 @@ fn the_correct_protocol_survives_churn_under_every_fault_kind() {
                 findings,
                 observed.configurations.len(),
                 observed.newcomer_led,
+                observed.stats,
             )
         },
         |_, _| {},
     );
     let failures: Vec<_> = results
         .iter()
-        .filter(|(_, (findings, _, _))| !findings.is_empty())
+        .filter(|(_, (findings, ..))| !findings.is_empty())
         .collect();
     assert!(failures.is_empty(), "failing seeds: {failures:#?}");
-    let configurations: usize = results.iter().map(|(_, (_, count, _))| count).sum();
+    let configurations: usize = results.iter().map(|(_, (_, count, ..))| count).sum();
     assert!(
         configurations >= 3 * results.len(),
         "the churn changed too little: {configurations} configurations in {} runs",
         results.len()
     );
     assert!(
-        results.iter().any(|(_, (_, _, newcomer))| *newcomer),
+        results.iter().any(|(_, (_, _, newcomer, _))| *newcomer),
         "no node outside the first voters ever led"
     );
+    let promoted: u64 = results
+        .iter()
+        .map(|(_, (.., stats))| stats.promotions)
+        .sum();
+    let refused: u64 = results
+        .iter()
+        .map(|(_, (.., stats))| stats.promotions_refused)
+        .sum();
+    let transfers: u64 = results.iter().map(|(_, (.., stats))| stats.transfers).sum();
+    eprintln!("promotions {promoted}, refused as lagging {refused}, transfers {transfers}");
+    assert!(promoted > 0, "no learner was promoted");
+    assert!(refused > 0, "no promotion of a lagging learner was refused");
+    assert!(transfers > 0, "no leadership transfer was started");
 }
 
 /// A leader that hands over gives up its lease (voters answer the transfer election

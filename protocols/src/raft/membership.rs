@@ -9,7 +9,7 @@
 //! conflicting suffix is cut away, the configuration it carried goes with it.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use synod_core::node::NodeId;
 
 /// Voters and learners of a cluster.
@@ -21,6 +21,9 @@ pub struct Membership {
     pub outgoing: BTreeSet<NodeId>,
     /// Nodes that receive the log but neither vote nor count toward any quorum.
     pub learners: BTreeSet<NodeId>,
+    /// Where members can be reached, as the embedding layer describes them (opaque to
+    /// Raft; replicated with the configuration so every node can dial a newcomer).
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Membership {
@@ -28,8 +31,7 @@ impl Membership {
     pub fn of_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
         Membership {
             voters: voters.into_iter().collect(),
-            outgoing: BTreeSet::new(),
-            learners: BTreeSet::new(),
+            ..Membership::default()
         }
     }
 
@@ -137,20 +139,24 @@ impl Membership {
         if let Some(&id) = learners.intersection(&outgoing).next() {
             return Err(MembershipError::DemotionUnsupported(id));
         }
+        let mut addresses = self.addresses.clone();
+        addresses
+            .retain(|id, _| voters.contains(id) || learners.contains(id) || outgoing.contains(id));
         Ok(Membership {
             voters,
             outgoing,
             learners,
+            addresses,
         })
     }
 
     /// The configuration that ends this joint one: the new voters and the learners.
     pub(crate) fn leave_joint(&self) -> Membership {
-        Membership {
-            voters: self.voters.clone(),
-            outgoing: BTreeSet::new(),
-            learners: self.learners.clone(),
-        }
+        let mut next = self.clone();
+        next.outgoing.clear();
+        next.addresses
+            .retain(|id, _| next.voters.contains(id) || next.learners.contains(id));
+        next
     }
 }
 
@@ -254,6 +260,7 @@ mod tests {
             voters: set(&[2, 3, 4]),
             outgoing: set(&[0, 1, 2]),
             learners: set(&[5]),
+            addresses: BTreeMap::new(),
         };
         assert!(joint.has_quorum(&set(&[0, 2, 3])));
         assert!(!joint.has_quorum(&set(&[0, 1, 5])));
@@ -274,8 +281,8 @@ mod tests {
     fn changes_are_validated() {
         let config = Membership {
             voters: set(&[0, 1, 2]),
-            outgoing: BTreeSet::new(),
             learners: set(&[3]),
+            ..Membership::default()
         };
         let changed = config
             .changed(

@@ -50,8 +50,8 @@
 //!   names; [`RaftNode::with_voters`] sets the configuration before any entry (otherwise
 //!   the driver's members), so spare nodes can wait outside the cluster.
 //! - **Learners** receive entries and snapshots but never campaign and never count toward
-//!   a quorum; promoting one is refused while its log lags more than one append batch
-//!   behind the leader's.
+//!   a quorum; promoting one is refused while its log lags behind the leader's by more
+//!   than a tenth of the log or one append batch, whichever is less.
 //! - **Leadership transfer** ([`RaftNode::transfer_leadership`]): the leader stops taking
 //!   proposals, brings the target up to date and sends it `TimeoutNow`; the target
 //!   campaigns at once without a pre-vote, and voters answer it despite their promise.

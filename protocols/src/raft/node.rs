@@ -512,6 +512,18 @@ impl<S: StateMachine> RaftNode<S> {
         changes: &[MembershipChange],
         ctx: &mut Context<Self>,
     ) -> Result<u64, MembershipError> {
+        self.propose_membership_change_with(changes, &BTreeMap::new(), ctx)
+    }
+
+    /// [`RaftNode::propose_membership_change`], also recording where members are reached
+    /// (`addresses`, e.g. a newcomer's peer URL) in the configuration. Addresses of nodes
+    /// the new configuration no longer names are dropped.
+    pub fn propose_membership_change_with(
+        &mut self,
+        changes: &[MembershipChange],
+        addresses: &BTreeMap<NodeId, String>,
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, MembershipError> {
         let Role::Leader(leader) = &self.role else {
             return Err(MembershipError::NotLeader {
                 leader: self.leader,
@@ -528,9 +540,16 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(MembershipError::ChangeInProgress { index: pending });
         }
         let joint = self.change_variant == ChangeVariant::Joint;
-        let next = self.membership().changed(changes, joint)?;
+        let mut next = self.membership().changed(changes, joint)?;
+        for (&id, address) in addresses {
+            if next.voters.contains(&id) || next.learners.contains(&id) {
+                next.addresses.insert(id, address.clone());
+            }
+        }
         let last_index = self.log.last_index();
-        let lag_allowed = self.config.append_entries_max as u64;
+        // In sync: within a tenth of the log, and never more than one append batch, of
+        // the leader's last index.
+        let lag_allowed = (self.config.append_entries_max as u64).min(last_index / 10);
         for change in changes {
             if let MembershipChange::Promote(learner) = *change {
                 let progress = leader.progress.get(&learner);
