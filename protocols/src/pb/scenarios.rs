@@ -498,6 +498,86 @@ fn an_acknowledgement_from_anyone_but_the_backup_or_for_another_view_is_ignored(
     }
 }
 
+#[test]
+fn a_transfer_is_resent_until_its_backup_acknowledges_that_view_once() {
+    let mut primary = primary_of(view(1, Some(N1), None), PbVariant::Correct);
+    primary.deliver(VIEW_SERVICE, view_reply(view(2, Some(N1), Some(N2))));
+    let effects = primary.fire(PbTimer::Retransmit);
+    assert!(
+        matches!(sends(&effects).as_slice(), [(to, PbMessage::Transfer { .. })] if *to == N2),
+        "{effects:?}"
+    );
+    // Only the backup's acknowledgement of this view installs it.
+    for (from, view_number) in [(N3, 2), (N2, 1), (N2, 3), (VIEW_SERVICE, 2)] {
+        let effects = primary.deliver(from, PbMessage::TransferAck { view_number });
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(primary.server().serving_view(), None);
+    }
+    let effects = primary.deliver(N2, PbMessage::TransferAck { view_number: 2 });
+    assert_eq!(sends(&effects), vec![(VIEW_SERVICE, ping(2, true))]);
+    primary.request(4, command(0, append("x")));
+    let effects = primary.deliver(
+        N2,
+        PbMessage::ForwardAck {
+            view_number: 2,
+            forward_number: 1,
+        },
+    );
+    assert_eq!(replies(&effects), vec![done(4, 0)]);
+    // A late copy of the acknowledgement installs nothing again: batch numbers go on (a
+    // restart at 1 would look like a duplicate to the backup, which would acknowledge a
+    // batch it never applies).
+    let effects = primary.deliver(N2, PbMessage::TransferAck { view_number: 2 });
+    assert!(effects.is_empty(), "{effects:?}");
+    let effects = primary.request(5, command(0, append("y")));
+    assert!(
+        matches!(
+            sends(&effects).as_slice(),
+            [(
+                _,
+                PbMessage::Forward {
+                    forward_number: 2,
+                    ..
+                }
+            )]
+        ),
+        "{effects:?}"
+    );
+}
+
+#[test]
+fn a_primary_holds_at_most_pending_requests_max_while_a_batch_is_in_flight() {
+    let mut primary = primary_of(view(2, Some(N1), Some(N2)), PbVariant::Correct);
+    primary.request(1_000, command(0, append("x")));
+    let offered = PENDING_REQUESTS_MAX as u64 + 10;
+    for client in 0..offered {
+        primary.request(client, command(0, get()));
+    }
+    // Acknowledge batch after batch and count what was forwarded behind the first.
+    let mut forwarded = 0;
+    let mut acknowledged = 1;
+    loop {
+        let effects = primary.deliver(
+            N2,
+            PbMessage::ForwardAck {
+                view_number: 2,
+                forward_number: acknowledged,
+            },
+        );
+        let batch = sends(&effects)
+            .into_iter()
+            .find_map(|(_, message)| match message {
+                PbMessage::Forward { commands, .. } => Some(commands.len()),
+                _ => None,
+            });
+        let Some(batch) = batch else { break };
+        assert!(batch <= FORWARD_BATCH_MAX);
+        forwarded += batch;
+        acknowledged += 1;
+    }
+    assert_eq!(forwarded, PENDING_REQUESTS_MAX);
+}
+
 /// A server that installed the transfer of view 2 = (n1, n2) as backup.
 fn backup_of_view_two() -> Subject {
     let mut backup = Subject::new(N2, PbVariant::Correct);
@@ -600,6 +680,10 @@ fn a_deposed_primary_stops_serving_and_redirects_clients() {
     let effects = primary.deliver(VIEW_SERVICE, view_reply(newer));
     assert!(effects.is_empty(), "{effects:?}");
     assert_eq!(primary.server().serving_view(), None);
+    // The read in flight is dropped with the role; its client retries elsewhere.
+    assert!(primary.server().in_flight_commands().is_empty());
+    // Nor does its retransmission timer send anything any more.
+    assert!(primary.fire(PbTimer::Retransmit).is_empty());
     let effects = primary.request(4, command(0, get()));
     assert_eq!(
         replies(&effects),
@@ -668,6 +752,19 @@ fn client_sends(effects: &[ClientEffect<PbClient>]) -> Vec<(NodeId, PbRequest)> 
         .collect()
 }
 
+/// Whether `effects` arm the client's retry timer.
+fn arms_retry(effects: &[ClientEffect<PbClient>]) -> bool {
+    effects.iter().any(|effect| {
+        matches!(
+            effect,
+            ClientEffect::SetTimer {
+                timer: PbClientTimer,
+                ..
+            }
+        )
+    })
+}
+
 #[test]
 fn the_client_finds_the_primary_retries_the_same_sequence_and_gives_up_as_unknown() {
     let mut client = PbClient::new(PbClientConfig::default());
@@ -678,11 +775,13 @@ fn the_client_finds_the_primary_retries_the_same_sequence_and_gives_up_as_unknow
         client_sends(&effects),
         vec![(VIEW_SERVICE, PbRequest::GetView)]
     );
+    assert!(arms_retry(&effects), "{effects:?}");
     let v1 = view(1, Some(N1), None);
     let effects = client_step(&mut client, 1, |client, ctx| {
         client.on_response(VIEW_SERVICE, PbResponse::View(v1), ctx)
     });
     assert_eq!(client_sends(&effects), vec![(N1, command(0, append("x")))]);
+    assert_eq!(client.view(), v1);
     // The same view again (a bounce from a primary still installing) sends nothing.
     let effects = client_step(&mut client, 2, |client, ctx| {
         client.on_response(N1, PbResponse::View(v1), ctx)
@@ -698,6 +797,8 @@ fn the_client_finds_the_primary_retries_the_same_sequence_and_gives_up_as_unknow
             (N1, command(0, append("x")))
         ]
     );
+    // Each retry arms the next one: the client keeps trying until the deadline.
+    assert!(arms_retry(&effects), "{effects:?}");
     // A newer view from anyone re-routes at once with the same sequence number.
     let v2 = view(2, Some(N2), None);
     let effects = client_step(&mut client, 21, |client, ctx| {
