@@ -9,8 +9,10 @@
 //! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
 //!   depends on are durable (the output-commit rule), then leaves through the peer
 //!   transport or to the waiting caller;
-//! - timers are tokio sleeps tagged with a generation, so a re-set or cancelled timer that
-//!   fires late is ignored.
+//! - timers are deadlines in a small map beside the inbox, served by one tokio `Sleep` that
+//!   is reset to the earliest deadline: Raft re-arms its election timer on every message
+//!   from the leader, and a spawned sleep per re-arm cost a task and a timer-wheel entry
+//!   each time.
 
 use crate::log::{RecordLog, StorageJob, spawn_storage_thread};
 use crate::transport::{PeerSender, start_listener};
@@ -86,10 +88,6 @@ enum Input<N: Node> {
         client: ClientId,
         request: N::Request,
         answer: oneshot::Sender<N::Response>,
-    },
-    Timer {
-        timer: N::Timer,
-        generation: u64,
     },
     Durable(u64),
     StorageFailed(String),
@@ -195,7 +193,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
         let peers = PeerSender::start(config.id, &config.peers);
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
         let seed = random_u64() ^ u64::from(config.id.0);
-        let timer_inbox = inbox.clone();
+        let own_inbox = inbox.clone();
         let task = tokio::spawn(async move {
             let mut driver = Driver::<N> {
                 id: config.id,
@@ -205,11 +203,10 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 appended: 0,
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
-                next_generation: 0,
                 waiters: BTreeMap::new(),
                 storage,
                 peers,
-                inbox: timer_inbox,
+                inbox: own_inbox,
                 observe: Box::new(observe),
             };
             driver.boot(&mut node, records);
@@ -310,8 +307,8 @@ struct Driver<N: Node> {
     rng: Rng,
     appended: u64,
     gate: OutputGate<Output<N>>,
-    timers: BTreeMap<N::Timer, u64>,
-    next_generation: u64,
+    /// Armed timers and when each fires.
+    timers: BTreeMap<N::Timer, Instant>,
     waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
     storage: std_mpsc::Sender<StorageJob>,
     peers: PeerSender<N::Message>,
@@ -332,7 +329,28 @@ impl<N: RuntimeNode> Driver<N> {
     }
 
     async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
-        while let Some(input) = inputs.recv().await {
+        // One sleep serves every timer: it is reset to the earliest deadline whenever that
+        // changes, and disabled while no timer is armed.
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        loop {
+            let next = self.timers.values().min().copied();
+            if let Some(deadline) = next {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+            let input = tokio::select! {
+                input = inputs.recv() => input,
+                () = &mut sleep, if next.is_some() => {
+                    self.fire_timers(&mut node);
+                    continue;
+                }
+            };
+            let Some(input) = input else {
+                return;
+            };
             match input {
                 Input::Message { from, message } => {
                     self.handle(&mut node, |node, ctx| node.on_message(from, message, ctx));
@@ -344,12 +362,6 @@ impl<N: RuntimeNode> Driver<N> {
                 } => {
                     self.waiters.insert(client, answer);
                     self.handle(&mut node, |node, ctx| node.on_request(client, request, ctx));
-                }
-                Input::Timer { timer, generation } => {
-                    if self.timers.get(&timer) == Some(&generation) {
-                        self.timers.remove(&timer);
-                        self.handle(&mut node, |node, ctx| node.on_timer(timer, ctx));
-                    }
                 }
                 Input::Durable(count) => {
                     for output in self.gate.durable(count) {
@@ -367,6 +379,26 @@ impl<N: RuntimeNode> Driver<N> {
                 Input::Stop => return,
             }
             (self.observe)(&node);
+        }
+    }
+
+    /// Fires every timer whose deadline had passed on entry, earliest first; a handler may
+    /// re-arm or cancel the others, and a timer re-armed here waits for the next round.
+    fn fire_timers(&mut self, node: &mut N) {
+        let now = Instant::now();
+        let mut due: Vec<(Instant, N::Timer)> = self
+            .timers
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(timer, deadline)| (*deadline, timer.clone()))
+            .collect();
+        due.sort();
+        for (deadline, timer) in due {
+            if self.timers.get(&timer) == Some(&deadline) {
+                self.timers.remove(&timer);
+                self.handle(node, |node, ctx| node.on_timer(timer, ctx));
+                (self.observe)(node);
+            }
         }
     }
 
@@ -416,14 +448,7 @@ impl<N: RuntimeNode> Driver<N> {
                 let low = after_min.as_nanos() as u64;
                 let high = (after_max.as_nanos() as u64).max(low);
                 let delay = Duration::from_nanos(self.rng.between(low, high));
-                let generation = self.next_generation;
-                self.next_generation += 1;
-                self.timers.insert(timer.clone(), generation);
-                let inbox = self.inbox.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = inbox.send(Input::Timer { timer, generation }).await;
-                });
+                self.timers.insert(timer, Instant::now() + delay);
             }
             Effect::CancelTimer { timer } => {
                 self.timers.remove(&timer);
