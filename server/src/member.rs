@@ -4,12 +4,12 @@
 use crate::api::etcdserverpb as pb;
 use crate::etcd::services::{
     ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
-    MaintenanceService, Shared, WatchService,
+    MaintenanceService, Shared, WatchService, added_peer_url,
 };
 use crate::etcd::{Consensus, MemberInfo, Membership, Proxy, observer};
 use crate::log::{LogError, RecordLog};
 use crate::runtime::{Boot, NodeConfig, NodeHandle};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +69,10 @@ pub struct MemberConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Applied entries beyond the last snapshot that trigger a new one (Raft).
     pub snapshot_threshold_entries: u64,
+    /// This member joins a running cluster (Raft; etcd's `--initial-cluster-state
+    /// existing`): it was added with MemberAdd, is listed last in `initial_cluster`, and
+    /// waits for the leader instead of campaigning, whatever its role.
+    pub join_existing: bool,
 }
 
 impl MemberConfig {
@@ -92,6 +96,7 @@ impl MemberConfig {
             consensus: ConsensusKind::default(),
             metrics_listen: None,
             snapshot_threshold_entries: 100_000,
+            join_existing: false,
         }
     }
 }
@@ -246,6 +251,14 @@ pub async fn run_member(
 ) -> Result<(), MemberError> {
     match config.consensus {
         ConsensusKind::Raft => {
+            // Every member starts from the same configuration, the initial cluster; one
+            // that joins later is outside it (it learns its role from the log).
+            let mut first_voters: Vec<NodeId> = (0..config.initial_cluster.len())
+                .map(|index| NodeId(index as u32))
+                .collect();
+            if config.join_existing {
+                first_voters.pop();
+            }
             let node = RaftNode::<MvccMachine>::new(
                 RaftVariant::Correct,
                 RaftConfig {
@@ -261,7 +274,8 @@ pub async fn run_member(
                     inflight_bytes_max: 16 * 1024 * 1024,
                     ..RaftConfig::default()
                 },
-            );
+            )
+            .with_voters(first_voters);
             run_node(node, config, listeners, shutdown).await
         }
         ConsensusKind::Paxos => {
@@ -276,6 +290,51 @@ pub async fn run_member(
             run_node(node, config, listeners, shutdown).await
         }
     }
+}
+
+/// How often a member looks for members added to the configuration, to dial them.
+const DIAL_ADDED_EVERY: Duration = Duration::from_millis(100);
+
+/// Dials the members the replicated configuration names beyond the initial cluster, at the
+/// peer URLs it carries; stops with the node.
+fn dial_added_members<N: Consensus>(node: Arc<NodeHandle<N>>, known: BTreeSet<NodeId>) {
+    tokio::spawn(async move {
+        let mut dialed = known;
+        loop {
+            let Ok(addresses) = node
+                .inspect(|node| {
+                    node.configuration()
+                        .map(|configuration| configuration.addresses.clone())
+                        .unwrap_or_default()
+                })
+                .await
+            else {
+                return;
+            };
+            for (peer, address) in addresses {
+                if dialed.contains(&peer) {
+                    continue;
+                }
+                let Some(url) = added_peer_url(&address) else {
+                    continue;
+                };
+                match url_address(&url) {
+                    Ok(socket) => {
+                        if node.add_peer(peer, socket).await.is_err() {
+                            return;
+                        }
+                        tracing::info!(peer = peer.0, %url, "dialing a member added to the cluster");
+                        dialed.insert(peer);
+                    }
+                    Err(error) => {
+                        tracing::warn!(peer = peer.0, %url, %error, "cannot dial an added member");
+                        dialed.insert(peer);
+                    }
+                }
+            }
+            tokio::time::sleep(DIAL_ADDED_EVERY).await;
+        }
+    });
 }
 
 async fn run_node<N: Consensus>(
@@ -294,6 +353,7 @@ async fn run_node<N: Consensus>(
     for (node_id, member) in &membership.members {
         peers.insert(*node_id, url_address(&member.peer_urls[0])?);
     }
+    let membership_peers: BTreeSet<NodeId> = peers.keys().copied().collect();
     let client_urls = membership
         .members
         .iter()
@@ -337,6 +397,7 @@ async fn run_node<N: Consensus>(
         forwarder: Forwarder::new(client_urls),
         max_request_bytes: config.max_request_bytes,
     });
+    dial_added_members(Arc::clone(shared.proxy.node()), membership_peers);
     tracing::info!(
         name = %config.name,
         client = %config.client_listen,

@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, SocketAddr>,
 }
 
+/// A caller's handler run on the node's task.
+type ActHandler<N> = Box<dyn for<'a> FnOnce(&mut N, &mut Context<'a, N>) + Send>;
+
 enum Input<N: Node> {
     Message {
         from: NodeId,
@@ -92,6 +95,10 @@ enum Input<N: Node> {
     Durable(u64),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&N) + Send>),
+    /// Runs a handler of the caller's (e.g. a membership change) with a context.
+    Act(ActHandler<N>),
+    /// Starts dialing a peer learned at run time.
+    AddPeer(NodeId, SocketAddr),
     Stop,
 }
 
@@ -265,6 +272,32 @@ impl<N: RuntimeNode> NodeHandle<N> {
         receiver.await.map_err(|_| RuntimeError::Stopped)
     }
 
+    /// Runs `act` on the node (on the node's task) with a context whose effects are carried
+    /// out like any handler's, and returns its result: how the embedding layer calls node
+    /// methods beyond the [`Node`] inputs (e.g. a membership change).
+    pub async fn act<T: Send + 'static>(
+        &self,
+        act: impl for<'a> FnOnce(&mut N, &mut Context<'a, N>) -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let (sender, receiver) = oneshot::channel();
+        self.inbox
+            .send(Input::Act(Box::new(move |node, ctx| {
+                let _ = sender.send(act(node, ctx));
+            })))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        receiver.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Starts sending to `peer` at `address` (a member learned at run time); a peer
+    /// already known keeps its address.
+    pub async fn add_peer(&self, peer: NodeId, address: SocketAddr) -> Result<(), RuntimeError> {
+        self.inbox
+            .send(Input::AddPeer(peer, address))
+            .await
+            .map_err(|_| RuntimeError::Stopped)
+    }
+
     /// Stops the node as a crash would: records not yet synced may be lost, held outputs
     /// are never sent. Waits until the node task has ended.
     pub async fn stop(mut self) {
@@ -374,6 +407,11 @@ impl<N: RuntimeNode> Driver<N> {
                 }
                 Input::Inspect(look) => {
                     look(&node);
+                    continue;
+                }
+                Input::Act(act) => self.handle(&mut node, act),
+                Input::AddPeer(peer, address) => {
+                    self.peers.add(self.id, peer, address);
                     continue;
                 }
                 Input::Stop => return,

@@ -49,6 +49,17 @@ impl<M: Serialize + Send + 'static> PeerSender<M> {
         PeerSender { queues, tasks }
     }
 
+    /// Starts a writer for `peer` at `address` unless it has one (or is `me`).
+    pub fn add(&mut self, me: NodeId, peer: NodeId, address: SocketAddr) {
+        if peer == me || self.queues.contains_key(&peer) {
+            return;
+        }
+        let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
+        self.queues.insert(peer, sender);
+        self.tasks
+            .push(tokio::spawn(write_to_peer(me, peer, address, receiver)));
+    }
+
     /// Queues `message` for `to`; drops it if the queue is full or `to` is unknown.
     pub fn send(&self, to: NodeId, message: M) {
         if let Some(queue) = self.queues.get(&to)

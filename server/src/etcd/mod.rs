@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use synod_core::node::{ClientId, NodeId};
+use synod_core::node::{ClientId, Context, NodeId};
 use synod_core::session::SessionError;
 use synod_protocols::kv_state::ReplicatedClientConfig;
 use synod_protocols::mvcc::api::MvccError;
@@ -24,7 +24,9 @@ use synod_protocols::mvcc::machine::{
     MvccMachine, MvccOperation, MvccOutput, MvccRequest, MvccResponse, RequestError,
 };
 use synod_protocols::paxos::PaxosNode;
-use synod_protocols::raft::RaftNode;
+use synod_protocols::raft::{
+    Membership as RaftMembership, MembershipChange, MembershipError, RaftNode,
+};
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -39,6 +41,23 @@ pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse>
     fn status(&self) -> ConsensusStatus;
     /// The applied state machine.
     fn machine(&self) -> &MvccMachine;
+    /// The cluster configuration in effect, if this protocol changes membership at run time.
+    fn configuration(&self) -> Option<&RaftMembership> {
+        None
+    }
+    /// Proposes a membership change (leader only); `addresses` describe newcomers.
+    fn change_configuration(
+        &mut self,
+        _changes: &[MembershipChange],
+        _addresses: &BTreeMap<NodeId, String>,
+        _ctx: &mut Context<Self>,
+    ) -> Result<u64, MembershipError> {
+        Err(MembershipError::NotLeader { leader: None })
+    }
+    /// True if this protocol supports membership changes.
+    fn reconfigurable(&self) -> bool {
+        false
+    }
 }
 
 /// A consensus node's progress, as the API reports it.
@@ -82,6 +101,23 @@ impl Consensus for RaftNode<MvccMachine> {
 
     fn machine(&self) -> &MvccMachine {
         self.state()
+    }
+
+    fn configuration(&self) -> Option<&RaftMembership> {
+        Some(self.membership())
+    }
+
+    fn change_configuration(
+        &mut self,
+        changes: &[MembershipChange],
+        addresses: &BTreeMap<NodeId, String>,
+        ctx: &mut Context<Self>,
+    ) -> Result<u64, MembershipError> {
+        self.propose_membership_change_with(changes, addresses, ctx)
+    }
+
+    fn reconfigurable(&self) -> bool {
+        true
     }
 }
 

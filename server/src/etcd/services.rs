@@ -3,6 +3,7 @@
 use super::convert;
 use super::{Consensus, NO_LEADER, Outcome, Proxy, store_error};
 use crate::api::etcdserverpb as pb;
+use crate::api::etcdserverpb::cluster_client::ClusterClient;
 use crate::api::etcdserverpb::kv_client::KvClient;
 use crate::api::etcdserverpb::lease_client::LeaseClient;
 use prost::Message;
@@ -13,6 +14,7 @@ use synod_core::node::NodeId;
 use synod_protocols::mvcc::api as mvcc;
 use synod_protocols::mvcc::machine::{MvccOperation, MvccOutput};
 use synod_protocols::mvcc::watch::WatchHub;
+use synod_protocols::raft::{Membership as RaftMembership, MembershipChange, MembershipError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -724,44 +726,237 @@ pub fn snapshot_bytes(encoded: Vec<u8>) -> Vec<u8> {
     data
 }
 
-/// The Cluster service.
+/// The Cluster service. With Raft, members come from the replicated configuration:
+/// MemberAdd adds a learner or a voter (its peer URL travels in the configuration, so every
+/// member dials it), MemberPromote makes an in-sync learner a voter, MemberRemove removes a
+/// member; each runs on the leader (a follower forwards the call) as one configuration
+/// change. A member added at run time is listed without a name or client URLs until it
+/// is given them at start (etcd does the same until the member publishes them).
 pub struct ClusterService<N: Consensus>(pub Arc<Shared<N>>);
 
+/// How a member added through the API is described in the configuration: its etcd id
+/// and peer URL, separated by a tab.
+fn describe_added(member_id: u64, peer_url: &str) -> String {
+    format!("{member_id}\t{peer_url}")
+}
+
+/// The etcd id and peer URL of a member added through the API.
+fn parse_added(address: &str) -> Option<(u64, String)> {
+    let (id, url) = address.split_once('\t')?;
+    Some((id.parse().ok()?, url.to_string()))
+}
+
+/// The peer URL a member added at run time is reached at, from the configuration.
+pub fn added_peer_url(address: &str) -> Option<String> {
+    parse_added(address).map(|(_, url)| url)
+}
+
 impl<N: Consensus> ClusterService<N> {
-    fn members(&self) -> Vec<pb::Member> {
+    async fn configuration(&self) -> Result<Option<RaftMembership>, Status> {
         self.0
             .proxy
-            .membership()
-            .members
-            .values()
-            .map(|member| pb::Member {
-                id: member.member_id,
-                name: member.name.clone(),
-                peer_ur_ls: member.peer_urls.clone(),
-                client_ur_ls: member.client_urls.clone(),
-                is_learner: false,
-            })
-            .collect()
+            .node()
+            .inspect(|node| node.configuration().cloned())
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))
+    }
+
+    async fn members(&self) -> Result<Vec<pb::Member>, Status> {
+        let known = &self.0.proxy.membership().members;
+        let Some(configuration) = self.configuration().await? else {
+            return Ok(known
+                .values()
+                .map(|member| pb::Member {
+                    id: member.member_id,
+                    name: member.name.clone(),
+                    peer_ur_ls: member.peer_urls.clone(),
+                    client_ur_ls: member.client_urls.clone(),
+                    is_learner: false,
+                })
+                .collect());
+        };
+        // The configuration being moved to: while joint, voters on their way out are
+        // no longer listed.
+        let mut members = Vec::new();
+        let listed = configuration
+            .voters
+            .iter()
+            .chain(configuration.learners.iter());
+        for &node in listed {
+            let is_learner = configuration.is_learner(node);
+            if let Some(member) = known.get(&node) {
+                members.push(pb::Member {
+                    id: member.member_id,
+                    name: member.name.clone(),
+                    peer_ur_ls: member.peer_urls.clone(),
+                    client_ur_ls: member.client_urls.clone(),
+                    is_learner,
+                });
+            } else if let Some((id, url)) = configuration
+                .addresses
+                .get(&node)
+                .and_then(|address| parse_added(address))
+            {
+                members.push(pb::Member {
+                    id,
+                    name: String::new(),
+                    peer_ur_ls: vec![url],
+                    client_ur_ls: Vec::new(),
+                    is_learner,
+                });
+            }
+        }
+        Ok(members)
+    }
+
+    /// The node id of etcd member `member_id` in `configuration`.
+    fn node_of(&self, configuration: &RaftMembership, member_id: u64) -> Option<NodeId> {
+        let known = &self.0.proxy.membership().members;
+        configuration.nodes().into_iter().find(|node| {
+            known.get(node).map(|member| member.member_id) == Some(member_id)
+                || configuration
+                    .addresses
+                    .get(node)
+                    .and_then(|address| parse_added(address))
+                    .is_some_and(|(id, _)| id == member_id)
+        })
+    }
+
+    /// Runs `changes` on the local node; `Ok(None)` if another member leads (forward).
+    async fn change(
+        &self,
+        changes: Vec<MembershipChange>,
+        addresses: BTreeMap<NodeId, String>,
+    ) -> Result<Option<NodeId>, Status> {
+        let result = self
+            .0
+            .proxy
+            .node()
+            .act(move |node, ctx| node.change_configuration(&changes, &addresses, ctx))
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        match result {
+            Ok(_) => Ok(None),
+            Err(MembershipError::NotLeader {
+                leader: Some(leader),
+            }) => Ok(Some(leader)),
+            Err(MembershipError::NotLeader { leader: None }) => Err(Status::unavailable(NO_LEADER)),
+            Err(error @ MembershipError::LearnerBehind { .. }) => {
+                Err(Status::failed_precondition(format!(
+                    "etcdserver: can only promote a learner member which is in sync with leader ({error})"
+                )))
+            }
+            Err(error @ MembershipError::NotLearner(_)) => Err(Status::failed_precondition(
+                format!("etcdserver: can only promote a learner member ({error})"),
+            )),
+            Err(error @ MembershipError::NotMember(_)) => Err(Status::not_found(format!(
+                "etcdserver: member not found ({error})"
+            ))),
+            Err(
+                error @ (MembershipError::ChangeInProgress { .. }
+                | MembershipError::LeaderNotReady
+                | MembershipError::TransferInProgress(_)),
+            ) => Err(Status::unavailable(format!("etcdserver: {error}"))),
+            Err(error) => Err(Status::failed_precondition(format!("etcdserver: {error}"))),
+        }
+    }
+
+    async fn reconfigurable(&self) -> Result<RaftMembership, Status> {
+        self.configuration()
+            .await?
+            .ok_or_else(|| Status::unimplemented(NO_RECONFIGURATION))
     }
 }
 
-const NO_RECONFIGURATION: &str =
-    "synod: membership changes are not available in this version; the cluster is fixed at start";
+const NO_RECONFIGURATION: &str = "synod: membership changes need Raft; this cluster runs a protocol whose membership is fixed at start";
 
 #[tonic::async_trait]
 impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
     async fn member_add(
         &self,
-        _request: Request<pb::MemberAddRequest>,
+        request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(Status::unimplemented(NO_RECONFIGURATION))
+        let (metadata, _, message) = request.into_parts();
+        let configuration = self.reconfigurable().await?;
+        let Some(peer_url) = message.peer_ur_ls.first().cloned() else {
+            return Err(Status::invalid_argument(
+                "etcdserver: a new member needs at least one peer URL",
+            ));
+        };
+        let known = &self.0.proxy.membership().members;
+        let taken = known
+            .iter()
+            .filter(|(node, _)| configuration.nodes().contains(node))
+            .any(|(_, member)| member.peer_urls.contains(&peer_url))
+            || configuration
+                .addresses
+                .values()
+                .filter_map(|address| parse_added(address))
+                .any(|(_, url)| url == peer_url);
+        if taken {
+            return Err(Status::failed_precondition(
+                "etcdserver: Peer URLs already exists",
+            ));
+        }
+        // A fresh node id: past every member this server or the configuration knows.
+        let node = known
+            .keys()
+            .chain(configuration.nodes().iter())
+            .map(|node| node.0 + 1)
+            .max()
+            .map_or(NodeId(0), NodeId);
+        let member_id = {
+            use std::hash::Hasher;
+            let mut hasher = synod_core::hash::StableHasher::new();
+            hasher.write(peer_url.as_bytes());
+            hasher.write_u32(node.0);
+            hasher.finish() | 1
+        };
+        let change = if message.is_learner {
+            MembershipChange::AddLearner(node)
+        } else {
+            MembershipChange::AddVoter(node)
+        };
+        let addresses = BTreeMap::from([(node, describe_added(member_id, &peer_url))]);
+        if let Some(leader) = self.change(vec![change], addresses).await? {
+            return ClusterClient::new(self.0.forwarder.channel(leader)?)
+                .member_add(forward_request(&metadata, message)?)
+                .await;
+        }
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.0.proxy.header(0)),
+            member: Some(pb::Member {
+                id: member_id,
+                name: String::new(),
+                peer_ur_ls: vec![peer_url],
+                client_ur_ls: Vec::new(),
+                is_learner: message.is_learner,
+            }),
+            members: self.members().await?,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _request: Request<pb::MemberRemoveRequest>,
+        request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(NO_RECONFIGURATION))
+        let (metadata, _, message) = request.into_parts();
+        let configuration = self.reconfigurable().await?;
+        let node = self
+            .node_of(&configuration, message.id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
+        if let Some(leader) = self
+            .change(vec![MembershipChange::Remove(node)], BTreeMap::new())
+            .await?
+        {
+            return ClusterClient::new(self.0.forwarder.channel(leader)?)
+                .member_remove(forward_request(&metadata, message)?)
+                .await;
+        }
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.0.proxy.header(0)),
+            members: self.members().await?,
+        }))
     }
 
     async fn member_list(
@@ -770,14 +965,30 @@ impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.0.proxy.header(0)),
-            members: self.members(),
+            members: self.members().await?,
         }))
     }
 
     async fn member_promote(
         &self,
-        _request: Request<pb::MemberPromoteRequest>,
+        request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(NO_RECONFIGURATION))
+        let (metadata, _, message) = request.into_parts();
+        let configuration = self.reconfigurable().await?;
+        let node = self
+            .node_of(&configuration, message.id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
+        if let Some(leader) = self
+            .change(vec![MembershipChange::Promote(node)], BTreeMap::new())
+            .await?
+        {
+            return ClusterClient::new(self.0.forwarder.channel(leader)?)
+                .member_promote(forward_request(&metadata, message)?)
+                .await;
+        }
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.0.proxy.header(0)),
+            members: self.members().await?,
+        }))
     }
 }

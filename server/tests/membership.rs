@@ -1,0 +1,257 @@
+//! Membership changes through etcd's Cluster API on a Raft cluster in one process (real
+//! sockets on loopback, real write-ahead logs): a fourth member is added as a learner,
+//! refused promotion while it has not caught up, started (the others dial it at the peer
+//! URL the configuration carries), promoted once in sync, and then an original member is
+//! removed; writes keep working and reach the newcomer.
+
+use std::time::Duration;
+use synod_server::api::etcdserverpb as pb;
+use synod_server::api::etcdserverpb::cluster_client::ClusterClient;
+use synod_server::api::etcdserverpb::kv_client::KvClient;
+use synod_server::member::{Listeners, MemberConfig, MemberSpec, run_member};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+struct Member {
+    config: MemberConfig,
+    listeners: Listeners,
+}
+
+async fn listeners() -> (Listeners, String, String) {
+    let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_url = format!("http://{}", peer.local_addr().unwrap());
+    let client_url = format!("http://{}", client.local_addr().unwrap());
+    let listeners = Listeners {
+        peer,
+        client,
+        metrics: None,
+    };
+    (listeners, peer_url, client_url)
+}
+
+fn config(
+    name: &str,
+    data: &std::path::Path,
+    listeners: &Listeners,
+    specs: &[MemberSpec],
+) -> MemberConfig {
+    let mut config = MemberConfig::new(
+        name,
+        data.join(name),
+        listeners.peer.local_addr().unwrap(),
+        listeners.client.local_addr().unwrap(),
+        specs.to_vec(),
+    );
+    config.heartbeat = Duration::from_millis(10);
+    config.election_timeout = Duration::from_millis(100);
+    config
+}
+
+fn start(member: Member) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        run_member(member.config, member.listeners, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    stop
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Retries `attempt` until it succeeds, at most ~10 s (the cluster may be electing, or a
+/// learner catching up).
+async fn eventually<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut last = None;
+    for _ in 0..200 {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(status) => last = Some(status),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never succeeded: {last:?}");
+}
+
+fn put(key: &str, value: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_added_promoted_once_in_sync_and_a_member_removed() {
+    let data = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    let mut pending = Vec::new();
+    for index in 0..3 {
+        let (listeners, peer_url, client_url) = listeners().await;
+        specs.push(MemberSpec {
+            name: format!("m{index}"),
+            peer_url,
+            client_url,
+        });
+        pending.push(listeners);
+    }
+    let mut stops = Vec::new();
+    for (index, listeners) in pending.into_iter().enumerate() {
+        let config = config(&format!("m{index}"), data.path(), &listeners, &specs);
+        stops.push(start(Member { config, listeners }));
+    }
+    let mut cluster = ClusterClient::new(channel(&specs[1].client_url).await);
+    let kv = KvClient::new(channel(&specs[2].client_url).await);
+    eventually(|| {
+        let mut kv = kv.clone();
+        async move { kv.put(put("before", "1")).await }
+    })
+    .await;
+    let listed = cluster
+        .member_list(pb::MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|member| !member.is_learner));
+
+    // Add m3 as a learner (through a follower or the leader: either works).
+    let (new_listeners, new_peer_url, new_client_url) = listeners().await;
+    let added = eventually(|| {
+        let mut cluster = cluster.clone();
+        let request = pb::MemberAddRequest {
+            peer_ur_ls: vec![new_peer_url.clone()],
+            is_learner: true,
+        };
+        async move { cluster.member_add(request).await }
+    })
+    .await
+    .into_inner();
+    let learner = added.member.expect("the added member");
+    assert!(learner.is_learner);
+    assert_eq!(added.members.len(), 4);
+    // The same peer URL twice is refused.
+    let again = cluster
+        .member_add(pb::MemberAddRequest {
+            peer_ur_ls: vec![new_peer_url.clone()],
+            is_learner: true,
+        })
+        .await
+        .expect_err("a duplicate peer URL");
+    assert!(
+        again.message().contains("Peer URLs already exists"),
+        "{again:?}"
+    );
+    // Not started yet, it has nothing of the log: promotion is refused.
+    let refused = eventually(|| {
+        let mut cluster = cluster.clone();
+        let id = learner.id;
+        async move {
+            match cluster
+                .member_promote(pb::MemberPromoteRequest { id })
+                .await
+            {
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => Ok(status),
+                Err(status) => Err(status),
+                Ok(_) => panic!("a learner that never answered was promoted"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .message()
+            .contains("can only promote a learner member which is in sync with leader"),
+        "{refused:?}"
+    );
+
+    // Start m3: it joins with the initial cluster plus itself, last.
+    let mut joined = specs.clone();
+    joined.push(MemberSpec {
+        name: "m3".to_string(),
+        peer_url: new_peer_url.clone(),
+        client_url: new_client_url.clone(),
+    });
+    let mut config = config("m3", data.path(), &new_listeners, &joined);
+    config.join_existing = true;
+    stops.push(start(Member {
+        config,
+        listeners: new_listeners,
+    }));
+    let promoted = eventually(|| {
+        let mut cluster = cluster.clone();
+        let id = learner.id;
+        async move {
+            cluster
+                .member_promote(pb::MemberPromoteRequest { id })
+                .await
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(promoted.members.len(), 4);
+    assert!(promoted.members.iter().all(|member| !member.is_learner));
+
+    // Remove m0; the cluster of m1, m2 and m3 keeps taking writes.
+    let m0 = listed
+        .iter()
+        .find(|member| member.name == "m0")
+        .expect("m0 listed")
+        .id;
+    let removed = eventually(|| {
+        let mut cluster = cluster.clone();
+        async move {
+            cluster
+                .member_remove(pb::MemberRemoveRequest { id: m0 })
+                .await
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(removed.members.len(), 3);
+    assert!(removed.members.iter().all(|member| member.id != m0));
+    eventually(|| {
+        let mut kv = kv.clone();
+        async move { kv.put(put("after", "2")).await }
+    })
+    .await;
+    // The newcomer holds the write: a serializable read on it sees it.
+    let newcomer = KvClient::new(channel(&new_client_url).await);
+    let value = eventually(|| {
+        let mut newcomer = newcomer.clone();
+        async move {
+            let response = newcomer
+                .range(pb::RangeRequest {
+                    key: "after".into(),
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match response.kvs.first() {
+                Some(kv) => Ok(kv.value.clone()),
+                None => Err(tonic::Status::not_found("not yet replicated")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(value, b"2");
+    for stop in stops {
+        let _ = stop.send(());
+    }
+}
