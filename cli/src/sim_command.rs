@@ -336,7 +336,11 @@ fn run_sweep(arguments: &SimArgs, plan: &Plan) -> anyhow::Result<ExitCode> {
             seed,
             ..plan.base.clone()
         };
-        plan.protocol.run(plan.workload, config, None)
+        let mut judged = plan.protocol.run(plan.workload, config, None);
+        // The summary needs only counts; a failing seed is run again to write its files.
+        judged.report.history = Vec::new();
+        judged.etcd_history = None;
+        judged
     };
     let announce = |seed, judged: &Judged| {
         let findings = &judged.findings;
