@@ -164,9 +164,15 @@ fn stable_id(parts: &[&str]) -> u64 {
 pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
     let mut members = BTreeMap::new();
     let mut me = None;
+    // A joining member is listed last; the cluster it joins was named without it.
+    let founders = config
+        .initial_cluster
+        .len()
+        .saturating_sub(usize::from(config.join_existing));
     let cluster_parts: Vec<&str> = config
         .initial_cluster
         .iter()
+        .take(founders)
         .flat_map(|spec| [spec.name.as_str(), spec.peer_url.as_str()])
         .collect();
     for (index, spec) in config.initial_cluster.iter().enumerate() {

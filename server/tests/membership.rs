@@ -8,6 +8,7 @@ use std::time::Duration;
 use synod_server::api::etcdserverpb as pb;
 use synod_server::api::etcdserverpb::cluster_client::ClusterClient;
 use synod_server::api::etcdserverpb::kv_client::KvClient;
+use synod_server::api::etcdserverpb::maintenance_client::MaintenanceClient;
 use synod_server::member::{Listeners, MemberConfig, MemberSpec, run_member};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -251,6 +252,21 @@ async fn a_learner_is_added_promoted_once_in_sync_and_a_member_removed() {
     })
     .await;
     assert_eq!(value, b"2");
+    // The newcomer reports the cluster it joined.
+    let status = |url: String| async move {
+        MaintenanceClient::new(channel(&url).await)
+            .status(pb::StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .cluster_id
+    };
+    assert_eq!(
+        status(new_client_url.clone()).await,
+        status(specs[1].client_url.clone()).await
+    );
     for stop in stops {
         let _ = stop.send(());
     }
