@@ -1020,3 +1020,65 @@ fn configurations_survive_restarts_and_travel_in_snapshots() {
     cluster.restart(4);
     assert_eq!(cluster.node(4).membership(), &with_four);
 }
+
+/// Replaces n1 and n2 by n3 and n4 on leader n0, letting only n3 and n4 hear of it; then
+/// n1 and n2, and separately n3 and n4, hold elections. Returns the leaders of term 2.
+fn replace_two_voters_and_split(change: ChangeVariant) -> Vec<u32> {
+    fn make_joint() -> KvRaft {
+        three_of_five()
+    }
+    fn make_single() -> KvRaft {
+        three_of_five().with_change_variant(ChangeVariant::SingleStep)
+    }
+    let make = match change {
+        ChangeVariant::Joint => make_joint,
+        ChangeVariant::SingleStep => make_single,
+    };
+    let mut cluster = Cluster::new(5, make);
+    cluster.checked = false;
+    cluster.elect(0);
+    for id in [3, 4] {
+        assert!(
+            cluster
+                .propose(0, &[MembershipChange::AddLearner(NodeId(id))])
+                .is_ok()
+        );
+        cluster.deliver_all();
+        cluster.fire(0, RaftTimer::Heartbeat);
+    }
+    let changes = [
+        MembershipChange::Promote(NodeId(3)),
+        MembershipChange::Promote(NodeId(4)),
+        MembershipChange::Remove(NodeId(1)),
+        MembershipChange::Remove(NodeId(2)),
+    ];
+    assert!(cluster.propose(0, &changes).is_ok());
+    cluster
+        .network
+        .retain(|(_, to, _)| *to == NodeId(3) || *to == NodeId(4));
+    cluster.deliver_all();
+    // The old voters n1 and n2 elect one of theirs, cut off from everyone else.
+    cluster.isolated = ids(&[0, 3, 4]);
+    for id in 0..5 {
+        cluster.fire(id, RaftTimer::PromiseExpired);
+    }
+    cluster.fire(1, RaftTimer::Election);
+    // So do n3 and n4, cut off from the old voters.
+    cluster.isolated = ids(&[0, 1, 2]);
+    cluster.fire(3, RaftTimer::Election);
+    cluster.fire(3, RaftTimer::Election);
+    (0..5)
+        .filter(|&id| cluster.node(id).is_leader() && cluster.node(id).term() == 2)
+        .collect()
+}
+
+#[test]
+fn section_4_3_a_single_step_change_of_two_voters_elects_two_leaders_in_one_term() {
+    assert_eq!(
+        replace_two_voters_and_split(ChangeVariant::SingleStep),
+        vec![1, 3],
+        "an old majority and a new majority each elected a leader of term 2"
+    );
+    // Joint consensus: n3 and n4 also need a majority of the old voters, so only n1 leads.
+    assert_eq!(replace_two_voters_and_split(ChangeVariant::Joint), vec![1]);
+}
