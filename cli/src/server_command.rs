@@ -51,6 +51,11 @@ pub struct ServerArgs {
     /// Largest client request in bytes. [default: 1572864, as etcd]
     #[arg(long, env = "SYNOD_MAX_REQUEST_BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// Applied log entries between snapshots: each snapshot encodes the whole store and
+    /// lets the log before it be deleted; lower keeps restarts and the log short, higher
+    /// costs fewer snapshots. [default: 100000]
+    #[arg(long, env = "SYNOD_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
 }
 
 /// The same settings read from a TOML file.
@@ -67,6 +72,7 @@ struct FileSettings {
     heartbeat_ms: Option<u64>,
     election_timeout_ms: Option<u64>,
     max_request_bytes: Option<usize>,
+    snapshot_threshold: Option<u64>,
 }
 
 /// Parses `name=url,name=url`.
@@ -144,6 +150,12 @@ pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
     );
     if let Some(ms) = arguments.heartbeat_ms.or(file.heartbeat_ms) {
         config.heartbeat = Duration::from_millis(ms.max(1));
+    }
+    if let Some(entries) = arguments.snapshot_threshold.or(file.snapshot_threshold) {
+        if entries == 0 {
+            bail!("--snapshot-threshold must be at least 1 (entries between snapshots)");
+        }
+        config.snapshot_threshold_entries = entries;
     }
     if let Some(ms) = arguments.election_timeout_ms.or(file.election_timeout_ms) {
         config.election_timeout = Duration::from_millis(ms.max(1));

@@ -112,7 +112,7 @@ pub use log::{Entry, Payload, RaftLog};
 pub use membership::{ChangeVariant, Membership, MembershipChange, MembershipError};
 pub use node::{
     RaftConfig, RaftMessage, RaftNode, RaftRecord, RaftTimer, RaftVariant, ReadMode, SnapshotChunk,
-    SnapshotRecord,
+    SnapshotRecord, StateImage,
 };
 
 #[cfg(test)]

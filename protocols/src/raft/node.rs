@@ -6,6 +6,8 @@ use crate::replicated::{ReadConsistency, StateMachine};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 use synod_core::hash::StableHasher;
 use synod_core::node::{ClientId, Context, Node, NodeId};
@@ -246,10 +248,152 @@ pub struct SnapshotRecord<S: StateMachine> {
     pub digest: u64,
     /// The configuration in effect at `last_index` (later ones are in `entries`).
     pub membership: Membership,
-    /// The state machine after applying every entry up to `last_index`.
-    pub state: S,
+    /// The state machine after applying every entry up to `last_index`, encoded.
+    pub state: StateImage<S>,
     /// The retained log after `last_index`.
     pub entries: Vec<Entry<S>>,
+}
+
+/// A state machine encoded with postcard: the same bytes a leader sends in InstallSnapshot
+/// chunks and a checkpoint writes, shared rather than copied. A checkpoint holds the bytes
+/// only, so taking one costs one encoding pass on the node and no copy of the state (the
+/// state of a large store is hundreds of megabytes). Decoding (from a record read back at
+/// recovery) checks that the bytes are a valid state, so a data directory from another
+/// version fails to load with a decode error instead of later.
+pub struct StateImage<S> {
+    bytes: Arc<[u8]>,
+    decoded: Option<Box<S>>,
+    _state: PhantomData<fn() -> S>,
+}
+
+impl<S: StateMachine> StateImage<S> {
+    /// The image of `state`.
+    pub fn of(state: &S) -> Self {
+        let bytes = postcard::to_allocvec(state)
+            .expect("a state machine encodes with postcard (it derives Serialize)");
+        Self::from_bytes(bytes.into())
+    }
+
+    fn from_bytes(bytes: Arc<[u8]>) -> Self {
+        StateImage {
+            bytes,
+            decoded: None,
+            _state: PhantomData,
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// The state, decoded again unless this image was itself decoded (then the state found
+    /// then); `None` if the bytes are not a valid state.
+    pub fn decode(&self) -> Option<S> {
+        match &self.decoded {
+            Some(state) => Some((**state).clone()),
+            None => postcard::from_bytes(&self.bytes).ok(),
+        }
+    }
+
+    /// Like [`StateImage::decode`], without cloning a state decoded already.
+    fn into_state(self) -> Option<S> {
+        match self.decoded {
+            Some(state) => Some(*state),
+            None => postcard::from_bytes(&self.bytes).ok(),
+        }
+    }
+}
+
+impl<S> Clone for StateImage<S> {
+    fn clone(&self) -> Self {
+        // The decoded copy exists only between reading a record and recovering from it.
+        StateImage {
+            bytes: self.bytes.clone(),
+            decoded: None,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for StateImage<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "StateImage({} bytes)", self.bytes.len())
+    }
+}
+
+impl<S> PartialEq for StateImage<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl<S> Eq for StateImage<S> {}
+
+impl<S> Hash for StateImage<S> {
+    fn hash<H: Hasher>(&self, hasher: &mut H) {
+        self.bytes.hash(hasher);
+    }
+}
+
+impl<S> Serialize for StateImage<S> {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        serializer.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de, S: StateMachine> Deserialize<'de> for StateImage<S> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: serde_bytes_vec::ByteBuf = Deserialize::deserialize(deserializer)?;
+        let state: S = postcard::from_bytes(&bytes.0).map_err(|error| {
+            serde::de::Error::custom(format!("the snapshot's state does not decode: {error}"))
+        })?;
+        Ok(StateImage {
+            bytes: bytes.0.into(),
+            decoded: Some(Box::new(state)),
+            _state: PhantomData,
+        })
+    }
+}
+
+/// Reads a byte string as written by `serialize_bytes` (serde's `Vec<u8>` impl expects a
+/// sequence instead). Hand-written: ten lines do not justify the `serde_bytes` crate.
+mod serde_bytes_vec {
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    pub(super) struct ByteBuf(pub(super) Vec<u8>);
+
+    struct ByteBufVisitor;
+
+    impl<'de> Visitor<'de> for ByteBufVisitor {
+        type Value = ByteBuf;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<ByteBuf, E> {
+            Ok(ByteBuf(bytes.to_vec()))
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<ByteBuf, E> {
+            Ok(ByteBuf(bytes))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                bytes.push(byte);
+            }
+            Ok(ByteBuf(bytes))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ByteBuf {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_byte_buf(ByteBufVisitor)
+        }
+    }
 }
 
 /// Durable records.
@@ -367,7 +511,7 @@ struct SnapshotImage {
     last_term: u64,
     digest: u64,
     membership: Membership,
-    bytes: Vec<u8>,
+    bytes: Arc<[u8]>,
     checksum: u32,
 }
 
@@ -1440,7 +1584,7 @@ impl<S: StateMachine> RaftNode<S> {
             last_term: chunk.last_term,
             digest: chunk.digest,
             membership: chunk.membership,
-            bytes: incoming.bytes,
+            bytes: incoming.bytes.into(),
             checksum: chunk.checksum,
         });
         self.checkpoint(ctx);
@@ -1559,8 +1703,7 @@ impl<S: StateMachine> RaftNode<S> {
         if self.applied_index < self.log.snapshot_index() + threshold {
             return;
         }
-        let bytes = postcard::to_allocvec(&self.state)
-            .expect("a state machine encodes with postcard (it derives Serialize)");
+        let bytes = StateImage::of(&self.state).bytes().clone();
         self.log.compact_to(self.applied_index);
         self.fold_configs();
         self.snapshot = Some(SnapshotImage {
@@ -1584,7 +1727,13 @@ impl<S: StateMachine> RaftNode<S> {
             last_term: self.log.snapshot_term(),
             digest: self.digest,
             membership: self.snapshot_membership.clone(),
-            state: self.state.clone(),
+            state: StateImage::from_bytes(
+                self.snapshot
+                    .as_ref()
+                    .expect("a checkpoint follows taking or installing a snapshot")
+                    .bytes
+                    .clone(),
+            ),
             entries: self
                 .log
                 .slice(last_index + 1, self.log.last_index())
@@ -1760,8 +1909,14 @@ impl<S: StateMachine> RaftNode<S> {
                     self.snapshot_membership = snapshot.membership.clone();
                     self.log_configs.clear();
                     self.note_configs_from(snapshot.last_index + 1);
-                    let bytes = postcard::to_allocvec(&snapshot.state)
-                        .expect("a state machine encodes with postcard (it derives Serialize)");
+                    let bytes = snapshot.state.bytes().clone();
+                    // The image was decoded (and so checked) when the record was read back;
+                    // a record kept in memory, as the simulator keeps them, was encoded from
+                    // a state and decodes here.
+                    let state = snapshot
+                        .state
+                        .into_state()
+                        .expect("a snapshot record's state decoded when the record was read");
                     self.snapshot = Some(SnapshotImage {
                         last_index: snapshot.last_index,
                         last_term: snapshot.last_term,
@@ -1770,7 +1925,7 @@ impl<S: StateMachine> RaftNode<S> {
                         checksum: crc32c::crc32c(&bytes),
                         bytes,
                     });
-                    self.state = snapshot.state;
+                    self.state = state;
                     self.commit_index = snapshot.last_index;
                     self.applied_index = snapshot.last_index;
                     self.digest = snapshot.digest;

@@ -433,6 +433,53 @@ fn section_7_a_lagging_follower_is_restored_by_a_chunked_snapshot() {
 }
 
 /// Restores a follower that missed ten compacted writes; returns the chunks delivered.
+#[test]
+fn a_checkpoint_read_back_from_bytes_restores_the_state_and_a_damaged_one_is_refused() {
+    let mut cluster = Cluster::new(3, compacting);
+    cluster.elect(0);
+    for sequence in 0..10 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    let record = cluster.disks[0][0].clone();
+    let RaftRecord::Snapshot(snapshot) = &record else {
+        panic!("the first record is not a checkpoint: {record:?}");
+    };
+    // The record holds the state's encoding only, the same bytes the leader sends.
+    assert!(!snapshot.state.bytes().is_empty());
+    // Written and read back as the server's log does: the state decodes on reading.
+    let written = postcard::to_allocvec(&record).unwrap();
+    let read: RaftRecord<SessionKv> = postcard::from_bytes(&written).unwrap();
+    assert_eq!(read, record);
+    let mut restarted = compacting();
+    let mut rng = Rng::new(7);
+    let mut ctx = Context::new(
+        NodeId(0),
+        &[NodeId(0), NodeId(1), NodeId(2)],
+        Time(0),
+        &mut rng,
+    );
+    restarted.on_recover(vec![read], &mut ctx);
+    // Recovery restores the state at the snapshot point, which holds the writes before it.
+    assert_eq!(Some(restarted.state().clone()), snapshot.state.decode());
+    assert_ne!(restarted.state(), &SessionKv::default());
+    assert_eq!(restarted.applied_index(), snapshot.last_index);
+    assert_eq!(
+        restarted.applied_index(),
+        cluster.node(0).log().snapshot_index()
+    );
+    // A state image that is not a state (bytes from another version) fails to read with
+    // an error, not later: overwrite the state's bytes inside the written record.
+    let state = snapshot.state.bytes();
+    let mut damaged = written.clone();
+    let position = damaged
+        .windows(state.len())
+        .position(|window| window == &state[..])
+        .expect("the state's bytes are inside the record");
+    damaged[position..position + state.len()].fill(0xff);
+    let error = postcard::from_bytes::<RaftRecord<SessionKv>>(&damaged).unwrap_err();
+    assert!(!error.to_string().is_empty());
+}
+
 fn restore_lagging_follower(corrupt_one_chunk: bool) -> usize {
     let mut cluster = Cluster::new(3, compacting);
     cluster.elect(0);
