@@ -324,7 +324,8 @@ impl WriteAudit {
 
 /// Audits `store`, the most advanced replica's machine, against the history: every value
 /// stored was written by an invoked put or cas, at most once; every acknowledged write is
-/// stored at the revision it reported (else it is lost).
+/// stored at the revision it reported (else it is lost); no key is attached to a lease that
+/// was revoked or expired.
 pub fn audit_store(store: &MvccMachine, history: &[EtcdEvent]) -> WriteAudit {
     let mut audit = WriteAudit::default();
     let mut invoked = BTreeSet::new();
@@ -361,6 +362,26 @@ pub fn audit_store(store: &MvccMachine, history: &[EtcdEvent]) -> WriteAudit {
         .iter()
         .filter(|&&id| !revoked.contains(&id) && store.store().lease(id).is_none())
         .count() as u64;
+    // A revoke or an expiry deletes every key attached to the lease in the same revision:
+    // no current key may name a lease that is gone.
+    let current = RangeRequest {
+        range_end: vec![0],
+        ..RangeRequest::key(vec![0])
+    };
+    match store.store().range(&current) {
+        Ok(range) => {
+            for kv in range.kvs.iter().filter(|kv| kv.lease != 0) {
+                if store.store().lease(kv.lease).is_none() {
+                    audit.problem(format!(
+                        "key {} is still attached to lease {}, which is gone",
+                        text(&kv.key),
+                        kv.lease
+                    ));
+                }
+            }
+        }
+        Err(error) => audit.problem(format!("the store cannot be read: {error}")),
+    }
     let everything = WatchFilter {
         key: vec![0],
         range_end: vec![0],
