@@ -1070,6 +1070,52 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_asks_every_member_at_once_and_follows_a_higher_ballot() {
+        let mut candidate = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
+        let effects = handle(&mut candidate, 0, |node, ctx| node.start_candidacy(ctx));
+        let prepared: Vec<NodeId> = sent(&effects)
+            .into_iter()
+            .filter_map(|(to, message, _)| {
+                matches!(message, PaxosMessage::Prepare { .. }).then_some(to)
+            })
+            .collect();
+        assert_eq!(
+            prepared, MEMBERS,
+            "phase 1 goes to every member, itself too"
+        );
+        assert_eq!(candidate.leader_hint(), None);
+        // A leader with a higher ballot: the candidate gives up, stops its heartbeat and
+        // waits for that leader under an election timer.
+        let higher = Ballot {
+            round: 5,
+            leader: NodeId(2),
+        };
+        let effects = handle(&mut candidate, 0, |node, ctx| {
+            node.on_message(
+                NodeId(2),
+                PaxosMessage::Heartbeat {
+                    ballot: higher,
+                    chosen_below: 0,
+                    collect_below: 0,
+                },
+                ctx,
+            )
+        });
+        assert!(!candidate.is_leader());
+        assert_eq!(candidate.leader_hint(), Some(NodeId(2)));
+        assert!(effects.contains(&Effect::CancelTimer {
+            timer: PaxosTimer::Heartbeat
+        }));
+        assert!(effects.iter().any(|effect| matches!(
+            effect,
+            Effect::SetTimer {
+                timer: PaxosTimer::Election,
+                ..
+            }
+        )));
+    }
+
+    #[test]
     fn a_new_leader_keeps_the_highest_ballot_value_and_fills_holes_with_noops() {
         let mut candidate = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
         handle(&mut candidate, 0, |node, ctx| node.start_candidacy(ctx));
