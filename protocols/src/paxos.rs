@@ -1113,6 +1113,24 @@ mod tests {
                 ..
             }
         )));
+        // A higher ballot's phase 1 does the same, and is promised.
+        let mut candidate = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
+        handle(&mut candidate, 0, |node, ctx| node.start_candidacy(ctx));
+        let effects = handle(&mut candidate, 0, |node, ctx| {
+            node.on_message(
+                NodeId(2),
+                PaxosMessage::Prepare {
+                    ballot: higher,
+                    from_slot: 0,
+                },
+                ctx,
+            )
+        });
+        assert_eq!(candidate.leader_hint(), Some(NodeId(2)));
+        assert_eq!(candidate.promised(), higher);
+        assert!(effects.contains(&Effect::CancelTimer {
+            timer: PaxosTimer::Heartbeat
+        }));
     }
 
     #[test]
