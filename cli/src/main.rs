@@ -99,9 +99,11 @@ enum Command {
     Up(up_command::UpArgs),
 }
 
-/// Restores the default SIGPIPE action so `synod ... | head` ends quietly like other Unix
-/// tools; Rust ignores SIGPIPE by default, which turns a closed pipe into a panic in
-/// `println!`.
+/// Restores the default SIGPIPE action so `synod sim ... | head` ends quietly like other
+/// Unix tools; Rust ignores SIGPIPE by default, which turns a closed pipe into a panic in
+/// `println!`. Only for the commands that write reports: a server or a load generator must
+/// keep ignoring it, or writing to a socket whose peer just died (a killed member, a
+/// client gone) kills the whole process.
 fn die_quietly_on_closed_pipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
@@ -111,8 +113,13 @@ fn die_quietly_on_closed_pipe() {
 }
 
 fn main() -> ExitCode {
-    die_quietly_on_closed_pipe();
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Sim(_) | Command::Mc(_) | Command::Check(_)
+    ) {
+        die_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Sim(arguments) => sim_command::run(arguments),
         Command::Mc(arguments) => mc_command::run(arguments),

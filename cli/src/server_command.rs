@@ -56,6 +56,11 @@ pub struct ServerArgs {
     /// costs fewer snapshots. [default: 100000]
     #[arg(long, env = "SYNOD_SNAPSHOT_THRESHOLD")]
     pub snapshot_threshold: Option<u64>,
+    /// `new` to found a cluster with the members of --initial-cluster; `existing` to join
+    /// a running one after `etcdctl member add` (list this member last in
+    /// --initial-cluster, after the members it joins). [default: new]
+    #[arg(long, env = "SYNOD_INITIAL_CLUSTER_STATE")]
+    pub initial_cluster_state: Option<String>,
 }
 
 /// The same settings read from a TOML file.
@@ -73,6 +78,7 @@ struct FileSettings {
     election_timeout_ms: Option<u64>,
     max_request_bytes: Option<usize>,
     snapshot_threshold: Option<u64>,
+    initial_cluster_state: Option<String>,
 }
 
 /// Parses `name=url,name=url`.
@@ -150,6 +156,18 @@ pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
     );
     if let Some(ms) = arguments.heartbeat_ms.or(file.heartbeat_ms) {
         config.heartbeat = Duration::from_millis(ms.max(1));
+    }
+    match arguments
+        .initial_cluster_state
+        .as_deref()
+        .or(file.initial_cluster_state.as_deref())
+    {
+        None | Some("new") => {}
+        Some("existing") => config.join_existing = true,
+        Some(other) => bail!(
+            "--initial-cluster-state must be `new` (found a cluster) or `existing` (join one \
+             after `etcdctl member add`), not `{other}`"
+        ),
     }
     if let Some(entries) = arguments.snapshot_threshold.or(file.snapshot_threshold) {
         if entries == 0 {

@@ -1,0 +1,141 @@
+//! Growing and shrinking a running cluster the way etcd's operators do, through the
+//! `etcd-client` crate: MemberAdd a learner, start it with `--initial-cluster-state
+//! existing`, promote it once it caught up, then survive the loss of an original member and
+//! MemberRemove it. Three processes on OS-chosen loopback ports, plus the fourth.
+
+mod common;
+
+use common::ProcessCluster;
+use etcd_client::{Client, GetOptions, MemberAddOptions};
+use std::time::{Duration, Instant};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Retries `attempt` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client(endpoints: &[String]) -> Option<Client> {
+    Client::connect(endpoints, None).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joins_is_promoted_and_a_lost_member_is_removed() {
+    let mut cluster = ProcessCluster::start(3);
+    let founders = cluster.endpoints.clone();
+    let written = eventually("the cluster takes a write", || async {
+        let mut client = client(&founders).await?;
+        client.put("before", "join", None).await.ok()
+    })
+    .await;
+    assert!(written.header().unwrap().revision() > 0);
+
+    // Announce the learner, then start it.
+    let peer_url = cluster.next_peer_url();
+    let added = eventually("MemberAdd is accepted", || async {
+        let mut client = client(&founders).await?;
+        client
+            .member_add(
+                [peer_url.as_str()],
+                Some(MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    let learner = added.member().expect("the added member").clone();
+    assert!(learner.is_learner());
+    assert_eq!(added.member_list().len(), 4);
+    let index = cluster.join(&peer_url);
+    let joined = cluster.endpoints[index].clone();
+
+    // The learner catches up: it serves the earlier write from its own copy.
+    eventually("the learner has the data", || async {
+        let mut client = client(std::slice::from_ref(&joined)).await?;
+        let response = client
+            .get("before", Some(GetOptions::new().with_serializable()))
+            .await
+            .ok()?;
+        (response.kvs().first()?.value() == b"join").then_some(())
+    })
+    .await;
+
+    // Promotion is accepted once it is in sync (it may be refused while it lags).
+    eventually("MemberPromote is accepted", || async {
+        let mut client = client(&founders).await?;
+        client.member_promote(learner.id()).await.ok()
+    })
+    .await;
+    // Every member learns the promotion (MemberList answers from the member's own copy).
+    let listed = eventually("every member lists four voters", || async {
+        let mut lists = Vec::new();
+        for endpoint in &founders {
+            let mut client = client(std::slice::from_ref(endpoint)).await?;
+            match client.member_list().await {
+                Ok(list) => lists.push(list),
+                Err(error) => {
+                    eprintln!("{endpoint}: {error}");
+                    return None;
+                }
+            }
+        }
+        lists
+            .iter()
+            .all(|list| {
+                list.members().len() == 4
+                    && list.members().iter().all(|member| !member.is_learner())
+            })
+            .then(|| lists.remove(0))
+    })
+    .await;
+
+    // Four voters survive one loss: kill an original member, write through the others
+    // (the new member among them), then remove the lost one.
+    let lost = listed
+        .members()
+        .iter()
+        .find(|member| {
+            member
+                .client_urls()
+                .iter()
+                .any(|url| url.ends_with(&founders[0]))
+        })
+        .expect("member 0 is listed")
+        .id();
+    cluster.kill(0);
+    let survivors: Vec<String> = cluster.endpoints[1..].to_vec();
+    eventually("a write after losing one of four", || async {
+        let mut client = client(&survivors).await?;
+        client.put("after", "loss", None).await.ok()
+    })
+    .await;
+    eventually("MemberRemove is accepted", || async {
+        let mut client = client(&survivors).await?;
+        client.member_remove(lost).await.ok()
+    })
+    .await;
+    let listed = eventually("the survivors list three members", || async {
+        let mut client = client(&survivors).await?;
+        let list = client.member_list().await.ok()?;
+        (list.members().len() == 3).then_some(list)
+    })
+    .await;
+    assert!(listed.members().iter().all(|member| member.id() != lost));
+    let read = eventually("a linearizable read on the new member", || async {
+        let mut client = client(std::slice::from_ref(&joined)).await?;
+        client.get("after", None).await.ok()
+    })
+    .await;
+    assert_eq!(read.kvs()[0].value(), b"loss");
+}
