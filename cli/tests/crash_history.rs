@@ -141,6 +141,50 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// One event a watcher saw: revision, key, value (empty for a delete).
+type Seen = (i64, String, String);
+
+/// Watches every key from revision 1, on one member at a time: when its stream breaks (the
+/// member was killed), resumes on the next member from the revision after the last event
+/// seen, as etcd's clients do. Runs until `stop`, and records every event.
+async fn watcher(endpoints: Vec<String>, seen: Arc<Mutex<Vec<Seen>>>, stop: Arc<AtomicBool>) {
+    let mut member = 0;
+    let mut next_revision = 1;
+    while !stop.load(Ordering::Relaxed) {
+        member = (member + 1) % endpoints.len();
+        let Ok(mut client) = etcd_client::Client::connect([&endpoints[member]], None).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let options = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(next_revision);
+        let Ok((_watcher, mut stream)) = client.watch("k", Some(options)).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let response =
+                match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+                    Ok(Ok(Some(response))) => response,
+                    // Ended or broken (the member was killed): go on with the next member.
+                    Ok(Ok(None)) | Ok(Err(_)) => break,
+                    // Quiet: look at `stop` and wait again.
+                    Err(_) => continue,
+                };
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                next_revision = next_revision.max(kv.mod_revision() + 1);
+                seen.lock().unwrap().push((
+                    kv.mod_revision(),
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                ));
+            }
+        }
+    }
+}
+
 /// What every reachable member says of itself, for a failure message.
 async fn statuses(endpoints: &[String]) -> Vec<String> {
     let mut found = Vec::new();
@@ -217,6 +261,9 @@ fn killing_the_leader_under_load_loses_no_acknowledged_write() {
             ))
         })
         .collect();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let watching = Arc::new(AtomicBool::new(false));
+    let watch_task = runtime.spawn(watcher(endpoints.clone(), seen.clone(), watching.clone()));
     // Kill the leader twice under load, restarting it each time once a new leader serves.
     for _ in 0..2 {
         let before = acknowledged_puts(&history);
@@ -258,6 +305,48 @@ fn killing_the_leader_under_load_loses_no_acknowledged_write() {
         }
     });
     let history = history.lock().unwrap().clone();
+    // The watch, resumed across members and kills, sees every acknowledged write once, in
+    // revision order, and nothing twice.
+    let last_revision = history
+        .iter()
+        .filter(|event| event["type"] == "ok" && event["f"] == "put")
+        .filter_map(|event| event["revision"].as_i64())
+        .max()
+        .unwrap_or(0);
+    wait_until("the watch reaches the last acknowledged write", || {
+        seen.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|(revision, _, _)| *revision >= last_revision)
+    });
+    watching.store(true, Ordering::Relaxed);
+    runtime.block_on(watch_task).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for pair in seen.windows(2) {
+        assert!(
+            (pair[0].0, &pair[0].1) < (pair[1].0, &pair[1].1),
+            "watch events out of order or repeated: {:?} then {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    for event in history
+        .iter()
+        .filter(|event| event["type"] == "ok" && event["f"] == "put")
+    {
+        let expected = (
+            event["revision"].as_i64().unwrap(),
+            event["key"].as_str().unwrap().to_string(),
+            event["value"].as_str().unwrap().to_string(),
+        );
+        assert!(
+            seen.binary_search_by(
+                |candidate| (candidate.0, &candidate.1).cmp(&(expected.0, &expected.1))
+            )
+            .is_ok_and(|index| seen[index] == expected),
+            "the watch missed the acknowledged write {expected:?}"
+        );
+    }
     let oks = history
         .iter()
         .filter(|event| event["type"] == "ok" && event["f"] == "put")

@@ -115,11 +115,26 @@ async fn a_learner_joins_is_promoted_and_a_lost_member_is_removed() {
         .id();
     cluster.kill(0);
     let survivors: Vec<String> = cluster.endpoints[1..].to_vec();
-    eventually("a write after losing one of four", || async {
-        let mut client = client(&survivors).await?;
-        client.put("after", "loss", None).await.ok()
-    })
-    .await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let attempt = async {
+            let mut client = client(&survivors).await?;
+            client.put("after", "loss", None).await.ok()
+        };
+        if attempt.await.is_some() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let mut statuses = Vec::new();
+            for endpoint in &survivors {
+                if let Some(mut client) = client(std::slice::from_ref(endpoint)).await {
+                    statuses.push(format!("{endpoint}: {:?}", client.status().await));
+                }
+            }
+            panic!("no write within {PATIENCE:?} after losing one of four: {statuses:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     eventually("MemberRemove is accepted", || async {
         let mut client = client(&survivors).await?;
         client.member_remove(lost).await.ok()
