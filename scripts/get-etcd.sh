@@ -17,6 +17,20 @@ if [[ -x "$bin_dir/etcd" && -x "$bin_dir/etcdctl" ]]; then
     exit 0
 fi
 
+# Tests run in parallel and may all want etcd at once: one installs, the others wait and
+# then find it. The install is unpacked beside its final place and renamed into it, so
+# nobody ever runs a half-written binary ("Text file busy").
+mkdir -p "$(dirname "$install_dir")"
+exec 9>"$install_dir.lock"
+flock 9
+if [[ -x "$bin_dir/etcd" && -x "$bin_dir/etcdctl" ]]; then
+    echo "$bin_dir"
+    exit 0
+fi
+final_dir="$install_dir"
+install_dir="$(mktemp -d "$final_dir.partial.XXXXXX")"
+bin_dir="$install_dir/usr/bin"
+
 # Root may run apt-get directly; otherwise use sudo if it exists and needs no password.
 as_root=()
 if [[ "$(id -u)" != 0 ]]; then
@@ -33,7 +47,7 @@ for tool in apt-get dpkg; do
 done
 
 download_dir="$(mktemp -d)"
-trap 'rm -rf "$download_dir"' EXIT
+trap 'rm -rf "$download_dir" "$install_dir"' EXIT
 
 # `apt-get download` needs the package lists; refresh them once if the packages are unknown.
 if ! apt-cache show etcd-server >/dev/null 2>&1; then
@@ -66,5 +80,15 @@ if [[ ! -x "$bin_dir/etcd" ]]; then
     ln -sf "$found" "$bin_dir/etcd"
 fi
 
-echo "installed etcd $("$bin_dir/etcd" --version | head -n 1 | awk '{print $3}') into $bin_dir" >&2
+version="$("$bin_dir/etcd" --version | head -n 1 | awk '{print $3}')"
+# The symlink made above points into the partial directory: make it relative first.
+if [[ -L "$bin_dir/etcd" ]]; then
+    target="$(readlink "$bin_dir/etcd")"
+    ln -sf "$(realpath --relative-to="$bin_dir" "$target")" "$bin_dir/etcd"
+fi
+rm -rf "$final_dir"
+mv "$install_dir" "$final_dir"
+install_dir="$final_dir.partial.none" # nothing left for the exit trap to remove
+bin_dir="$final_dir/usr/bin"
+echo "installed etcd $version into $bin_dir" >&2
 echo "$bin_dir"
