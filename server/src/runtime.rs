@@ -10,10 +10,7 @@
 //!   depends on are durable (the output-commit rule), then leaves through the peer
 //!   transport or to the waiting caller;
 //! - timers are tokio sleeps tagged with a generation, so a re-set or cancelled timer that
-//!   fires late is ignored. (A single `Sleep` reset to the earliest deadline, tried to save
-//!   a task per re-armed timer, left a member that had joined a running cluster leading
-//!   without ever sending a heartbeat in about one run in twenty of the join test; it was
-//!   reverted rather than debugged at the end of a session.)
+//!   fires late is ignored.
 
 use crate::log::{RecordLog, StorageJob, spawn_storage_thread};
 use crate::transport::{PeerSender, start_listener};
