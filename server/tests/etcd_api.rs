@@ -3,6 +3,9 @@
 //! the generated client. Every call goes to a member chosen without knowing the leader:
 //! followers must forward.
 
+mod common;
+
+use common::{eventually, put};
 use std::time::Duration;
 use synod_server::api::etcdserverpb as pb;
 use synod_server::api::etcdserverpb::kv_client::KvClient;
@@ -74,31 +77,6 @@ impl Cluster {
             .connect()
             .await
             .unwrap()
-    }
-}
-
-/// Retries `attempt` until it succeeds (the cluster may still be electing), at most ~10 s.
-async fn eventually<T, F, Fut>(mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let mut last = None;
-    for _ in 0..200 {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(status) => last = Some(status),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never succeeded: {last:?}");
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
     }
 }
 

@@ -4,6 +4,9 @@
 //! URL the configuration carries), promoted once in sync, and then an original member is
 //! removed; writes keep working and reach the newcomer.
 
+mod common;
+
+use common::{eventually, put};
 use std::time::Duration;
 use synod_server::api::etcdserverpb as pb;
 use synod_server::api::etcdserverpb::cluster_client::ClusterClient;
@@ -68,32 +71,6 @@ async fn channel(url: &str) -> Channel {
         .connect()
         .await
         .unwrap()
-}
-
-/// Retries `attempt` until it succeeds, at most ~10 s (the cluster may be electing, or a
-/// learner catching up).
-async fn eventually<T, F, Fut>(mut attempt: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let mut last = None;
-    for _ in 0..200 {
-        match attempt().await {
-            Ok(value) => return value,
-            Err(status) => last = Some(status),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never succeeded: {last:?}");
-}
-
-fn put(key: &str, value: &str) -> pb::PutRequest {
-    pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -861,6 +861,20 @@ impl<N: Consensus> ClusterService<N> {
         }
     }
 
+    /// Applies `change` to the node behind etcd member `member_id`; `Some(leader)` when the
+    /// call must be forwarded there instead.
+    async fn change_member(
+        &self,
+        member_id: u64,
+        change: impl FnOnce(NodeId) -> MembershipChange,
+    ) -> Result<Option<NodeId>, Status> {
+        let configuration = self.reconfigurable().await?;
+        let node = self
+            .node_of(&configuration, member_id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
+        self.change(vec![change(node)], BTreeMap::new()).await
+    }
+
     async fn reconfigurable(&self) -> Result<RaftMembership, Status> {
         self.configuration()
             .await?
@@ -941,12 +955,8 @@ impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let configuration = self.reconfigurable().await?;
-        let node = self
-            .node_of(&configuration, message.id)
-            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
         if let Some(leader) = self
-            .change(vec![MembershipChange::Remove(node)], BTreeMap::new())
+            .change_member(message.id, MembershipChange::Remove)
             .await?
         {
             return ClusterClient::new(self.0.forwarder.channel(leader)?)
@@ -974,12 +984,8 @@ impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let configuration = self.reconfigurable().await?;
-        let node = self
-            .node_of(&configuration, message.id)
-            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
         if let Some(leader) = self
-            .change(vec![MembershipChange::Promote(node)], BTreeMap::new())
+            .change_member(message.id, MembershipChange::Promote)
             .await?
         {
             return ClusterClient::new(self.0.forwarder.channel(leader)?)
