@@ -6,16 +6,13 @@
 
 mod common;
 
-use common::ProcessCluster;
+use common::{PATIENCE, ProcessCluster};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseTimeToLiveOptions,
     LockOptions, PutOptions, ResignOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-
-/// How long any one condition may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Cluster {
     _processes: ProcessCluster,

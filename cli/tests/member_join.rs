@@ -5,26 +5,9 @@
 
 mod common;
 
-use common::ProcessCluster;
+use common::{PATIENCE, ProcessCluster, eventually};
 use etcd_client::{Client, GetOptions, MemberAddOptions};
 use std::time::{Duration, Instant};
-
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Retries `attempt` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut attempt: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn client(endpoints: &[String]) -> Option<Client> {
     Client::connect(endpoints, None).await.ok()

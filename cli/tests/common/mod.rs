@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -215,5 +216,23 @@ impl ProcessCluster {
     /// The data directory.
     pub fn data(&self) -> &Path {
         self.data.path()
+    }
+}
+
+/// How long a test waits for any one condition.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Retries `attempt` every 50 ms until it returns `Some`, for at most [`PATIENCE`].
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
