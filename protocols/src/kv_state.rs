@@ -9,14 +9,13 @@
 //! session table because re-executing a read is harmless.
 
 use serde::{Deserialize, Serialize};
-use std::marker::PhantomData;
-use std::time::Duration;
 use synod_core::kv::{KvCommand, KvMap, KvOutput};
-use synod_core::node::{Client, ClientContext, ClientId, Completion, Node, NodeId};
+use synod_core::node::{ClientId, NodeId};
 use synod_core::session::{Admission, SessionError, SessionTable};
 use synod_core::time::Time;
 
 use crate::replicated::{ReadConsistency, StateMachine};
+use crate::session_client::{Answer, SessionClient, SessionRequest, SessionResponse};
 
 /// A client's command as it travels through a replicated log.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -182,155 +181,41 @@ pub struct KvResponse {
     pub result: Result<KvOutput, KvError>,
 }
 
-/// Client retry settings for replicated clusters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ReplicatedClientConfig {
-    /// Shortest wait before trying another node.
-    pub retry_after_min: Duration,
-    /// Longest wait before trying another node.
-    pub retry_after_max: Duration,
-    /// After this long without an answer the operation completes as unknown (`info`).
-    pub give_up_after: Duration,
-}
+pub use crate::session_client::{ReplicatedClientConfig, RetryTimer};
 
-impl Default for ReplicatedClientConfig {
-    fn default() -> Self {
-        ReplicatedClientConfig {
-            retry_after_min: Duration::from_millis(20),
-            retry_after_max: Duration::from_millis(40),
-            give_up_after: Duration::from_secs(1),
-        }
-    }
-}
+/// A client of a leader-based cluster replicating [`SessionKv`]: the shared
+/// [`SessionClient`].
+pub type ReplicatedKvClient<N> = SessionClient<N>;
 
-/// The client's retry timer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RetryTimer;
-
-/// The one request a client has outstanding.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Outstanding {
-    request: KvRequest,
-    give_up_at: Time,
-}
-
-/// A client of a leader-based cluster: it sends to the node it believes leads, follows
-/// `NotLeader` hints, and moves on to the next node when a request goes unanswered.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ReplicatedKvClient<N> {
-    config: ReplicatedClientConfig,
-    leader_guess: NodeId,
-    next_sequence: u64,
-    acknowledged_below: u64,
-    outstanding: Option<Outstanding>,
-    node: PhantomData<N>,
-}
-
-impl<N> ReplicatedKvClient<N> {
-    /// A client that first tries `first_guess`.
-    pub fn new(first_guess: NodeId, config: ReplicatedClientConfig) -> Self {
-        ReplicatedKvClient {
-            config,
-            leader_guess: first_guess,
-            next_sequence: 0,
-            acknowledged_below: 0,
-            outstanding: None,
-            node: PhantomData,
-        }
-    }
-}
-
-impl<N> ReplicatedKvClient<N>
-where
-    N: Node<Request = KvRequest, Response = KvResponse>,
-{
-    fn send_outstanding(&self, ctx: &mut ClientContext<Self>) {
-        if let Some(outstanding) = &self.outstanding {
-            ctx.send(self.leader_guess, outstanding.request.clone());
-            ctx.set_timer(
-                RetryTimer,
-                self.config.retry_after_min,
-                self.config.retry_after_max,
-            );
-        }
-    }
-
-    fn next_member(&self, members: &[NodeId]) -> NodeId {
-        let position = members
-            .iter()
-            .position(|&member| member == self.leader_guess)
-            .map_or(0, |index| (index + 1) % members.len().max(1));
-        members.get(position).copied().unwrap_or(self.leader_guess)
-    }
-
-    fn finish(&mut self, completion: Completion<KvOutput>, ctx: &mut ClientContext<Self>) {
-        if let Some(outstanding) = self.outstanding.take() {
-            self.acknowledged_below = outstanding.request.sequence + 1;
-            ctx.cancel_timer(RetryTimer);
-            ctx.complete(completion);
-        }
-    }
-}
-
-impl<N> Client for ReplicatedKvClient<N>
-where
-    N: Node<Request = KvRequest, Response = KvResponse>,
-{
-    type Node = N;
+impl SessionRequest for KvRequest {
     type Operation = KvCommand;
-    type Output = KvOutput;
-    type Timer = RetryTimer;
 
-    fn on_invoke(&mut self, command: KvCommand, ctx: &mut ClientContext<Self>) {
-        assert!(self.outstanding.is_none(), "one operation at a time");
-        let request = KvRequest {
-            sequence: self.next_sequence,
-            acknowledged_below: self.acknowledged_below,
+    fn numbered(sequence: u64, acknowledged_below: u64, command: KvCommand) -> Self {
+        KvRequest {
+            sequence,
+            acknowledged_below,
             command,
-        };
-        self.next_sequence += 1;
-        self.outstanding = Some(Outstanding {
-            request,
-            give_up_at: ctx.now() + self.config.give_up_after,
-        });
-        self.send_outstanding(ctx);
-    }
-
-    fn on_response(&mut self, from: NodeId, response: KvResponse, ctx: &mut ClientContext<Self>) {
-        let Some(outstanding) = &self.outstanding else {
-            return;
-        };
-        if outstanding.request.sequence != response.sequence {
-            return; // An answer to an earlier attempt that arrived late.
-        }
-        match response.result {
-            Ok(output) => self.finish(Completion::Ok(output), ctx),
-            Err(KvError::Session(error)) => self.finish(Completion::Fail(error.to_string()), ctx),
-            Err(KvError::NotLeader { hint }) => {
-                // Follow a hint to another node at once; otherwise wait for the retry timer
-                // (an election is probably under way).
-                if let Some(hint) = hint
-                    && hint != from
-                    && hint != self.leader_guess
-                {
-                    self.leader_guess = hint;
-                    self.send_outstanding(ctx);
-                }
-            }
         }
     }
 
-    fn on_timer(&mut self, _timer: RetryTimer, ctx: &mut ClientContext<Self>) {
-        let Some(outstanding) = &self.outstanding else {
-            return;
-        };
-        if ctx.now() >= outstanding.give_up_at {
-            let message = format!("no answer within {:?}", self.config.give_up_after);
-            self.finish(Completion::Info(message), ctx);
-            return;
+    fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
+impl SessionResponse for KvResponse {
+    type Output = KvOutput;
+
+    fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    fn into_answer(self) -> Answer<KvOutput> {
+        match self.result {
+            Ok(output) => Answer::Done(output),
+            Err(KvError::Session(error)) => Answer::Refused(error.to_string()),
+            Err(KvError::NotLeader { hint }) => Answer::NotLeader { hint },
         }
-        self.leader_guess = self.next_member(ctx.members());
-        self.send_outstanding(ctx);
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`pb`]: primary-backup replication with a view service (seed 003), with deliberately
 //!   broken variants kept as negative controls.
 //! - [`replicated`]: the interface between a replicated log and its state machine.
+//! - [`session_client`]: the leader-seeking, retrying session client of every replicated
+//!   cluster.
 //! - [`rpc`]: a single-server key-value store with at-most-once RPC semantics (seed 003's
 //!   first assignment), with deliberately broken variants kept as negative controls.
 //!
@@ -19,3 +21,4 @@ pub mod pb;
 pub mod raft;
 pub mod replicated;
 pub mod rpc;
+pub mod session_client;
