@@ -1222,4 +1222,164 @@ mod tests {
         });
         assert!(check_agreement([&confused].into_iter()).is_err());
     }
+
+    /// Node 0 elected with ballot (1, 0) by empty promises from nodes 1 and 2.
+    fn elected_leader() -> KvPaxos {
+        let mut leader = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
+        handle(&mut leader, 0, |node, ctx| node.start_candidacy(ctx));
+        let ballot = Ballot {
+            round: 1,
+            leader: NodeId(0),
+        };
+        for from in [1, 2] {
+            handle(&mut leader, 0, |node, ctx| {
+                node.on_message(
+                    NodeId(from),
+                    PaxosMessage::Promise {
+                        ballot,
+                        collected_below: 0,
+                        accepted: Vec::new(),
+                    },
+                    ctx,
+                )
+            });
+        }
+        assert!(leader.is_leader());
+        leader
+    }
+
+    fn heartbeats(effects: &[Effect<KvPaxos>]) -> Vec<(NodeId, u64, u64)> {
+        sent(effects)
+            .into_iter()
+            .filter_map(|(to, message, _)| match message {
+                PaxosMessage::Heartbeat {
+                    chosen_below,
+                    collect_below,
+                    ..
+                } => Some((to, chosen_below, collect_below)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_heartbeat_tells_followers_what_is_chosen_and_what_every_replica_executed() {
+        let mut leader = elected_leader();
+        let ballot = Ballot {
+            round: 1,
+            leader: NodeId(0),
+        };
+        for slot in 0..4 {
+            handle(&mut leader, 0, |node, ctx| {
+                node.learn(slot, command(&format!("v{slot}")), ctx)
+            });
+        }
+        // Slot 5 is chosen but 4 is not: the frontier stays at 4.
+        handle(&mut leader, 0, |node, ctx| {
+            node.learn(5, command("v5"), ctx)
+        });
+        // Nobody reported yet: nothing may be collected.
+        let effects = handle(&mut leader, 0, |node, ctx| {
+            node.on_timer(PaxosTimer::Heartbeat, ctx)
+        });
+        assert_eq!(
+            heartbeats(&effects),
+            vec![(NodeId(1), 4, 0), (NodeId(2), 4, 0)],
+            "every follower hears the frontier; nothing is collected without reports"
+        );
+        // Node 1 executed 3 slots, node 2 two: everyone executed below 2.
+        for (from, executed_below) in [(1, 3), (2, 2)] {
+            handle(&mut leader, 0, |node, ctx| {
+                node.on_message(
+                    NodeId(from),
+                    PaxosMessage::HeartbeatReply {
+                        ballot,
+                        executed_below,
+                    },
+                    ctx,
+                )
+            });
+        }
+        let effects = handle(&mut leader, 0, |node, ctx| {
+            node.on_timer(PaxosTimer::Heartbeat, ctx)
+        });
+        assert_eq!(
+            heartbeats(&effects),
+            vec![(NodeId(1), 4, 2), (NodeId(2), 4, 2)]
+        );
+        // A follower that hears of chosen slots it lacks asks for them, and collects only
+        // what it executed itself.
+        let mut follower = KvPaxos::new(PaxosVariant::Correct, PaxosConfig::default());
+        handle(&mut follower, 1, |node, ctx| {
+            node.learn(0, command("v0"), ctx)
+        });
+        let effects = handle(&mut follower, 1, |node, ctx| {
+            node.on_message(
+                NodeId(0),
+                PaxosMessage::Heartbeat {
+                    ballot,
+                    chosen_below: 4,
+                    collect_below: 2,
+                },
+                ctx,
+            )
+        });
+        let messages: Vec<PaxosMessage<SessionKv>> = sent(&effects)
+            .into_iter()
+            .map(|(_, message, _)| message)
+            .collect();
+        assert!(messages.contains(&PaxosMessage::CatchUp { from_slot: 1 }));
+        assert!(messages.contains(&PaxosMessage::HeartbeatReply {
+            ballot,
+            executed_below: 1
+        }));
+    }
+
+    #[test]
+    fn a_leader_that_sees_an_accept_of_a_higher_ballot_follows_it() {
+        let mut leader = elected_leader();
+        let higher = Ballot {
+            round: 2,
+            leader: NodeId(2),
+        };
+        let value = SlotValue {
+            slot: 0,
+            ballot: higher,
+            proposal: command("theirs"),
+        };
+        let effects = handle(&mut leader, 0, |node, ctx| {
+            node.on_message(
+                NodeId(2),
+                PaxosMessage::Accept {
+                    value: value.clone(),
+                },
+                ctx,
+            )
+        });
+        assert!(!leader.is_leader());
+        assert_eq!(leader.leader_hint(), Some(NodeId(2)));
+        assert_eq!(leader.promised(), higher);
+        assert!(effects.contains(&Effect::CancelTimer {
+            timer: PaxosTimer::Heartbeat
+        }));
+        assert!(sent(&effects).contains(&(
+            NodeId(2),
+            PaxosMessage::Accepted {
+                ballot: higher,
+                slot: 0
+            },
+            1
+        )));
+        // An accept of the ballot it already follows changes nothing but the slot.
+        let same = SlotValue { slot: 1, ..value };
+        let effects = handle(&mut leader, 0, |node, ctx| {
+            node.on_message(NodeId(2), PaxosMessage::Accept { value: same }, ctx)
+        });
+        assert!(
+            !effects
+                .iter()
+                .any(|effect| matches!(effect, Effect::CancelTimer { .. }))
+        );
+        assert_eq!(leader.leader_hint(), Some(NodeId(2)));
+    }
 }
