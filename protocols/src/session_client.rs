@@ -156,8 +156,7 @@ where
     fn on_invoke(&mut self, operation: Self::Operation, ctx: &mut ClientContext<Self>) {
         // The driver contract: one operation at a time per client.
         assert!(self.outstanding.is_none(), "one operation at a time");
-        let request =
-            N::Request::numbered(self.next_sequence, self.acknowledged_below, operation);
+        let request = N::Request::numbered(self.next_sequence, self.acknowledged_below, operation);
         self.next_sequence += 1;
         self.outstanding = Some(Outstanding {
             request,
