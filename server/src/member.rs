@@ -3,23 +3,23 @@
 
 use crate::api::etcdserverpb as pb;
 use crate::etcd::services::{
-    ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
-    MaintenanceService, Shared, WatchService, added_peer_url,
+    AddedMember, ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
+    MaintenanceService, Shared, WatchService, added_member_id,
 };
-use crate::etcd::{Consensus, MemberInfo, Membership, Proxy, observer};
+use crate::etcd::{Consensus, LearnedMembers, MemberInfo, Membership, Proxy, observer};
 use crate::log::{LogError, RecordLog};
 use crate::runtime::{Boot, NodeConfig, NodeHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use synod_core::hash::StableHasher;
 use synod_core::node::NodeId;
 use synod_protocols::mvcc::machine::MvccMachine;
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant};
-use synod_protocols::raft::{RaftConfig, RaftNode, RaftVariant, ReadMode};
+use synod_protocols::raft::{MembershipChange, RaftConfig, RaftNode, RaftVariant, ReadMode};
 use synod_storage::{Wal, WalOptions};
 use tokio::net::TcpListener;
 
@@ -189,10 +189,16 @@ pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
         if spec.name == config.name {
             me = Some(node);
         }
+        // A member that joins goes by the id MemberAdd gave it; the others by their names.
+        let member_id = if index >= founders {
+            added_member_id(&spec.peer_url, node)
+        } else {
+            stable_id(&[&spec.name, &spec.peer_url])
+        };
         members.insert(
             node,
             MemberInfo {
-                member_id: stable_id(&[&spec.name, &spec.peer_url]),
+                member_id,
                 name: spec.name.clone(),
                 peer_urls: vec![spec.peer_url.clone()],
                 client_urls: vec![spec.client_url.clone()],
@@ -215,6 +221,7 @@ pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
         cluster_id: stable_id(&cluster_parts),
         members,
         me,
+        learned: LearnedMembers::default(),
     })
 }
 
@@ -298,33 +305,57 @@ pub async fn run_member(
     }
 }
 
-/// How often a member looks for members added to the configuration, to dial them.
-const DIAL_ADDED_EVERY: Duration = Duration::from_millis(100);
+/// How often a member looks at the configuration for members added to it (to dial them
+/// and learn their client URLs) and for its own description (to complete it).
+const FOLLOW_CONFIGURATION_EVERY: Duration = Duration::from_millis(100);
 
-/// Dials the members the replicated configuration names beyond the initial cluster, at the
-/// peer URLs it carries; stops with the node.
-fn dial_added_members<N: Consensus>(node: Arc<NodeHandle<N>>, known: BTreeSet<NodeId>) {
+/// Follows the replicated configuration while the node runs:
+/// - dials the members it names beyond the initial cluster (`known`), at the peer URLs it
+///   carries;
+/// - keeps `learned` equal to its description of those members, so the API can name them
+///   and forward to them;
+/// - for a member that joined at run time (`me`, with its name and client URLs), completes
+///   its own description once it leads: MemberAdd recorded only its id and peer URL, and
+///   without its client URL the others could not forward requests to it while it leads.
+fn follow_configuration<N: Consensus>(
+    node: Weak<NodeHandle<N>>,
+    known: BTreeSet<NodeId>,
+    learned: LearnedMembers,
+    me: Option<(NodeId, MemberInfo)>,
+) {
     tokio::spawn(async move {
-        let mut dialed = known;
-        loop {
-            let Ok(addresses) = node
-                .inspect(|node| {
-                    node.configuration()
+        let mut dialed = known.clone();
+        // Holding the node only while looking at it lets it stop with the member.
+        while let Some(node) = node.upgrade() {
+            let leading = me.as_ref().map(|(id, _)| *id);
+            let Ok((addresses, leads)) = node
+                .inspect(move |node| {
+                    let addresses = node
+                        .configuration()
                         .map(|configuration| configuration.addresses.clone())
-                        .unwrap_or_default()
+                        .unwrap_or_default();
+                    (
+                        addresses,
+                        leading.is_some() && node.status().leader == leading,
+                    )
                 })
                 .await
             else {
                 return;
             };
-            for (peer, address) in addresses {
+            let mut described = BTreeMap::new();
+            for (&peer, address) in &addresses {
+                let Some(added) = AddedMember::parse(address) else {
+                    continue;
+                };
+                if !known.contains(&peer) {
+                    described.insert(peer, added.info());
+                }
                 if dialed.contains(&peer) {
                     continue;
                 }
-                let Some(url) = added_peer_url(&address) else {
-                    continue;
-                };
-                match url_address(&url) {
+                let url = &added.peer_url;
+                match url_address(url) {
                     Ok(socket) => {
                         if node.add_peer(peer, socket).await.is_err() {
                             return;
@@ -338,7 +369,39 @@ fn dial_added_members<N: Consensus>(node: Arc<NodeHandle<N>>, known: BTreeSet<No
                     }
                 }
             }
-            tokio::time::sleep(DIAL_ADDED_EVERY).await;
+            learned.replace(described);
+            if let Some((id, info)) = &me
+                && leads
+                && let Some(recorded) = addresses.get(id).and_then(|a| AddedMember::parse(a))
+                && (recorded.name != info.name || recorded.client_urls != info.client_urls)
+            {
+                let complete = AddedMember {
+                    name: info.name.clone(),
+                    client_urls: info.client_urls.clone(),
+                    ..recorded
+                };
+                let id = *id;
+                let addresses = BTreeMap::from([(id, complete.describe())]);
+                let result = node
+                    .act(move |node, ctx| {
+                        node.change_configuration(
+                            &[MembershipChange::Describe(id)],
+                            &addresses,
+                            ctx,
+                        )
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(index)) => {
+                        tracing::info!(index, "this member's client URLs go into the configuration")
+                    }
+                    // Not yet (a change in progress, a new term not committed): retried.
+                    Ok(Err(error)) => tracing::debug!(%error, "cannot describe this member yet"),
+                    Err(_) => return,
+                }
+            }
+            drop(node);
+            tokio::time::sleep(FOLLOW_CONFIGURATION_EVERY).await;
         }
     });
 }
@@ -398,12 +461,24 @@ async fn run_node<N: Consensus>(
         boot,
         observe,
     )?;
+    let learned = membership.learned.clone();
+    // A member that joined describes itself to the others (see `follow_configuration`).
+    let joined = config
+        .join_existing
+        .then(|| membership.members.get(&membership.me).cloned())
+        .flatten()
+        .map(|info| (membership.me, info));
     let shared = Arc::new(Shared {
         proxy: Proxy::new(Arc::new(handle), observed, membership),
-        forwarder: Forwarder::new(client_urls),
+        forwarder: Forwarder::new(client_urls).with_learned(learned.clone()),
         max_request_bytes: config.max_request_bytes,
     });
-    dial_added_members(Arc::clone(shared.proxy.node()), membership_peers);
+    follow_configuration(
+        Arc::downgrade(shared.proxy.node()),
+        membership_peers,
+        learned,
+        joined,
+    );
     tracing::info!(
         name = %config.name,
         client = %config.client_listen,
