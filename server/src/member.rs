@@ -306,73 +306,110 @@ pub async fn run_member(
 }
 
 /// How often a member looks at the configuration for members added to it (to dial them
-/// and learn their client URLs) and for its own description (to complete it).
+/// and learn their client URLs), members removed from it (to stop sending to them) and its
+/// own description (to complete it).
 const FOLLOW_CONFIGURATION_EVERY: Duration = Duration::from_millis(100);
 
-/// Follows the replicated configuration while the node runs:
-/// - dials the members it names beyond the initial cluster (`known`), at the peer URLs it
-///   carries;
-/// - keeps `learned` equal to its description of those members, so the API can name them
-///   and forward to them;
+/// What [`follow_configuration`] needs to see of the node.
+struct ConfigurationView {
+    /// Every node the configuration in effect names.
+    nodes: BTreeSet<NodeId>,
+    /// Its description of members.
+    addresses: BTreeMap<NodeId, String>,
+    /// Whether that configuration is committed.
+    committed: bool,
+    /// Whether this node leads.
+    leads: bool,
+}
+
+/// Follows the replicated configuration while the node runs (Raft only):
+/// - dials the members it names that this node does not send to yet: members added at run
+///   time at the peer URLs it carries, members of the initial cluster (`initial`) at theirs;
+/// - once a configuration that no longer names a member is committed, stops sending to it
+///   and closes the connection (not before: a leader on its way out still needs the
+///   acknowledgements that commit its removal);
+/// - keeps `learned` equal to its description of the members added at run time, so the API
+///   can name them and forward to them;
 /// - for a member that joined at run time (`me`, with its name and client URLs), completes
 ///   its own description once it leads: MemberAdd recorded only its id and peer URL, and
 ///   without its client URL the others could not forward requests to it while it leads.
 fn follow_configuration<N: Consensus>(
     node: Weak<NodeHandle<N>>,
-    known: BTreeSet<NodeId>,
+    id: NodeId,
+    initial: BTreeMap<NodeId, SocketAddr>,
     learned: LearnedMembers,
-    me: Option<(NodeId, MemberInfo)>,
+    me: Option<MemberInfo>,
 ) {
     tokio::spawn(async move {
-        let mut dialed = known.clone();
+        // The runtime starts sending to every member of the initial cluster.
+        let mut dialed: BTreeSet<NodeId> = initial.keys().copied().collect();
         // Holding the node only while looking at it lets it stop with the member.
         while let Some(node) = node.upgrade() {
-            let leading = me.as_ref().map(|(id, _)| *id);
-            let Ok((addresses, leads)) = node
+            let Ok(view) = node
                 .inspect(move |node| {
-                    let addresses = node
-                        .configuration()
-                        .map(|configuration| configuration.addresses.clone())
-                        .unwrap_or_default();
-                    (
-                        addresses,
-                        leading.is_some() && node.status().leader == leading,
-                    )
+                    node.configuration().map(|configuration| ConfigurationView {
+                        nodes: configuration.nodes(),
+                        addresses: configuration.addresses.clone(),
+                        committed: node.configuration_committed(),
+                        leads: node.status().leader == Some(id),
+                    })
                 })
                 .await
             else {
                 return;
             };
+            let Some(view) = view else {
+                return; // This protocol's membership is fixed.
+            };
             let mut described = BTreeMap::new();
-            for (&peer, address) in &addresses {
-                let Some(added) = AddedMember::parse(address) else {
-                    continue;
-                };
-                if !known.contains(&peer) {
+            for (&peer, address) in &view.addresses {
+                if let Some(added) = AddedMember::parse(address)
+                    && !initial.contains_key(&peer)
+                {
                     described.insert(peer, added.info());
                 }
-                if dialed.contains(&peer) {
+            }
+            for &peer in &view.nodes {
+                if peer == id || dialed.contains(&peer) {
                     continue;
                 }
-                let url = &added.peer_url;
-                match url_address(url) {
+                let socket = match initial.get(&peer) {
+                    Some(&socket) => Ok(socket),
+                    None => match described.get(&peer) {
+                        Some(member) => url_address(&member.peer_urls[0]),
+                        None => continue,
+                    },
+                };
+                match socket {
                     Ok(socket) => {
                         if node.add_peer(peer, socket).await.is_err() {
                             return;
                         }
-                        tracing::info!(peer = peer.0, %url, "dialing a member added to the cluster");
-                        dialed.insert(peer);
+                        tracing::info!(peer = peer.0, %socket, "dialing a member of the cluster");
                     }
                     Err(error) => {
-                        tracing::warn!(peer = peer.0, %url, %error, "cannot dial an added member");
-                        dialed.insert(peer);
+                        tracing::warn!(peer = peer.0, %error, "cannot dial an added member");
                     }
+                }
+                dialed.insert(peer);
+            }
+            if view.committed {
+                let removed: Vec<NodeId> = dialed.difference(&view.nodes).copied().collect();
+                for peer in removed {
+                    if node.remove_peer(peer).await.is_err() {
+                        return;
+                    }
+                    tracing::info!(
+                        peer = peer.0,
+                        "disconnected from a member removed from the cluster"
+                    );
+                    dialed.remove(&peer);
                 }
             }
             learned.replace(described);
-            if let Some((id, info)) = &me
-                && leads
-                && let Some(recorded) = addresses.get(id).and_then(|a| AddedMember::parse(a))
+            if let Some(info) = &me
+                && view.leads
+                && let Some(recorded) = view.addresses.get(&id).and_then(|a| AddedMember::parse(a))
                 && (recorded.name != info.name || recorded.client_urls != info.client_urls)
             {
                 let complete = AddedMember {
@@ -380,7 +417,6 @@ fn follow_configuration<N: Consensus>(
                     client_urls: info.client_urls.clone(),
                     ..recorded
                 };
-                let id = *id;
                 let addresses = BTreeMap::from([(id, complete.describe())]);
                 let result = node
                     .act(move |node, ctx| {
@@ -422,7 +458,7 @@ async fn run_node<N: Consensus>(
     for (node_id, member) in &membership.members {
         peers.insert(*node_id, url_address(&member.peer_urls[0])?);
     }
-    let membership_peers: BTreeSet<NodeId> = peers.keys().copied().collect();
+    let initial_peers = peers.clone();
     let client_urls = membership
         .members
         .iter()
@@ -466,8 +502,8 @@ async fn run_node<N: Consensus>(
     let joined = config
         .join_existing
         .then(|| membership.members.get(&membership.me).cloned())
-        .flatten()
-        .map(|info| (membership.me, info));
+        .flatten();
+    let me = membership.me;
     let shared = Arc::new(Shared {
         proxy: Proxy::new(Arc::new(handle), observed, membership),
         forwarder: Forwarder::new(client_urls).with_learned(learned.clone()),
@@ -475,7 +511,8 @@ async fn run_node<N: Consensus>(
     });
     follow_configuration(
         Arc::downgrade(shared.proxy.node()),
-        membership_peers,
+        me,
+        initial_peers,
         learned,
         joined,
     );

@@ -381,3 +381,64 @@ async fn founders_forward_to_a_joined_member_that_leads() {
         let _ = stop.send(());
     }
 }
+
+/// Once a member's removal is committed, the others close their connections to it and stop
+/// dialing it. The "member" here is a bare socket the test owns: the founders dial it as soon
+/// as MemberAdd names it, and the test sees each connection end after MemberRemove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let data = tempfile::tempdir().unwrap();
+    let (specs, stops) = start_founders(data.path()).await;
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_url = format!("http://{}", socket.local_addr().unwrap());
+    // Accept every connection; report each one when it opens and when it ends.
+    let (events, mut seen) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            let events = events.clone();
+            let _ = events.send(true);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while matches!(stream.read(&mut buffer).await, Ok(read) if read > 0) {}
+                let _ = events.send(false);
+            });
+        }
+    });
+    let cluster = ClusterClient::new(channel(&specs[0].client_url).await);
+    let added = eventually(|| {
+        let mut cluster = cluster.clone();
+        let request = pb::MemberAddRequest {
+            peer_ur_ls: vec![peer_url.clone()],
+            is_learner: true,
+        };
+        async move { cluster.member_add(request).await }
+    })
+    .await
+    .into_inner();
+    let id = added.member.expect("the added member").id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut open = 0;
+    while open < specs.len() {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(true)) => open += 1,
+            Ok(Some(false)) => open -= 1,
+            _ => panic!("only {open} of the founders dialed the added member"),
+        }
+    }
+    eventually(|| {
+        let mut cluster = cluster.clone();
+        async move { cluster.member_remove(pb::MemberRemoveRequest { id }).await }
+    })
+    .await;
+    while open > 0 {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(true)) => open += 1,
+            Ok(Some(false)) => open -= 1,
+            _ => panic!("{open} connections to the removed member are still open"),
+        }
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+}

@@ -70,6 +70,10 @@ pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse>
     fn handing_over(&self) -> bool {
         false
     }
+    /// True if the configuration in effect is committed (no change is pending).
+    fn configuration_committed(&self) -> bool {
+        true
+    }
 }
 
 /// A consensus node's progress, as the API reports it.
@@ -142,6 +146,10 @@ impl Consensus for RaftNode<MvccMachine> {
 
     fn handing_over(&self) -> bool {
         self.transfer_target().is_some()
+    }
+
+    fn configuration_committed(&self) -> bool {
+        self.membership_index() <= self.commit_index()
     }
 }
 
