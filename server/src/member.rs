@@ -342,7 +342,8 @@ fn follow_configuration<N: Consensus>(
 ) {
     tokio::spawn(async move {
         // The runtime starts sending to every member of the initial cluster.
-        let mut dialed: BTreeSet<NodeId> = initial.keys().copied().collect();
+        let mut dialed: BTreeSet<NodeId> =
+            initial.keys().copied().filter(|&peer| peer != id).collect();
         // Holding the node only while looking at it lets it stop with the member.
         while let Some(node) = node.upgrade() {
             let Ok(view) = node
