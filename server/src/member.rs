@@ -3,23 +3,23 @@
 
 use crate::api::etcdserverpb as pb;
 use crate::etcd::services::{
-    ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
-    MaintenanceService, Shared, WatchService, added_peer_url,
+    AddedMember, ClusterService, Forwarder, KvService, LeaseService, MAX_REQUEST_BYTES_DEFAULT,
+    MaintenanceService, Shared, WatchService, added_member_id,
 };
-use crate::etcd::{Consensus, MemberInfo, Membership, Proxy, observer};
+use crate::etcd::{Consensus, LearnedMembers, MemberInfo, Membership, Proxy, observer};
 use crate::log::{LogError, RecordLog};
 use crate::runtime::{Boot, NodeConfig, NodeHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use synod_core::hash::StableHasher;
 use synod_core::node::NodeId;
 use synod_protocols::mvcc::machine::MvccMachine;
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant};
-use synod_protocols::raft::{RaftConfig, RaftNode, RaftVariant, ReadMode};
+use synod_protocols::raft::{MembershipChange, RaftConfig, RaftNode, RaftVariant, ReadMode};
 use synod_storage::{Wal, WalOptions};
 use tokio::net::TcpListener;
 
@@ -189,10 +189,16 @@ pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
         if spec.name == config.name {
             me = Some(node);
         }
+        // A member that joins goes by the id MemberAdd gave it; the others by their names.
+        let member_id = if index >= founders {
+            added_member_id(&spec.peer_url, node)
+        } else {
+            stable_id(&[&spec.name, &spec.peer_url])
+        };
         members.insert(
             node,
             MemberInfo {
-                member_id: stable_id(&[&spec.name, &spec.peer_url]),
+                member_id,
                 name: spec.name.clone(),
                 peer_urls: vec![spec.peer_url.clone()],
                 client_urls: vec![spec.client_url.clone()],
@@ -215,6 +221,7 @@ pub fn membership(config: &MemberConfig) -> Result<Membership, MemberError> {
         cluster_id: stable_id(&cluster_parts),
         members,
         me,
+        learned: LearnedMembers::default(),
     })
 }
 
@@ -298,47 +305,140 @@ pub async fn run_member(
     }
 }
 
-/// How often a member looks for members added to the configuration, to dial them.
-const DIAL_ADDED_EVERY: Duration = Duration::from_millis(100);
+/// How often a member looks at the configuration for members added to it (to dial them
+/// and learn their client URLs), members removed from it (to stop sending to them) and its
+/// own description (to complete it).
+const FOLLOW_CONFIGURATION_EVERY: Duration = Duration::from_millis(100);
 
-/// Dials the members the replicated configuration names beyond the initial cluster, at the
-/// peer URLs it carries; stops with the node.
-fn dial_added_members<N: Consensus>(node: Arc<NodeHandle<N>>, known: BTreeSet<NodeId>) {
+/// What [`follow_configuration`] needs to see of the node.
+struct ConfigurationView {
+    /// Every node the configuration in effect names.
+    nodes: BTreeSet<NodeId>,
+    /// Its description of members.
+    addresses: BTreeMap<NodeId, String>,
+    /// Whether that configuration is committed.
+    committed: bool,
+    /// Whether this node leads.
+    leads: bool,
+}
+
+/// Follows the replicated configuration while the node runs (Raft only):
+/// - dials the members it names that this node does not send to yet: members added at run
+///   time at the peer URLs it carries, members of the initial cluster (`initial`) at theirs;
+/// - once a configuration that no longer names a member is committed, stops sending to it
+///   and closes the connection (not before: a leader on its way out still needs the
+///   acknowledgements that commit its removal);
+/// - keeps `learned` equal to its description of the members added at run time, so the API
+///   can name them and forward to them;
+/// - for a member that joined at run time (`me`, with its name and client URLs), completes
+///   its own description once it leads: MemberAdd recorded only its id and peer URL, and
+///   without its client URL the others could not forward requests to it while it leads.
+fn follow_configuration<N: Consensus>(
+    node: Weak<NodeHandle<N>>,
+    id: NodeId,
+    initial: BTreeMap<NodeId, SocketAddr>,
+    learned: LearnedMembers,
+    me: Option<MemberInfo>,
+) {
     tokio::spawn(async move {
-        let mut dialed = known;
-        loop {
-            let Ok(addresses) = node
-                .inspect(|node| {
-                    node.configuration()
-                        .map(|configuration| configuration.addresses.clone())
-                        .unwrap_or_default()
+        // The runtime starts sending to every member of the initial cluster.
+        let mut dialed: BTreeSet<NodeId> =
+            initial.keys().copied().filter(|&peer| peer != id).collect();
+        // Holding the node only while looking at it lets it stop with the member.
+        while let Some(node) = node.upgrade() {
+            let Ok(view) = node
+                .inspect(move |node| {
+                    node.configuration().map(|configuration| ConfigurationView {
+                        nodes: configuration.nodes(),
+                        addresses: configuration.addresses.clone(),
+                        committed: node.configuration_committed(),
+                        leads: node.status().leader == Some(id),
+                    })
                 })
                 .await
             else {
                 return;
             };
-            for (peer, address) in addresses {
-                if dialed.contains(&peer) {
+            let Some(view) = view else {
+                return; // This protocol's membership is fixed.
+            };
+            let mut described = BTreeMap::new();
+            for (&peer, address) in &view.addresses {
+                if let Some(added) = AddedMember::parse(address)
+                    && !initial.contains_key(&peer)
+                {
+                    described.insert(peer, added.info());
+                }
+            }
+            for &peer in &view.nodes {
+                if peer == id || dialed.contains(&peer) {
                     continue;
                 }
-                let Some(url) = added_peer_url(&address) else {
-                    continue;
+                let socket = match initial.get(&peer) {
+                    Some(&socket) => Ok(socket),
+                    None => match described.get(&peer) {
+                        Some(member) => url_address(&member.peer_urls[0]),
+                        None => continue,
+                    },
                 };
-                match url_address(&url) {
+                match socket {
                     Ok(socket) => {
                         if node.add_peer(peer, socket).await.is_err() {
                             return;
                         }
-                        tracing::info!(peer = peer.0, %url, "dialing a member added to the cluster");
-                        dialed.insert(peer);
+                        tracing::info!(peer = peer.0, %socket, "dialing a member of the cluster");
                     }
                     Err(error) => {
-                        tracing::warn!(peer = peer.0, %url, %error, "cannot dial an added member");
-                        dialed.insert(peer);
+                        tracing::warn!(peer = peer.0, %error, "cannot dial an added member");
                     }
                 }
+                dialed.insert(peer);
             }
-            tokio::time::sleep(DIAL_ADDED_EVERY).await;
+            if view.committed {
+                let removed: Vec<NodeId> = dialed.difference(&view.nodes).copied().collect();
+                for peer in removed {
+                    if node.remove_peer(peer).await.is_err() {
+                        return;
+                    }
+                    tracing::info!(
+                        peer = peer.0,
+                        "disconnected from a member removed from the cluster"
+                    );
+                    dialed.remove(&peer);
+                }
+            }
+            learned.replace(described);
+            if let Some(info) = &me
+                && view.leads
+                && let Some(recorded) = view.addresses.get(&id).and_then(|a| AddedMember::parse(a))
+                && (recorded.name != info.name || recorded.client_urls != info.client_urls)
+            {
+                let complete = AddedMember {
+                    name: info.name.clone(),
+                    client_urls: info.client_urls.clone(),
+                    ..recorded
+                };
+                let addresses = BTreeMap::from([(id, complete.describe())]);
+                let result = node
+                    .act(move |node, ctx| {
+                        node.change_configuration(
+                            &[MembershipChange::Describe(id)],
+                            &addresses,
+                            ctx,
+                        )
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(index)) => {
+                        tracing::info!(index, "this member's client URLs go into the configuration")
+                    }
+                    // Not yet (a change in progress, a new term not committed): retried.
+                    Ok(Err(error)) => tracing::debug!(%error, "cannot describe this member yet"),
+                    Err(_) => return,
+                }
+            }
+            drop(node);
+            tokio::time::sleep(FOLLOW_CONFIGURATION_EVERY).await;
         }
     });
 }
@@ -359,7 +459,7 @@ async fn run_node<N: Consensus>(
     for (node_id, member) in &membership.members {
         peers.insert(*node_id, url_address(&member.peer_urls[0])?);
     }
-    let membership_peers: BTreeSet<NodeId> = peers.keys().copied().collect();
+    let initial_peers = peers.clone();
     let client_urls = membership
         .members
         .iter()
@@ -398,12 +498,25 @@ async fn run_node<N: Consensus>(
         boot,
         observe,
     )?;
+    let learned = membership.learned.clone();
+    // A member that joined describes itself to the others (see `follow_configuration`).
+    let joined = config
+        .join_existing
+        .then(|| membership.members.get(&membership.me).cloned())
+        .flatten();
+    let me = membership.me;
     let shared = Arc::new(Shared {
         proxy: Proxy::new(Arc::new(handle), observed, membership),
-        forwarder: Forwarder::new(client_urls),
+        forwarder: Forwarder::new(client_urls).with_learned(learned.clone()),
         max_request_bytes: config.max_request_bytes,
     });
-    dial_added_members(Arc::clone(shared.proxy.node()), membership_peers);
+    follow_configuration(
+        Arc::downgrade(shared.proxy.node()),
+        me,
+        initial_peers,
+        learned,
+        joined,
+    );
     tracing::info!(
         name = %config.name,
         client = %config.client_listen,

@@ -101,6 +101,8 @@ enum Input<N: Node> {
     Act(ActHandler<N>),
     /// Starts dialing a peer learned at run time.
     AddPeer(NodeId, SocketAddr),
+    /// Stops sending to a peer (and closes the connection to it).
+    RemovePeer(NodeId),
     Stop,
 }
 
@@ -301,6 +303,15 @@ impl<N: RuntimeNode> NodeHandle<N> {
             .map_err(|_| RuntimeError::Stopped)
     }
 
+    /// Stops sending to `peer` and closes the connection to it (a member removed from the
+    /// cluster); [`NodeHandle::add_peer`] dials it again.
+    pub async fn remove_peer(&self, peer: NodeId) -> Result<(), RuntimeError> {
+        self.inbox
+            .send(Input::RemovePeer(peer))
+            .await
+            .map_err(|_| RuntimeError::Stopped)
+    }
+
     /// Stops the node as a crash would: records not yet synced may be lost, held outputs
     /// are never sent. Waits until the node task has ended.
     pub async fn stop(mut self) {
@@ -400,6 +411,10 @@ impl<N: RuntimeNode> Driver<N> {
                 Input::Act(act) => self.handle(&mut node, act),
                 Input::AddPeer(peer, address) => {
                     self.peers.add(self.id, peer, address);
+                    continue;
+                }
+                Input::RemovePeer(peer) => {
+                    self.peers.remove(peer);
                     continue;
                 }
                 Input::Stop => return,

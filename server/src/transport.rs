@@ -30,21 +30,24 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Sends messages of type `M` to peers by id.
 pub struct PeerSender<M> {
     queues: BTreeMap<NodeId, mpsc::Sender<M>>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: BTreeMap<NodeId, JoinHandle<()>>,
 }
 
 impl<M: Serialize + Send + 'static> PeerSender<M> {
     /// Starts one writer task per peer in `peers` (excluding `me`).
     pub fn start(me: NodeId, peers: &BTreeMap<NodeId, SocketAddr>) -> Self {
         let mut queues = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut tasks = BTreeMap::new();
         for (&peer, &address) in peers {
             if peer == me {
                 continue;
             }
             let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
             queues.insert(peer, sender);
-            tasks.push(tokio::spawn(write_to_peer(me, peer, address, receiver)));
+            tasks.insert(
+                peer,
+                tokio::spawn(write_to_peer(me, peer, address, receiver)),
+            );
         }
         PeerSender { queues, tasks }
     }
@@ -56,8 +59,19 @@ impl<M: Serialize + Send + 'static> PeerSender<M> {
         }
         let (sender, receiver) = mpsc::channel(PEER_QUEUE_MESSAGES);
         self.queues.insert(peer, sender);
-        self.tasks
-            .push(tokio::spawn(write_to_peer(me, peer, address, receiver)));
+        self.tasks.insert(
+            peer,
+            tokio::spawn(write_to_peer(me, peer, address, receiver)),
+        );
+    }
+
+    /// Stops sending to `peer` (e.g. a member removed from the cluster): drops what is
+    /// queued for it and closes the connection, or stops trying to open one.
+    pub fn remove(&mut self, peer: NodeId) {
+        self.queues.remove(&peer);
+        if let Some(task) = self.tasks.remove(&peer) {
+            task.abort();
+        }
     }
 
     /// Queues `message` for `to`; drops it if the queue is full or `to` is unknown.
@@ -72,7 +86,7 @@ impl<M: Serialize + Send + 'static> PeerSender<M> {
 
 impl<M> Drop for PeerSender<M> {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.values() {
             task.abort();
         }
     }

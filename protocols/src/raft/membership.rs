@@ -126,6 +126,11 @@ impl Membership {
                         return Err(MembershipError::NotMember(id));
                     }
                 }
+                MembershipChange::Describe(id) => {
+                    if !voters.contains(&id) && !learners.contains(&id) {
+                        return Err(MembershipError::NotMember(id));
+                    }
+                }
             }
         }
         if voters.is_empty() {
@@ -171,6 +176,10 @@ pub enum MembershipChange {
     Promote(NodeId),
     /// Removes a voter or a learner.
     Remove(NodeId),
+    /// Changes no role: only records a member's address anew (the addresses proposed with
+    /// the change), e.g. when a member that joined at run time makes its client endpoint
+    /// known. Voters stay as they are, so it needs no joint phase.
+    Describe(NodeId),
 }
 
 /// How a leader changes its configuration.
@@ -329,5 +338,14 @@ mod tests {
             Err(MembershipError::NoVotersLeft)
         );
         assert_eq!(config.changed(&[], true), Err(MembershipError::NoChange));
+        // Describing a member changes no role and needs no joint phase.
+        let described = config
+            .changed(&[MembershipChange::Describe(NodeId(3))], true)
+            .expect("valid");
+        assert_eq!(described, config);
+        assert_eq!(
+            config.changed(&[MembershipChange::Describe(NodeId(9))], true),
+            Err(MembershipError::NotMember(NodeId(9)))
+        );
     }
 }

@@ -848,6 +848,24 @@ impl Cluster {
         result
     }
 
+    /// Like [`Cluster::propose`], recording `addresses` with the change.
+    fn propose_with(
+        &mut self,
+        id: u32,
+        changes: &[MembershipChange],
+        addresses: &[(u32, &str)],
+    ) -> Result<u64, MembershipError> {
+        let addresses = addresses
+            .iter()
+            .map(|&(node, address)| (NodeId(node), address.to_string()))
+            .collect();
+        let mut result = Err(MembershipError::NoChange);
+        self.handle(NodeId(id), |node, ctx| {
+            result = node.propose_membership_change_with(changes, &addresses, ctx);
+        });
+        result
+    }
+
     fn transfer(&mut self, id: u32, target: u32) -> Result<(), MembershipError> {
         let mut result = Err(MembershipError::NoChange);
         self.handle(NodeId(id), |node, ctx| {
@@ -1128,4 +1146,63 @@ fn section_4_3_a_single_step_change_of_two_voters_elects_two_leaders_in_one_term
     );
     // Joint consensus: n3 and n4 also need a majority of the old voters, so only n1 leads.
     assert_eq!(replace_two_voters_and_split(ChangeVariant::Joint), vec![1]);
+}
+
+#[test]
+fn a_joined_member_that_wins_an_election_describes_itself_without_a_joint_phase() {
+    let mut cluster = Cluster::new(5, three_of_five);
+    cluster.elect(0);
+    assert!(
+        cluster
+            .propose_with(
+                0,
+                &[MembershipChange::AddLearner(NodeId(3))],
+                &[(3, "peer")]
+            )
+            .is_ok()
+    );
+    cluster.deliver_all();
+    assert!(
+        cluster
+            .propose(0, &[MembershipChange::Promote(NodeId(3))])
+            .is_ok()
+    );
+    cluster.deliver_all();
+    cluster.fire(0, RaftTimer::Heartbeat);
+    // The leader is lost right after the promotion; the newcomer wins the next term.
+    cluster.crash(0);
+    for follower in [1, 2] {
+        cluster.fire(follower, RaftTimer::PromiseExpired);
+    }
+    cluster.elect(3);
+    // Once its term has an entry committed, it records its own address anew (only
+    // members can be described).
+    let voters = cluster.node(3).membership().voters.clone();
+    assert_eq!(voters, ids(&[0, 1, 2, 3]));
+    cluster.fire(3, RaftTimer::Heartbeat);
+    assert_eq!(
+        cluster.propose_with(3, &[MembershipChange::Describe(NodeId(9))], &[(9, "x")]),
+        Err(MembershipError::NotMember(NodeId(9)))
+    );
+    assert!(
+        cluster
+            .propose_with(
+                3,
+                &[MembershipChange::Describe(NodeId(3))],
+                &[(3, "peer+client")]
+            )
+            .is_ok()
+    );
+    cluster.fire(3, RaftTimer::Heartbeat);
+    cluster.fire(3, RaftTimer::Heartbeat);
+    for id in [1, 2, 3] {
+        let membership = cluster.node(id).membership();
+        assert!(!membership.is_joint(), "n{id} never entered a joint phase");
+        assert_eq!(membership.voters, voters);
+        assert_eq!(
+            membership.addresses.get(&NodeId(3)).map(String::as_str),
+            Some("peer+client")
+        );
+        assert!(cluster.node(id).commit_index() >= cluster.node(3).membership_index());
+    }
 }

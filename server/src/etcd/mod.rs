@@ -14,7 +14,7 @@ use crate::api::etcdserverpb as pb;
 use crate::runtime::{NodeHandle, RuntimeError, RuntimeNode, random_u64};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use synod_core::node::{ClientId, Context, NodeId};
 use synod_core::session::SessionError;
@@ -57,6 +57,22 @@ pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse>
     /// True if this protocol supports membership changes.
     fn reconfigurable(&self) -> bool {
         false
+    }
+    /// Hands leadership to voter `target` (leader only; etcd's MoveLeader).
+    fn hand_over(
+        &mut self,
+        _target: NodeId,
+        _ctx: &mut Context<Self>,
+    ) -> Result<(), MembershipError> {
+        Err(MembershipError::NotLeader { leader: None })
+    }
+    /// True while a leadership hand-over this node started is under way.
+    fn handing_over(&self) -> bool {
+        false
+    }
+    /// True if the configuration in effect is committed (no change is pending).
+    fn configuration_committed(&self) -> bool {
+        true
     }
 }
 
@@ -119,6 +135,22 @@ impl Consensus for RaftNode<MvccMachine> {
     fn reconfigurable(&self) -> bool {
         true
     }
+
+    fn hand_over(
+        &mut self,
+        target: NodeId,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), MembershipError> {
+        self.transfer_leadership(target, ctx)
+    }
+
+    fn handing_over(&self) -> bool {
+        self.transfer_target().is_some()
+    }
+
+    fn configuration_committed(&self) -> bool {
+        self.membership_index() <= self.commit_index()
+    }
 }
 
 /// What the node task publishes after every input: cheap numbers for headers, status and
@@ -162,10 +194,32 @@ pub fn observer<N: Consensus>() -> (impl FnMut(&N) + Send + 'static, watch::Rece
 pub struct Membership {
     /// The cluster's id (the same on every member).
     pub cluster_id: u64,
-    /// Every member, by node id.
+    /// Every member this one was started with (its initial cluster), by node id.
     pub members: BTreeMap<NodeId, MemberInfo>,
     /// This member.
     pub me: NodeId,
+    /// Members added at run time, as the replicated configuration describes them (kept up
+    /// to date while the member runs).
+    pub learned: LearnedMembers,
+}
+
+/// The members the replicated configuration names beyond a member's initial cluster (added
+/// with MemberAdd), shared between the task that follows the configuration and the API.
+#[derive(Clone, Debug, Default)]
+pub struct LearnedMembers(Arc<RwLock<BTreeMap<NodeId, MemberInfo>>>);
+
+impl LearnedMembers {
+    /// Member `node`, if the configuration describes it.
+    pub fn get(&self, node: NodeId) -> Option<MemberInfo> {
+        self.0.read().ok()?.get(&node).cloned()
+    }
+
+    /// Replaces what is known with `members` (the configuration's current description).
+    pub fn replace(&self, members: BTreeMap<NodeId, MemberInfo>) {
+        if let Ok(mut learned) = self.0.write() {
+            *learned = members;
+        }
+    }
 }
 
 /// One member as the Cluster API lists it.
@@ -189,10 +243,24 @@ impl Membership {
             .map_or(0, |member| member.member_id)
     }
 
+    /// Member `node`: one of the initial cluster, or one added at run time.
+    pub fn member(&self, node: NodeId) -> Option<MemberInfo> {
+        self.members
+            .get(&node)
+            .cloned()
+            .or_else(|| self.learned.get(node))
+    }
+
     /// The etcd id of `node`, or 0 if unknown.
     pub fn member_id_of(&self, node: Option<NodeId>) -> u64 {
-        node.and_then(|node| self.members.get(&node))
+        node.and_then(|node| self.member(node))
             .map_or(0, |member| member.member_id)
+    }
+
+    /// Where clients (and forwarding members) reach `node`, if known yet: a member added at
+    /// run time makes its client URL known once it has started.
+    pub fn client_url(&self, node: NodeId) -> Option<String> {
+        self.member(node)?.client_urls.first().cloned()
     }
 }
 
@@ -327,7 +395,7 @@ impl<N: Consensus> Proxy<N> {
                     }
                     Err(RequestError::NotLeader { hint: Some(leader) })
                         if leader != self.membership.me
-                            && self.membership.members.contains_key(&leader) =>
+                            && self.membership.client_url(leader).is_some() =>
                     {
                         break Ok(Outcome::Redirect(leader));
                     }

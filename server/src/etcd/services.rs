@@ -1,15 +1,17 @@
 //! The gRPC services: KV, Lease, Watch, Maintenance and Cluster.
 
 use super::convert;
-use super::{Consensus, NO_LEADER, Outcome, Proxy, store_error};
+use super::{Consensus, LearnedMembers, MemberInfo, NO_LEADER, Outcome, Proxy, store_error};
 use crate::api::etcdserverpb as pb;
 use crate::api::etcdserverpb::cluster_client::ClusterClient;
 use crate::api::etcdserverpb::kv_client::KvClient;
 use crate::api::etcdserverpb::lease_client::LeaseClient;
+use crate::api::etcdserverpb::maintenance_client::MaintenanceClient;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use synod_core::node::NodeId;
 use synod_protocols::mvcc::api as mvcc;
 use synod_protocols::mvcc::machine::{MvccOperation, MvccOutput};
@@ -23,6 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// etcd's default limit on one request's encoded size (1.5 MiB).
 pub const MAX_REQUEST_BYTES_DEFAULT: usize = 1536 * 1024;
+/// etcd's text for a leadership transfer that did not complete.
+const LEADER_TRANSFER_TIMED_OUT: &str =
+    "etcdserver: request timed out, leader transfer took too long";
 /// Marks a call one member forwarded to another, so it is never forwarded twice.
 const FORWARDED: &str = "synod-forwarded";
 
@@ -50,7 +55,8 @@ impl<N: Consensus> Shared<N> {
 /// Lazily connected gRPC channels to other members.
 pub struct Forwarder {
     client_urls: BTreeMap<NodeId, String>,
-    channels: Mutex<BTreeMap<NodeId, Channel>>,
+    learned: LearnedMembers,
+    channels: Mutex<BTreeMap<NodeId, (String, Channel)>>,
 }
 
 impl Forwarder {
@@ -58,26 +64,40 @@ impl Forwarder {
     pub fn new(client_urls: BTreeMap<NodeId, String>) -> Self {
         Forwarder {
             client_urls,
+            learned: LearnedMembers::default(),
             channels: Mutex::new(BTreeMap::new()),
         }
     }
 
+    /// The same forwarder, also reaching members added at run time once `learned`
+    /// describes their client URLs.
+    pub fn with_learned(mut self, learned: LearnedMembers) -> Self {
+        self.learned = learned;
+        self
+    }
+
     pub(crate) fn channel(&self, node: NodeId) -> Result<Channel, Status> {
+        let url = match self.client_urls.get(&node) {
+            Some(url) => url.clone(),
+            None => self
+                .learned
+                .get(node)
+                .and_then(|member| member.client_urls.first().cloned())
+                .ok_or_else(|| Status::unavailable(NO_LEADER))?,
+        };
         let mut channels = self
             .channels
             .lock()
             .map_err(|_| Status::internal("forwarder lock poisoned"))?;
-        if let Some(channel) = channels.get(&node) {
+        if let Some((known, channel)) = channels.get(&node)
+            && *known == url
+        {
             return Ok(channel.clone());
         }
-        let url = self
-            .client_urls
-            .get(&node)
-            .ok_or_else(|| Status::unavailable(NO_LEADER))?;
         let channel = Endpoint::from_shared(url.clone())
             .map_err(|error| Status::internal(format!("bad client URL {url}: {error}")))?
             .connect_lazy();
-        channels.insert(node, channel.clone());
+        channels.insert(node, (url, channel.clone()));
         Ok(channel)
     }
 }
@@ -702,11 +722,63 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
 
     async fn move_leader(
         &self,
-        _request: Request<pb::MoveLeaderRequest>,
+        request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "synod: leadership transfer is not available in this version",
-        ))
+        let (metadata, _, message) = request.into_parts();
+        let proxy = &self.0.proxy;
+        let configuration = proxy
+            .node()
+            .inspect(|node| node.configuration().cloned())
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?
+            .ok_or_else(|| Status::unimplemented(NO_RECONFIGURATION))?;
+        let target = node_of(proxy.membership(), &configuration, message.target_id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))?;
+        let result = proxy
+            .node()
+            .act(move |node, ctx| node.hand_over(target, ctx))
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        match result {
+            Ok(()) => {}
+            Err(MembershipError::NotLeader {
+                leader: Some(leader),
+            }) => {
+                return MaintenanceClient::new(self.0.forwarder.channel(leader)?)
+                    .move_leader(forward_request(&metadata, message)?)
+                    .await;
+            }
+            Err(MembershipError::NotLeader { leader: None }) => {
+                return Err(Status::unavailable(NO_LEADER));
+            }
+            Err(error @ MembershipError::TargetNotVoter(_)) => {
+                return Err(Status::failed_precondition(format!(
+                    "etcdserver: the target is not a voter ({error})"
+                )));
+            }
+            Err(error) => return Err(Status::unavailable(format!("etcdserver: {error}"))),
+        }
+        // Like etcd, answer once the target leads, or fail once the leader gave up.
+        let me = proxy.membership().me;
+        let deadline = tokio::time::Instant::now() + proxy.request_timeout;
+        let mut changes = proxy.subscribe();
+        loop {
+            let (leader, handing_over) = proxy
+                .node()
+                .inspect(|node| (node.status().leader, node.handing_over()))
+                .await
+                .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+            if leader == Some(target) {
+                return Ok(Response::new(pb::MoveLeaderResponse {
+                    header: Some(proxy.header(0)),
+                }));
+            }
+            let abandoned = leader == Some(me) && !handing_over;
+            if abandoned || tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(LEADER_TRANSFER_TIMED_OUT));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), changes.changed()).await;
+        }
     }
 }
 
@@ -734,21 +806,92 @@ pub fn snapshot_bytes(encoded: Vec<u8>) -> Vec<u8> {
 /// is given them at start (etcd does the same until the member publishes them).
 pub struct ClusterService<N: Consensus>(pub Arc<Shared<N>>);
 
-/// How a member added through the API is described in the configuration: its etcd id
-/// and peer URL, separated by a tab.
-fn describe_added(member_id: u64, peer_url: &str) -> String {
-    format!("{member_id}\t{peer_url}")
+/// A member added through the API, as the replicated configuration describes it: its etcd
+/// id and peer URL from MemberAdd, then, once the member has started and made them known,
+/// its name and client URLs. Written as tab-separated fields (client URLs comma-separated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddedMember {
+    /// The etcd member id MemberAdd gave it.
+    pub member_id: u64,
+    /// Where peers reach it.
+    pub peer_url: String,
+    /// Its name; empty until it has started.
+    pub name: String,
+    /// Where clients reach it; empty until it has started.
+    pub client_urls: Vec<String>,
 }
 
-/// The etcd id and peer URL of a member added through the API.
-fn parse_added(address: &str) -> Option<(u64, String)> {
-    let (id, url) = address.split_once('\t')?;
-    Some((id.parse().ok()?, url.to_string()))
+impl AddedMember {
+    /// The description stored in the configuration.
+    pub fn describe(&self) -> String {
+        if self.name.is_empty() && self.client_urls.is_empty() {
+            return format!("{}\t{}", self.member_id, self.peer_url);
+        }
+        format!(
+            "{}\t{}\t{}\t{}",
+            self.member_id,
+            self.peer_url,
+            self.name,
+            self.client_urls.join(",")
+        )
+    }
+
+    /// Reads a description written by [`AddedMember::describe`].
+    pub fn parse(address: &str) -> Option<AddedMember> {
+        let mut fields = address.split('\t');
+        let member_id = fields.next()?.parse().ok()?;
+        let peer_url = fields.next()?.to_string();
+        let name = fields.next().unwrap_or_default().to_string();
+        let client_urls = fields
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|url| !url.is_empty())
+            .map(str::to_string)
+            .collect();
+        Some(AddedMember {
+            member_id,
+            peer_url,
+            name,
+            client_urls,
+        })
+    }
+
+    /// The member as the API lists it.
+    pub fn info(&self) -> MemberInfo {
+        MemberInfo {
+            member_id: self.member_id,
+            name: self.name.clone(),
+            peer_urls: vec![self.peer_url.clone()],
+            client_urls: self.client_urls.clone(),
+        }
+    }
 }
 
-/// The peer URL a member added at run time is reached at, from the configuration.
-pub fn added_peer_url(address: &str) -> Option<String> {
-    parse_added(address).map(|(_, url)| url)
+/// The node of etcd member `member_id` among the nodes `configuration` names.
+fn node_of(
+    membership: &super::Membership,
+    configuration: &RaftMembership,
+    member_id: u64,
+) -> Option<NodeId> {
+    configuration.nodes().into_iter().find(|node| {
+        membership.members.get(node).map(|member| member.member_id) == Some(member_id)
+            || configuration
+                .addresses
+                .get(node)
+                .and_then(|address| AddedMember::parse(address))
+                .is_some_and(|added| added.member_id == member_id)
+    })
+}
+
+/// The etcd member id MemberAdd gives the member at `peer_url` that becomes node `node`
+/// (a member joining with `--initial-cluster-state existing` takes the same id).
+pub fn added_member_id(peer_url: &str, node: NodeId) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = synod_core::hash::StableHasher::new();
+    hasher.write(peer_url.as_bytes());
+    hasher.write_u32(node.0);
+    hasher.finish() | 1
 }
 
 impl<N: Consensus> ClusterService<N> {
@@ -792,16 +935,16 @@ impl<N: Consensus> ClusterService<N> {
                     client_ur_ls: member.client_urls.clone(),
                     is_learner,
                 });
-            } else if let Some((id, url)) = configuration
+            } else if let Some(added) = configuration
                 .addresses
                 .get(&node)
-                .and_then(|address| parse_added(address))
+                .and_then(|address| AddedMember::parse(address))
             {
                 members.push(pb::Member {
-                    id,
-                    name: String::new(),
-                    peer_ur_ls: vec![url],
-                    client_ur_ls: Vec::new(),
+                    id: added.member_id,
+                    name: added.name,
+                    peer_ur_ls: vec![added.peer_url],
+                    client_ur_ls: added.client_urls,
                     is_learner,
                 });
             }
@@ -811,15 +954,7 @@ impl<N: Consensus> ClusterService<N> {
 
     /// The node id of etcd member `member_id` in `configuration`.
     fn node_of(&self, configuration: &RaftMembership, member_id: u64) -> Option<NodeId> {
-        let known = &self.0.proxy.membership().members;
-        configuration.nodes().into_iter().find(|node| {
-            known.get(node).map(|member| member.member_id) == Some(member_id)
-                || configuration
-                    .addresses
-                    .get(node)
-                    .and_then(|address| parse_added(address))
-                    .is_some_and(|(id, _)| id == member_id)
-        })
+        node_of(self.0.proxy.membership(), configuration, member_id)
     }
 
     /// Runs `changes` on the local node; `Ok(None)` if another member leads (forward).
@@ -905,8 +1040,8 @@ impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
             || configuration
                 .addresses
                 .values()
-                .filter_map(|address| parse_added(address))
-                .any(|(_, url)| url == peer_url);
+                .filter_map(|address| AddedMember::parse(address))
+                .any(|added| added.peer_url == peer_url);
         if taken {
             return Err(Status::failed_precondition(
                 "etcdserver: Peer URLs already exists",
@@ -919,19 +1054,19 @@ impl<N: Consensus> pb::cluster_server::Cluster for ClusterService<N> {
             .map(|node| node.0 + 1)
             .max()
             .map_or(NodeId(0), NodeId);
-        let member_id = {
-            use std::hash::Hasher;
-            let mut hasher = synod_core::hash::StableHasher::new();
-            hasher.write(peer_url.as_bytes());
-            hasher.write_u32(node.0);
-            hasher.finish() | 1
-        };
+        let member_id = added_member_id(&peer_url, node);
         let change = if message.is_learner {
             MembershipChange::AddLearner(node)
         } else {
             MembershipChange::AddVoter(node)
         };
-        let addresses = BTreeMap::from([(node, describe_added(member_id, &peer_url))]);
+        let description = AddedMember {
+            member_id,
+            peer_url: peer_url.clone(),
+            name: String::new(),
+            client_urls: Vec::new(),
+        };
+        let addresses = BTreeMap::from([(node, description.describe())]);
         if let Some(leader) = self.change(vec![change], addresses).await? {
             return ClusterClient::new(self.0.forwarder.channel(leader)?)
                 .member_add(forward_request(&metadata, message)?)
