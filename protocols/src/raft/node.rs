@@ -562,8 +562,89 @@ struct SnapshotImage {
     last_term: u64,
     digest: u64,
     membership: Membership,
-    bytes: Arc<[u8]>,
+    bytes: ImageBytes,
     checksum: u32,
+}
+
+/// An image's bytes: the head in memory, then the tail read from its file as each chunk
+/// is sent (so a leader never holds a copy of a state's bulk).
+#[derive(Clone, Debug)]
+struct ImageBytes {
+    /// The state's head and, with a tail, the tail's length as a varint.
+    head: Arc<[u8]>,
+    tail: Option<Tail>,
+}
+
+impl ImageBytes {
+    fn of(image: StateImage<impl StateMachine>) -> std::io::Result<Self> {
+        let StateImage { head, tail, .. } = image;
+        let Some((_, length)) = &tail else {
+            return Ok(ImageBytes { head, tail });
+        };
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&postcard::to_allocvec(length).map_err(std::io::Error::other)?);
+        Ok(ImageBytes {
+            head: bytes.into(),
+            tail,
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.head.len() as u64 + self.tail.as_ref().map_or(0, |(_, length)| *length)
+    }
+
+    /// Bytes `start..end` (within the image).
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+        let head = self.head.len() as u64;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if start < head {
+            out.extend_from_slice(&self.head[start as usize..end.min(head) as usize]);
+        }
+        if end > head
+            && let Some((tail, _)) = &self.tail
+        {
+            let from = start.max(head);
+            let at = out.len();
+            out.resize(at + (end - from) as usize, 0);
+            tail.read_at(from - head, &mut out[at..])?;
+        }
+        Ok(out)
+    }
+
+    /// The CRC32C of the whole image, reading the tail a megabyte at a time.
+    fn checksum(&self) -> std::io::Result<u32> {
+        let mut checksum = crc32c::crc32c(&self.head);
+        let head = self.head.len() as u64;
+        let mut offset = head;
+        while offset < self.len() {
+            let end = (offset + TAIL_CHUNK_BYTES).min(self.len());
+            checksum = crc32c::crc32c_append(checksum, &self.read(offset, end)?);
+            offset = end;
+        }
+        Ok(checksum)
+    }
+}
+
+impl PartialEq for ImageBytes {
+    fn eq(&self, other: &Self) -> bool {
+        let same_tail = match (&self.tail, &other.tail) {
+            (None, None) => true,
+            (Some((left, left_length)), Some((right, right_length))) => {
+                Arc::ptr_eq(left, right) && left_length == right_length
+            }
+            _ => false,
+        };
+        self.head == other.head && same_tail
+    }
+}
+
+impl Eq for ImageBytes {}
+
+impl Hash for ImageBytes {
+    fn hash<H: Hasher>(&self, hasher: &mut H) {
+        self.head.hash(hasher);
+        self.len().hash(hasher);
+    }
 }
 
 /// A snapshot a follower is receiving.
@@ -1312,8 +1393,13 @@ impl<S: StateMachine> RaftNode<S> {
                 return;
             }
             *sent = true;
-            let start = (*offset as usize).min(image.bytes.len());
-            let end = (start + config.snapshot_chunk_bytes.max(1)).min(image.bytes.len());
+            let total = image.bytes.len();
+            let start = (*offset).min(total);
+            let end = (start + config.snapshot_chunk_bytes.max(1) as u64).min(total);
+            let Ok(data) = image.bytes.read(start, end) else {
+                // The tail cannot be read: send nothing (the transfer waits), never a guess.
+                return;
+            };
             ctx.send(
                 peer,
                 RaftMessage::InstallSnapshot(Box::new(SnapshotChunk {
@@ -1322,10 +1408,10 @@ impl<S: StateMachine> RaftNode<S> {
                     last_term: image.last_term,
                     digest: image.digest,
                     membership: image.membership.clone(),
-                    total_bytes: image.bytes.len() as u64,
+                    total_bytes: total,
                     checksum: image.checksum,
-                    offset: start as u64,
-                    data: image.bytes[start..end].to_vec(),
+                    offset: start,
+                    data,
                     round,
                 })),
             );
@@ -1799,7 +1885,10 @@ impl<S: StateMachine> RaftNode<S> {
         let Ok((head, tail)) = self.state.snapshot_parts() else {
             return;
         };
-        let Ok(bytes) = StateImage::<S>::from_parts(head.into(), tail).to_bytes() else {
+        let Ok(bytes) = ImageBytes::of(StateImage::<S>::from_parts(head.into(), tail)) else {
+            return;
+        };
+        let Ok(checksum) = bytes.checksum() else {
             return;
         };
         let membership = self
@@ -1813,8 +1902,8 @@ impl<S: StateMachine> RaftNode<S> {
             last_term,
             digest: self.digest,
             membership,
-            checksum: crc32c::crc32c(&bytes),
-            bytes: bytes.into(),
+            checksum,
+            bytes,
         });
     }
 
