@@ -285,6 +285,7 @@ pub async fn run_member(
                     read_mode: ReadMode::ReadIndex,
                     snapshot_threshold_entries: config.snapshot_threshold_entries,
                     snapshot_chunk_bytes: 1024 * 1024,
+                    snapshot_catch_up_entries: SNAPSHOT_CATCH_UP_ENTRIES,
                     append_entries_max: 1024,
                     append_bytes_max: 1024 * 1024,
                     inflight_messages_max: 16,
@@ -309,6 +310,11 @@ pub async fn run_member(
         }
     }
 }
+
+/// Entries a member keeps in memory behind its latest snapshot (as etcd does), so a
+/// follower a little behind catches up from the log rather than by a transfer of the
+/// whole store.
+const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
 
 /// A state machine keeping its keys' and values' bytes in a file under the data
 /// directory (rebuilt from the snapshot and log on every start), not on the heap.

@@ -368,6 +368,9 @@ impl<N: RuntimeNode> Driver<N> {
     }
 
     async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
+        if self.halted {
+            return;
+        }
         while let Some(input) = inputs.recv().await {
             match input {
                 Input::Message { from, message } => {

@@ -83,6 +83,10 @@ pub struct RaftConfig {
     pub snapshot_threshold_entries: u64,
     /// Bytes of encoded state per InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Applied entries kept in memory behind a snapshot, so that a follower slightly
+    /// behind when the leader snapshots catches up from the log instead of receiving the
+    /// whole state (etcd keeps 5,000). The checkpoint holds only the entries after it.
+    pub snapshot_catch_up_entries: u64,
     /// Entries in one AppendEntries message.
     pub append_entries_max: usize,
     /// Encoded entry bytes in one AppendEntries message (at least one entry is sent).
@@ -104,6 +108,7 @@ impl Default for RaftConfig {
             // Small so that simulations of a few hundred operations exercise compaction.
             snapshot_threshold_entries: 64,
             snapshot_chunk_bytes: 512,
+            snapshot_catch_up_entries: 0,
             append_entries_max: 64,
             append_bytes_max: 64 * 1024,
             inflight_messages_max: 4,
@@ -682,6 +687,8 @@ pub struct RaftNode<S: StateMachine> {
     digests: BTreeMap<u64, u64>,
     snapshot: Option<SnapshotImage>,
     incoming: Option<Incoming>,
+    /// The index of the latest checkpoint (the log may keep entries before it).
+    checkpoint_index: u64,
     /// The first safety violation this node noticed itself (e.g. asked to overwrite a
     /// committed entry).
     violation: Option<String>,
@@ -711,6 +718,7 @@ impl<S: StateMachine> RaftNode<S> {
             digests: BTreeMap::new(),
             snapshot: None,
             incoming: None,
+            checkpoint_index: 0,
             violation: None,
         }
     }
@@ -1685,10 +1693,14 @@ impl<S: StateMachine> RaftNode<S> {
                 && incoming.bytes.len() as u64 == chunk.offset
         });
         if chunk.offset == 0 && !fits {
+            // Room for the whole image at once (growing by doubling would need up to twice
+            // its size); if that much cannot be had, the buffer grows as chunks come.
+            let mut bytes = Vec::new();
+            let _ = bytes.try_reserve_exact(usize::try_from(chunk.total_bytes).unwrap_or(0));
             self.incoming = Some(Incoming {
                 last_index: chunk.last_index,
                 checksum: chunk.checksum,
-                bytes: Vec::new(),
+                bytes,
             });
         } else if !fits {
             let received = self
@@ -1862,14 +1874,18 @@ impl<S: StateMachine> RaftNode<S> {
     /// Compacts the applied prefix into a checkpoint once it is long enough.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let threshold = self.config.snapshot_threshold_entries.max(1);
-        if self.applied_index < self.log.snapshot_index() + threshold {
+        if self.applied_index < self.checkpoint_index + threshold {
             return;
         }
         // A state that does not encode is not compacted (its log keeps growing).
         let Ok((head, tail)) = self.state.snapshot_parts() else {
             return;
         };
-        self.log.compact_to(self.applied_index);
+        let keep_from = self
+            .applied_index
+            .saturating_sub(self.config.snapshot_catch_up_entries)
+            .max(self.log.snapshot_index());
+        self.log.compact_to(keep_from);
         self.fold_configs();
         // An image being sent may now be older than the log's start: rebuilt when needed.
         self.snapshot = None;
@@ -1891,12 +1907,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Ok(checksum) = bytes.checksum() else {
             return;
         };
-        let membership = self
-            .log_configs
-            .range(..=last_index)
-            .next_back()
-            .map_or(&self.snapshot_membership, |(_, membership)| membership)
-            .clone();
+        let membership = self.membership_at(last_index).clone();
         self.snapshot = Some(SnapshotImage {
             last_index,
             last_term,
@@ -1907,17 +1918,28 @@ impl<S: StateMachine> RaftNode<S> {
         });
     }
 
-    /// Writes a checkpoint of the snapshot point, `state` (the state there), term, vote and
-    /// retained log.
-    fn checkpoint(&self, state: StateImage<S>, ctx: &mut Context<Self>) {
-        let last_index = self.log.snapshot_index();
+    /// The configuration in effect at `index` (applied or the snapshot point).
+    fn membership_at(&self, index: u64) -> &Membership {
+        self.log_configs
+            .range(..=index)
+            .next_back()
+            .map_or(&self.snapshot_membership, |(_, membership)| membership)
+    }
+
+    /// Writes a checkpoint of the applied index: `state` (the state there), term, vote and
+    /// the log after it. Entries the log keeps before it (for catching up followers) are
+    /// not written.
+    fn checkpoint(&mut self, state: StateImage<S>, ctx: &mut Context<Self>) {
+        let last_index = self.applied_index;
+        let last_term = self.log.term(last_index).unwrap_or(0);
+        self.checkpoint_index = last_index;
         ctx.checkpoint(RaftRecord::Snapshot(Box::new(SnapshotRecord {
             term: self.term,
             voted_for: self.voted_for,
             last_index,
-            last_term: self.log.snapshot_term(),
+            last_term,
             digest: self.digest,
-            membership: self.snapshot_membership.clone(),
+            membership: self.membership_at(last_index).clone(),
             state,
             entries: self
                 .log
@@ -2102,6 +2124,7 @@ impl<S: StateMachine> RaftNode<S> {
                         .into_state()
                         .expect("a snapshot record's state decoded when the record was read");
                     self.snapshot = None;
+                    self.checkpoint_index = snapshot.last_index;
                     self.state.adopt(state);
                     self.commit_index = snapshot.last_index;
                     self.applied_index = snapshot.last_index;
