@@ -356,13 +356,13 @@ impl StateMachine for MvccMachine {
     fn snapshot_parts(&self) -> Result<(Vec<u8>, Option<Tail>), String> {
         let encoded = match self.store.tail() {
             // The records live in a file: encode the rest; they follow as the tail.
-            Some(tail) => postcard::to_allocvec(&(
+            Some(tail) => crate::replicated::encode_exactly(&(
                 &self.sessions,
                 self.leader_since,
                 self.store.head_serializer(),
             ))
             .map(|head| (head, Some(tail))),
-            None => postcard::to_allocvec(self).map(|head| (head, None)),
+            None => crate::replicated::encode_exactly(self).map(|head| (head, None)),
         };
         encoded.map_err(|error| format!("the state does not encode: {error}"))
     }
