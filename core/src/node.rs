@@ -132,6 +132,14 @@ pub trait Node: Value {
     fn on_timer(&mut self, timer: Self::Timer, ctx: &mut Context<Self>);
     /// A request from a client.
     fn on_request(&mut self, client: ClientId, request: Self::Request, ctx: &mut Context<Self>);
+
+    /// Why this node must stop, if it must: something it relies on beyond its records
+    /// failed (e.g. a file its state machine keeps values in). A driver checks after every
+    /// input and, once this is `Some`, stops the node without carrying out that input's
+    /// effects (as a crash would). The default never halts.
+    fn halted(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An effect a node asks its driver to carry out.

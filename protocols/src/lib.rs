@@ -14,6 +14,7 @@
 //! Protocols depend on `synod-core` only; the simulator, the model checker and the runtime
 //! drive them through the node contract.
 
+mod bytes;
 pub mod kv_state;
 pub mod mvcc;
 pub mod paxos;

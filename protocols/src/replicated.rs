@@ -32,6 +32,24 @@ pub enum ReadConsistency {
     Serializable,
 }
 
+/// Bytes a snapshot carries after the state's encoded head, read when the snapshot is
+/// written or sent rather than copied into memory when it is taken (a state machine whose
+/// bulk lives in an append-only file hands out that file). Bytes below the length given
+/// with the tail never change.
+pub trait SnapshotTail: Send + Sync + std::fmt::Debug {
+    /// Bytes available now.
+    fn len(&self) -> u64;
+    /// True if there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fills `out` with the bytes at `offset`.
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// A snapshot tail and how many of its bytes belong to the snapshot.
+pub type Tail = (std::sync::Arc<dyn SnapshotTail>, u64);
+
 /// A deterministic state machine driven by a replicated log.
 pub trait StateMachine: Value + Default + Serialize + DeserializeOwned {
     /// What clients send.
@@ -69,4 +87,33 @@ pub trait StateMachine: Value + Default + Serialize + DeserializeOwned {
         let _ = (now, leading_since);
         Vec::new()
     }
+
+    /// The state split for a snapshot: `head`, and optionally a tail of `len` bytes such
+    /// that `head`, then `len` as a postcard varint, then the tail's bytes is exactly the
+    /// postcard encoding of the state. The default puts everything in the head.
+    fn snapshot_parts(&self) -> Result<(Vec<u8>, Option<Tail>), String> {
+        encode_exactly(self)
+            .map(|head| (head, None))
+            .map_err(|error| format!("the state does not encode: {error}"))
+    }
+
+    /// Replaces this state by `restored` (decoded from a snapshot), keeping whatever this
+    /// state holds that a decoded one cannot (e.g. the file its values go to).
+    fn adopt(&mut self, restored: Self) {
+        *self = restored;
+    }
+
+    /// Why this state can no longer be trusted (its storage failed), if it cannot: the
+    /// driver must stop the node without letting any output of the failed step leave.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The postcard encoding of `value` in a buffer of exactly its size: one pass to measure,
+/// one to write. For a state of hundreds of megabytes this avoids the up to twice as large
+/// buffer that growing by doubling needs.
+pub fn encode_exactly<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let size = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(size))
 }

@@ -11,3 +11,4 @@ pub mod member;
 pub mod metrics;
 pub mod runtime;
 pub mod transport;
+pub mod values;

@@ -27,7 +27,18 @@ pub trait RecordLog: Send + 'static {
     fn append(&mut self, payload: &[u8], checkpoint: bool) -> Result<(), LogError>;
     /// Makes every appended record durable (one fsync for all of them).
     fn sync(&mut self) -> Result<(), LogError>;
+    /// Appends a checkpoint whose bytes `write` produces as a stream. The default gathers
+    /// them in memory and calls [`RecordLog::append`]; a log that can write a stream
+    /// straight to its file never holds the whole record.
+    fn append_checkpoint_with(&mut self, write: &mut WriteRecord) -> Result<(), LogError> {
+        let mut payload = Vec::new();
+        write(&mut payload)?;
+        self.append(&payload, true)
+    }
 }
+
+/// Writes a record's bytes into the given writer.
+pub type WriteRecord = dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send;
 
 /// An in-memory log for tests: the synced records live in a shared vector that outlives
 /// the node, so a test can "crash" a node (drop it with unsynced records) and restart it
@@ -71,7 +82,12 @@ impl RecordLog for MemoryLog {
 
 /// Work for the storage thread, in the order the node produced it.
 pub(crate) enum StorageJob {
-    Append { payload: Vec<u8>, checkpoint: bool },
+    Append {
+        payload: Vec<u8>,
+        checkpoint: bool,
+    },
+    /// A checkpoint serialized on the storage thread, straight into its file.
+    Checkpoint(Box<WriteRecord>),
     Sync,
 }
 
@@ -97,6 +113,11 @@ pub(crate) fn spawn_storage_thread<L: RecordLog>(
                             checkpoint,
                         } => {
                             log.append(&payload, checkpoint)?;
+                            *appended += 1;
+                            Ok(false)
+                        }
+                        StorageJob::Checkpoint(mut write) => {
+                            log.append_checkpoint_with(&mut *write)?;
                             *appended += 1;
                             Ok(false)
                         }

@@ -9,6 +9,7 @@ use crate::etcd::services::{
 use crate::etcd::{Consensus, LearnedMembers, MemberInfo, Membership, Proxy, observer};
 use crate::log::{LogError, RecordLog};
 use crate::runtime::{Boot, NodeConfig, NodeHandle};
+use crate::values::ValueFile;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use synod_core::hash::StableHasher;
 use synod_core::node::NodeId;
 use synod_protocols::mvcc::machine::MvccMachine;
+use synod_protocols::mvcc::records::RecordFile;
 use synod_protocols::paxos::{PaxosConfig, PaxosNode, PaxosVariant};
 use synod_protocols::raft::{MembershipChange, RaftConfig, RaftNode, RaftVariant, ReadMode};
 use synod_storage::{Wal, WalOptions};
@@ -133,6 +135,15 @@ impl RecordLog for Wal {
 
     fn sync(&mut self) -> Result<(), LogError> {
         Wal::sync(self)
+            .map(|_| ())
+            .map_err(|error| LogError::Other(error.to_string()))
+    }
+
+    fn append_checkpoint_with(
+        &mut self,
+        write: &mut crate::log::WriteRecord,
+    ) -> Result<(), LogError> {
+        Wal::append_checkpoint_with(self, write)
             .map(|_| ())
             .map_err(|error| LogError::Other(error.to_string()))
     }
@@ -281,6 +292,7 @@ pub async fn run_member(
                     read_mode: ReadMode::ReadIndex,
                     snapshot_threshold_entries: config.snapshot_threshold_entries,
                     snapshot_chunk_bytes: 1024 * 1024,
+                    snapshot_catch_up_entries: SNAPSHOT_CATCH_UP_ENTRIES,
                     append_entries_max: 1024,
                     append_bytes_max: 1024 * 1024,
                     inflight_messages_max: 16,
@@ -288,7 +300,8 @@ pub async fn run_member(
                     ..RaftConfig::default()
                 },
             )
-            .with_voters(first_voters);
+            .with_voters(first_voters)
+            .with_state(machine_with_value_file(&config)?);
             run_node(node, config, listeners, shutdown).await
         }
         ConsensusKind::Paxos => {
@@ -303,6 +316,27 @@ pub async fn run_member(
             run_node(node, config, listeners, shutdown).await
         }
     }
+}
+
+/// Entries a member keeps in memory behind its latest snapshot (as etcd does), so a
+/// follower a little behind catches up from the log rather than by a transfer of the
+/// whole store.
+const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
+
+/// A state machine keeping its keys' and values' bytes in a file under the data
+/// directory (rebuilt from the snapshot and log on every start), not on the heap.
+fn machine_with_value_file(config: &MemberConfig) -> Result<MvccMachine, MemberError> {
+    let directory = config.data_dir.join("values");
+    let file = ValueFile::start(&directory).map_err(|error| {
+        MemberError::Config(format!(
+            "cannot create the value file in {}: {error}",
+            directory.display()
+        ))
+    })?;
+    let file: Arc<dyn RecordFile> = file;
+    let mut machine = MvccMachine::new();
+    machine.use_file(&file).map_err(MemberError::Config)?;
+    Ok(machine)
 }
 
 /// How often a member looks at the configuration for members added to it (to dial them

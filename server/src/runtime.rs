@@ -126,7 +126,7 @@ pub trait RuntimeNode:
         Request: Send,
         Response: Send,
         Timer: Send,
-        Record: Send,
+        Record: Send + 'static,
     > + Send
     + 'static
 {
@@ -137,7 +137,7 @@ impl<N> RuntimeNode for N where
             Request: Send,
             Response: Send,
             Timer: Send,
-            Record: Send,
+            Record: Send + 'static,
         > + Send
         + 'static
 {
@@ -220,6 +220,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 peers,
                 inbox: own_inbox,
                 observe: Box::new(observe),
+                halted: false,
             };
             driver.boot(&mut node, records);
             (driver.observe)(&node);
@@ -361,6 +362,8 @@ struct Driver<N: Node> {
     peers: PeerSender<N::Message>,
     inbox: mpsc::Sender<Input<N>>,
     observe: Box<dyn FnMut(&N) + Send>,
+    /// The node halted (see [`Node::halted`]): the task ends.
+    halted: bool,
 }
 
 impl<N: RuntimeNode> Driver<N> {
@@ -376,6 +379,9 @@ impl<N: RuntimeNode> Driver<N> {
     }
 
     async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
+        if self.halted {
+            return;
+        }
         while let Some(input) = inputs.recv().await {
             match input {
                 Input::Message { from, message } => {
@@ -406,6 +412,10 @@ impl<N: RuntimeNode> Driver<N> {
                 }
                 Input::Inspect(look) => {
                     look(&node);
+                    if let Some(reason) = node.halted() {
+                        tracing::error!(node = self.id.0, %reason, "the node halted: stopping it");
+                        return;
+                    }
                     continue;
                 }
                 Input::Act(act) => self.handle(&mut node, act),
@@ -419,6 +429,9 @@ impl<N: RuntimeNode> Driver<N> {
                 }
                 Input::Stop => return,
             }
+            if self.halted {
+                return;
+            }
             (self.observe)(&node);
         }
     }
@@ -430,6 +443,12 @@ impl<N: RuntimeNode> Driver<N> {
         handler(node, &mut ctx);
         let effects = ctx.into_effects();
         self.members = members;
+        if let Some(reason) = node.halted() {
+            // Nothing this step produced may leave: it may rest on a failed read.
+            tracing::error!(node = self.id.0, %reason, "the node halted: stopping it");
+            self.halted = true;
+            return;
+        }
         for effect in effects {
             self.apply(effect);
         }
@@ -482,7 +501,7 @@ impl<N: RuntimeNode> Driver<N> {
                 self.timers.remove(&timer);
             }
             Effect::Persist { record } => self.append(&record, false),
-            Effect::Checkpoint { record } => self.append(&record, true),
+            Effect::Checkpoint { record } => self.append_checkpoint(record),
             Effect::Sync => {
                 let _ = self.storage.send(StorageJob::Sync);
             }
@@ -506,6 +525,19 @@ impl<N: RuntimeNode> Driver<N> {
                 self.storage = closed;
             }
         }
+    }
+
+    /// Hands a checkpoint to the storage thread, which serializes it straight into its
+    /// file: a checkpoint's state can be hundreds of megabytes, and serializing it there
+    /// keeps that copy out of memory and the work off the node's task.
+    fn append_checkpoint(&mut self, record: N::Record) {
+        self.appended += 1;
+        let write = move |out: &mut dyn std::io::Write| {
+            postcard::to_io(&record, out)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        };
+        let _ = self.storage.send(StorageJob::Checkpoint(Box::new(write)));
     }
 
     fn emit(&mut self, output: Output<N>) {

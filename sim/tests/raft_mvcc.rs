@@ -161,7 +161,8 @@ fn faults_without_clock() -> FaultSet {
 
 #[test]
 fn a_leader_that_expires_leases_at_half_their_ttl_is_caught() {
-    let results = sweep(1..=30, |seed| half_ttl(seed, faults_without_clock()));
+    // About one seed in fifteen catches it (10 of seeds 1..=150 when last counted).
+    let results = sweep(1..=40, |seed| half_ttl(seed, faults_without_clock()));
     let caught = results.iter().any(|(_, (findings, _, _))| {
         findings
             .iter()
@@ -169,7 +170,7 @@ fn a_leader_that_expires_leases_at_half_their_ttl_is_caught() {
     });
     assert!(caught, "the etcd model never caught the early expiry");
     // The same seeds with the correct machine pass.
-    let clean = sweep(1..=30, |seed| correct(seed, faults_without_clock()));
+    let clean = sweep(1..=40, |seed| correct(seed, faults_without_clock()));
     assert!(
         clean
             .iter()

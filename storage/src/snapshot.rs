@@ -34,12 +34,22 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
 
 /// The header of a snapshot of checkpoint record `index` holding `payload`.
 pub fn encode_snapshot_header(index: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    encode_snapshot_header_of(index, payload.len() as u64, crc32c::crc32c(payload))
+}
+
+/// The header of a snapshot of checkpoint record `index` whose payload is `length` bytes
+/// with CRC32C `checksum` (for a payload written as a stream).
+pub fn encode_snapshot_header_of(
+    index: u64,
+    length: u64,
+    checksum: u32,
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
     header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     header[12..20].copy_from_slice(&index.to_le_bytes());
-    header[20..28].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[28..32].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    header[20..28].copy_from_slice(&length.to_le_bytes());
+    header[28..32].copy_from_slice(&checksum.to_le_bytes());
     let checksum = crc32c::crc32c(&header[..32]);
     header[32..36].copy_from_slice(&checksum.to_le_bytes());
     header

@@ -15,7 +15,8 @@ use crate::segment::{
     scan_segment, segment_file_name,
 };
 use crate::snapshot::{
-    decode_snapshot, encode_snapshot_header, parse_snapshot_file_name, snapshot_file_name,
+    SNAPSHOT_HEADER_BYTES, decode_snapshot, encode_snapshot_header_of, parse_snapshot_file_name,
+    snapshot_file_name,
 };
 
 /// The suffix of files being written before they are renamed into place.
@@ -344,6 +345,18 @@ impl Wal {
         self.poison_on_error(result)
     }
 
+    /// Like [`Wal::append_checkpoint`], with the record's bytes produced by `write` as a
+    /// stream into the snapshot file (never whole in memory). An error from `write` fails
+    /// the checkpoint like an I/O error.
+    pub fn append_checkpoint_with(
+        &mut self,
+        write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<u64, StorageError> {
+        self.check_usable()?;
+        let result = self.checkpoint_streamed(write, None);
+        self.poison_on_error(result)
+    }
+
     /// Makes every record appended so far durable with one fsync (group commit) and
     /// returns how many records appended in this process's life are durable: the number
     /// a driver hands to `OutputGate::durable`.
@@ -467,14 +480,35 @@ impl Wal {
         record: &[u8],
         stop: Option<CheckpointStep>,
     ) -> Result<u64, StorageError> {
+        self.checkpoint_streamed(&mut |out| out.write_all(record), stop)
+    }
+
+    fn checkpoint_streamed(
+        &mut self,
+        write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+        stop: Option<CheckpointStep>,
+    ) -> Result<u64, StorageError> {
         let index = self.next_index;
         let path = self.directory.join(snapshot_file_name(index));
         let temporary = temporary_path(&path);
         let mut file = File::create(&temporary)
             .map_err(|error| StorageError::io("create", &temporary, error))?;
-        file.write_all(&encode_snapshot_header(index, record))
-            .and_then(|()| file.write_all(record))
-            .map_err(|error| StorageError::io("write", &temporary, error))?;
+        // The header (length and checksum) is known only once the payload is written.
+        let written = (|| -> std::io::Result<()> {
+            file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])?;
+            let mut payload = ChecksummedWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
+                length: 0,
+                checksum: 0,
+            };
+            write(&mut payload)?;
+            let (length, checksum) = (payload.length, payload.checksum);
+            payload.inner.flush()?;
+            drop(payload);
+            file.seek(std::io::SeekFrom::Start(0))?;
+            file.write_all(&encode_snapshot_header_of(index, length, checksum))
+        })();
+        written.map_err(|error| StorageError::io("write", &temporary, error))?;
         if stop == Some(CheckpointStep::TemporaryWritten) {
             return Ok(index);
         }
@@ -619,4 +653,24 @@ fn sync_directory(directory: &Path) -> Result<(), StorageError> {
     File::open(directory)
         .and_then(|handle| handle.sync_all())
         .map_err(|error| StorageError::io("fsync directory", directory, error))
+}
+
+/// Passes bytes on, counting them and their CRC32C.
+struct ChecksummedWriter<W: Write> {
+    inner: W,
+    length: u64,
+    checksum: u32,
+}
+
+impl<W: Write> Write for ChecksummedWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.checksum = crc32c::crc32c_append(self.checksum, &bytes[..written]);
+        self.length += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

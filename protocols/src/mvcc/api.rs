@@ -443,4 +443,8 @@ pub enum MvccError {
         /// The deepest nesting allowed.
         limit: usize,
     },
+    /// The value file could not be read (an I/O error or a damaged record): the member
+    /// stops; restart it to rebuild the file from its snapshot and log.
+    #[error("etcdserver: value storage failed: {0}")]
+    Storage(String),
 }

@@ -22,8 +22,10 @@ use crate::mvcc::api::{
     LeaseTimeToLiveResponse, MvccError, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
+use crate::mvcc::records::RecordFile;
 use crate::mvcc::store::MvccStore;
-use crate::replicated::{ReadConsistency, StateMachine};
+use crate::replicated::{ReadConsistency, StateMachine, Tail};
+use std::sync::Arc;
 
 /// Lease revocations one call to [`StateMachine::due`] proposes at most: a burst of
 /// expiries is spread over several calls instead of flooding the log at once.
@@ -169,10 +171,11 @@ type Recorded = Result<MvccOutput, RequestError>;
 /// The replicated MVCC machine (see the module doc).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MvccMachine {
-    store: MvccStore,
     sessions: SessionTable<Recorded>,
     /// The latest leader's `leading_since`, as it noted it.
     leader_since: Time,
+    /// Last, so that its records (last in it) end the encoding: a snapshot streams them.
+    store: MvccStore,
 }
 
 impl MvccMachine {
@@ -194,6 +197,11 @@ impl MvccMachine {
     /// The store.
     pub fn store(&self) -> &MvccStore {
         &self.store
+    }
+
+    /// Keeps keys' and values' bytes in `file` from now on (see [`MvccStore::use_file`]).
+    pub fn use_file(&mut self, file: &Arc<dyn RecordFile>) -> Result<(), String> {
+        self.store.use_file(file)
     }
 
     /// The session table.
@@ -343,6 +351,35 @@ impl StateMachine for MvccMachine {
             sequence: request.sequence,
             result,
         }
+    }
+
+    fn snapshot_parts(&self) -> Result<(Vec<u8>, Option<Tail>), String> {
+        let encoded = match self.store.tail() {
+            // The records live in a file: encode the rest; they follow as the tail.
+            Some(tail) => crate::replicated::encode_exactly(&(
+                &self.sessions,
+                self.leader_since,
+                self.store.head_serializer(),
+            ))
+            .map(|head| (head, Some(tail))),
+            None => crate::replicated::encode_exactly(self).map(|head| (head, None)),
+        };
+        encoded.map_err(|error| format!("the state does not encode: {error}"))
+    }
+
+    fn adopt(&mut self, restored: Self) {
+        let MvccMachine {
+            sessions,
+            leader_since,
+            store,
+        } = restored;
+        self.sessions = sessions;
+        self.leader_since = leader_since;
+        self.store.adopt(store);
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.store.failure().map(str::to_string)
     }
 
     fn due(&self, now: Time, leading_since: Time) -> Vec<MvccCommand> {

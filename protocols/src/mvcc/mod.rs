@@ -33,6 +33,7 @@ pub mod api;
 pub mod client;
 pub mod lease;
 pub mod machine;
+pub mod records;
 pub mod store;
 pub mod watch;
 

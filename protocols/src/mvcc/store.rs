@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use synod_core::time::Time;
@@ -39,6 +40,7 @@ use crate::mvcc::api::{
     SortTarget, TxnRequest, TxnResponse,
 };
 use crate::mvcc::lease::{LEASE_TTL_SECONDS_MAX, LEASE_TTL_SECONDS_MIN, Lease};
+use crate::mvcc::records::{DELETION, RecordFile, Records, RecordsHead, record_bytes};
 use crate::mvcc::watch::{EventType, WatchError, WatchEvent, WatchFilter};
 
 /// The default cap on compares, and on operations per branch, in one transaction (etcd's).
@@ -52,34 +54,23 @@ pub const TXN_DEPTH_MAX: usize = 64;
 /// The revision of an empty store (etcd starts at 1; the first write creates revision 2).
 pub const INITIAL_REVISION: i64 = 1;
 
-/// One version of a key.
+/// One version of a key. Its value lives in the store's records (see
+/// [`crate::mvcc::records`]), at `record`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Version {
     mod_revision: i64,
     create_revision: i64,
     version: i64,
     lease: i64,
-    /// `None`: the key was deleted at `mod_revision`.
-    value: Option<Box<[u8]>>,
+    /// The offset of the record holding the key and value written.
+    record: u64,
+    /// The value's length; `DELETION`: the key was deleted at `mod_revision`.
+    value_len: u32,
 }
 
 impl Version {
     fn is_live(&self) -> bool {
-        self.value.is_some()
-    }
-
-    fn key_value(&self, key: &[u8], with_value: bool) -> KeyValue {
-        KeyValue {
-            key: key.to_vec(),
-            create_revision: self.create_revision,
-            mod_revision: self.mod_revision,
-            version: self.version,
-            value: match (&self.value, with_value) {
-                (Some(value), true) => value.to_vec(),
-                _ => Vec::new(),
-            },
-            lease: self.lease,
-        }
+        self.value_len != DELETION
     }
 }
 
@@ -167,21 +158,18 @@ impl<'a> KeyRange<'a> {
     }
 }
 
-/// The keys written at each revision, in the order the writes happened, packed into one
-/// buffer: entry `i` is the key `bytes[ends[i - 1]..ends[i]]` (from 0 for the first)
-/// written at `revisions[i]`. Sixteen bytes per entry plus the key's bytes, and no
-/// allocation per entry.
+/// The writes of each revision, in the order they happened: entry `i` wrote the record
+/// at `records[i]` (which holds the key) at `revisions[i]`. Sixteen bytes per entry, no
+/// allocation per entry, and no copy of the key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct ChangeLog {
     revisions: Vec<i64>,
-    ends: Vec<u64>,
-    bytes: Vec<u8>,
+    records: Vec<u64>,
 }
 
 impl ChangeLog {
-    fn push(&mut self, revision: i64, key: &[u8]) {
-        self.bytes.extend_from_slice(key);
-        self.ends.push(self.bytes.len() as u64);
+    fn push(&mut self, revision: i64, record: u64) {
+        self.records.push(record);
         self.revisions.push(revision);
     }
 
@@ -191,26 +179,16 @@ impl ChangeLog {
             .partition_point(|&written| written < revision)
     }
 
-    /// Entries `range`, as (revision, key).
-    fn entries(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (i64, &[u8])> {
-        range.map(|index| {
-            let start = index.checked_sub(1).map_or(0, |before| self.ends[before]) as usize;
-            let end = self.ends[index] as usize;
-            (self.revisions[index], &self.bytes[start..end])
-        })
+    /// Entries `range`, as (revision, record offset).
+    fn entries(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (i64, u64)> + '_ {
+        range.map(|index| (self.revisions[index], self.records[index]))
     }
 
     /// Forgets the entries before `index`.
     fn drain_before(&mut self, index: usize) {
-        let cut = index.checked_sub(1).map_or(0, |last| self.ends[last]);
-        self.bytes.drain(..cut as usize);
-        self.ends.drain(..index);
-        for end in &mut self.ends {
-            *end -= cut;
-        }
+        self.records.drain(..index);
         self.revisions.drain(..index);
-        self.bytes.shrink_to_fit();
-        self.ends.shrink_to_fit();
+        self.records.shrink_to_fit();
         self.revisions.shrink_to_fit();
     }
 }
@@ -241,6 +219,8 @@ pub struct MvccStore {
     leases: BTreeMap<i64, Lease>,
     next_lease_id: i64,
     max_txn_ops: usize,
+    /// Keys' and values' bytes. Last, so that a snapshot can stream them after the rest.
+    records: Records,
 }
 
 impl Default for MvccStore {
@@ -261,7 +241,92 @@ impl MvccStore {
             leases: BTreeMap::new(),
             next_lease_id: 1,
             max_txn_ops,
+            records: Records::default(),
         }
+    }
+
+    /// Keeps the records (keys' and values' bytes) in `file` from now on: those held so
+    /// far move into a fresh generation of it. The server's way to get values off the heap.
+    pub fn use_file(&mut self, file: &Arc<dyn RecordFile>) -> Result<(), String> {
+        self.records.spill_into(file)
+    }
+
+    /// Takes `restored`'s content (decoded from a snapshot, its records in memory) and, if
+    /// this store keeps its records in a file, moves them into a fresh generation of it.
+    pub fn adopt(&mut self, restored: MvccStore) {
+        let file = self.records.file().cloned();
+        *self = restored;
+        if let Some(file) = file
+            && let Err(error) = self.records.spill_into(&file)
+        {
+            // The records stay in memory, correct but on the heap; say so and stop.
+            let _ = self.records.fail(error);
+        }
+    }
+
+    /// Why the records cannot be read or written, once they failed.
+    pub fn failure(&self) -> Option<&str> {
+        self.records.failure()
+    }
+
+    /// Bytes of records held (live and garbage).
+    pub fn record_bytes(&self) -> u64 {
+        self.records.len()
+    }
+
+    /// Bytes of records no version refers to any more (freed by the next reclaim).
+    pub fn garbage_bytes(&self) -> u64 {
+        self.records.garbage()
+    }
+
+    /// The state's encoding without the records' bytes, and the records' file and length
+    /// when they live in a file (see [`crate::replicated::StateMachine::snapshot_parts`]).
+    /// When they are in memory they are part of the head.
+    pub(crate) fn head_serializer(&self) -> StoreHead<'_> {
+        StoreHead(self)
+    }
+
+    /// The records as a snapshot tail, if they live in a file.
+    pub(crate) fn tail(&self) -> Option<crate::replicated::Tail> {
+        self.records.tail()
+    }
+
+    /// The value of a live `version` of `key`.
+    fn value_of(&self, key: &[u8], version: &Version) -> Result<Vec<u8>, MvccError> {
+        let record = self
+            .records
+            .read(version.record, Some(key.len()), Some(version.value_len))
+            .map_err(MvccError::Storage)?;
+        if record.key != key {
+            let error = format!(
+                "the value file's record at offset {} holds another key",
+                version.record
+            );
+            return Err(MvccError::Storage(self.records.fail(error)));
+        }
+        Ok(record.value.unwrap_or_default())
+    }
+
+    /// `version` of `key` as a read shows it.
+    fn key_value(
+        &self,
+        key: &[u8],
+        version: &Version,
+        with_value: bool,
+    ) -> Result<KeyValue, MvccError> {
+        let value = if with_value && version.is_live() {
+            self.value_of(key, version)?
+        } else {
+            Vec::new()
+        };
+        Ok(KeyValue {
+            key: key.to_vec(),
+            create_revision: version.create_revision,
+            mod_revision: version.mod_revision,
+            version: version.version,
+            value,
+            lease: version.lease,
+        })
     }
 
     /// The current revision.
@@ -315,12 +380,16 @@ impl MvccStore {
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
         check_range_request(request)?;
         self.check_read_revision(request.revision)?;
-        Ok(self.range_at(request, self.revision))
+        self.range_at(request, self.revision)
     }
 
     /// A validated read; `default_revision` is what `revision <= 0` means and the
     /// revision the header reports (inside a transaction, the one its writes create).
-    fn range_at(&self, request: &RangeRequest, default_revision: i64) -> RangeResponse {
+    fn range_at(
+        &self,
+        request: &RangeRequest,
+        default_revision: i64,
+    ) -> Result<RangeResponse, MvccError> {
         let at = if request.revision > 0 {
             request.revision
         } else {
@@ -361,7 +430,7 @@ impl MvccStore {
             if request.count_only || kvs.len() >= collect_cap || !passes_filters(request, version) {
                 continue;
             }
-            kvs.push(version.key_value(key, with_values));
+            kvs.push(self.key_value(key, version, with_values)?);
         }
         if !natural_order {
             sort_key_values(&mut kvs, order, target);
@@ -375,14 +444,14 @@ impl MvccStore {
         if more {
             kvs.truncate(limit);
         }
-        RangeResponse {
+        Ok(RangeResponse {
             header: ResponseHeader {
                 revision: default_revision,
             },
             kvs,
             more,
             count,
-        }
+        })
     }
 
     /// Writes one key at a new revision.
@@ -421,10 +490,18 @@ impl MvccStore {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (revision, 1),
         };
-        let value = match (&previous, request.ignore_value) {
-            (Some(previous), true) => previous.value.clone(),
-            _ => Some(request.value.clone().into_boxed_slice()),
+        // A failed read or append marks the records failed, and the driver stops the node
+        // before anything this step produced leaves it.
+        let kept;
+        let value: &[u8] = match (&previous, request.ignore_value) {
+            (Some(previous), true) => {
+                kept = self.value_of(key, previous).unwrap_or_default();
+                &kept
+            }
+            _ => &request.value,
         };
+        let record = self.records.append(key, Some(value)).unwrap_or(u64::MAX);
+        let value_len = u32::try_from(value.len()).unwrap_or(DELETION - 1);
         let lease = match (&previous, request.ignore_lease) {
             (Some(previous), true) => previous.lease,
             _ => request.lease,
@@ -441,7 +518,8 @@ impl MvccStore {
             create_revision,
             version,
             lease,
-            value,
+            record,
+            value_len,
         };
         match self.keys.get_mut(key) {
             Some(versions) => {
@@ -454,12 +532,12 @@ impl MvccStore {
                 self.keys.insert(Box::from(key), vec![new]);
             }
         }
-        self.changes.push(revision, key);
+        self.changes.push(revision, record);
         PutResponse {
             header: ResponseHeader { revision },
             prev_kv: previous
                 .filter(|_| request.prev_kv)
-                .map(|previous| previous.key_value(key, true)),
+                .and_then(|previous| self.key_value(key, &previous, true).ok()),
         }
     }
 
@@ -501,15 +579,17 @@ impl MvccStore {
         let mut prev_kvs = Vec::new();
         for (key, lease) in &doomed {
             self.detach(*lease, key);
+            if request.prev_kv
+                && let Some(last) = self.keys.get(key).and_then(|versions| versions.last())
+                && let Ok(kv) = self.key_value(key, last, true)
+            {
+                prev_kvs.push(kv);
+            }
+            let record = self.records.append(key, None).unwrap_or(u64::MAX);
             let versions = self
                 .keys
                 .get_mut(key)
                 .expect("a key found by the scan is still present");
-            if request.prev_kv
-                && let Some(last) = versions.last()
-            {
-                prev_kvs.push(last.key_value(key, true));
-            }
             push_version(
                 versions,
                 Version {
@@ -517,10 +597,11 @@ impl MvccStore {
                     create_revision: 0,
                     version: 0,
                     lease: 0,
-                    value: None,
+                    record,
+                    value_len: DELETION,
                 },
             );
-            self.changes.push(revision, key);
+            self.changes.push(revision, record);
         }
         DeleteRangeResponse {
             header: ResponseHeader { revision },
@@ -640,7 +721,7 @@ impl MvccStore {
                 RequestOp::Range(range) => {
                     // Reads inside a transaction see its earlier writes.
                     let current = if *changed { revision } else { self.revision };
-                    ResponseOp::Range(self.range_at(range, current))
+                    ResponseOp::Range(self.range_at(range, current).unwrap_or_default())
                 }
                 RequestOp::Put(put) => {
                     *changed = true;
@@ -675,17 +756,40 @@ impl MvccStore {
     /// an absent key: zero fields, and a value compare is false).
     fn compare_holds(&self, compare: &Compare) -> bool {
         let range = KeyRange::new(&compare.key, &compare.range_end);
-        let mut live = self
-            .range_iter(&range)
-            .filter_map(|(_, versions)| visible(versions, self.revision))
-            .peekable();
-        if live.peek().is_none() {
-            return match &compare.target {
-                CompareTarget::Value(_) => false,
-                target => compare_ints(compare.result, 0, target_operand(target)),
+        let mut any = false;
+        for (key, versions) in self.range_iter(&range) {
+            let Some(version) = visible(versions, self.revision) else {
+                continue;
             };
+            any = true;
+            if !self.compare_version(compare, key, version) {
+                return false;
+            }
         }
-        live.all(|version| compare_version(compare, version))
+        any || match &compare.target {
+            CompareTarget::Value(_) => false,
+            target => compare_ints(compare.result, 0, target_operand(target)),
+        }
+    }
+
+    fn compare_version(&self, compare: &Compare, key: &[u8], version: &Version) -> bool {
+        match &compare.target {
+            CompareTarget::Value(operand) => {
+                // A failed read marks the records failed; the node stops before answering.
+                let value = self.value_of(key, version).unwrap_or_default();
+                holds(compare.result, value.as_slice().cmp(operand.as_slice()))
+            }
+            CompareTarget::Version(operand) => {
+                compare_ints(compare.result, version.version, *operand)
+            }
+            CompareTarget::Create(operand) => {
+                compare_ints(compare.result, version.create_revision, *operand)
+            }
+            CompareTarget::Mod(operand) => {
+                compare_ints(compare.result, version.mod_revision, *operand)
+            }
+            CompareTarget::Lease(operand) => compare_ints(compare.result, version.lease, *operand),
+        }
     }
 
     /// Discards history below `request.revision`.
@@ -701,9 +805,14 @@ impl MvccStore {
             return Err(MvccError::FutureRevision);
         }
         let to = self.changes.first_at(target);
-        let touched: BTreeSet<&[u8]> = self.changes.entries(0..to).map(|(_, key)| key).collect();
+        // A key that cannot be read back marks the records failed (the node stops).
+        let touched: BTreeSet<Vec<u8>> = self
+            .changes
+            .entries(0..to)
+            .filter_map(|(_, record)| self.records.read_key(record).ok())
+            .collect();
         for key in touched {
-            let Some(versions) = self.keys.get_mut(key) else {
+            let Some(versions) = self.keys.get_mut(key.as_slice()) else {
                 continue;
             };
             let below = versions.partition_point(|version| version.mod_revision < target);
@@ -715,15 +824,20 @@ impl MvccStore {
             {
                 drop += 1;
             }
-            versions.drain(..drop);
+            for dropped in versions.drain(..drop) {
+                self.records.forget(key.len(), dropped.value_len);
+            }
             if versions.is_empty() {
-                self.keys.remove(key);
+                self.keys.remove(key.as_slice());
             } else if versions.capacity() > 2 * versions.len() {
                 versions.shrink_to_fit();
             }
         }
         self.changes.drain_before(to);
         self.compacted = target;
+        if self.records.wants_reclaim() {
+            self.reclaim();
+        }
         Ok(CompactionResponse {
             header: self.header(),
         })
@@ -880,7 +994,12 @@ impl MvccStore {
         let from = self.changes.first_at(start);
         let to = self.changes.first_at(end.saturating_add(1)).max(from);
         let mut events = Vec::new();
-        for (revision, key) in self.changes.entries(from..to) {
+        for (revision, record) in self.changes.entries(from..to) {
+            let record = self
+                .records
+                .read(record, None, None)
+                .map_err(WatchError::Storage)?;
+            let key = record.key.as_slice();
             if !range.contains(key) {
                 continue;
             }
@@ -904,15 +1023,20 @@ impl MvccStore {
                 continue;
             }
             // A deletion's version is all zeros but the revision, as etcd reports it.
-            let kv = version.key_value(key, true);
-            let prev_kv = if filter.prev_kv {
-                index
-                    .checked_sub(1)
-                    .and_then(|previous| versions.get(previous))
-                    .filter(|previous| previous.is_live())
-                    .map(|previous| previous.key_value(key, true))
-            } else {
-                None
+            let mut kv = self
+                .key_value(key, version, false)
+                .map_err(|error| WatchError::Storage(error.to_string()))?;
+            kv.value = record.value.unwrap_or_default();
+            let prev_kv = match index
+                .checked_sub(1)
+                .and_then(|previous| versions.get(previous))
+                .filter(|previous| filter.prev_kv && previous.is_live())
+            {
+                Some(previous) => Some(
+                    self.key_value(key, previous, true)
+                        .map_err(|error| WatchError::Storage(error.to_string()))?,
+                ),
+                None => None,
             };
             events.push(WatchEvent { kind, kv, prev_kv });
         }
@@ -920,15 +1044,71 @@ impl MvccStore {
     }
 
     /// Every live key and its value at the current revision, in key order (for tests and
-    /// tools; allocates a copy of the whole keyspace).
+    /// tools; allocates a copy of the whole keyspace). A value that cannot be read is
+    /// left out (and marks the records failed).
     pub fn snapshot_map(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         self.keys
             .iter()
             .filter_map(|(key, versions)| {
                 let version = visible(versions, self.revision)?;
-                Some((key.to_vec(), version.value.as_deref()?.to_vec()))
+                Some((key.to_vec(), self.value_of(key, version).ok()?))
             })
             .collect()
+    }
+
+    /// Copies the records still referred to into a fresh sequence (a new file generation)
+    /// and points the versions and the change log at the copies. On failure nothing
+    /// changes but the failure mark, which stops the node.
+    fn reclaim(&mut self) {
+        let Ok(mut fresh) = self.records.fresh() else {
+            return;
+        };
+        let mut moved: BTreeMap<u64, u64> = BTreeMap::new();
+        for (key, versions) in &self.keys {
+            for version in versions {
+                let length = record_bytes(key.len(), version.value_len);
+                match fresh.copy_from(&self.records, version.record, length) {
+                    Ok(at) => {
+                        moved.insert(version.record, at);
+                    }
+                    Err(error) => {
+                        let _ = self.records.fail(error);
+                        return;
+                    }
+                }
+            }
+        }
+        for versions in self.keys.values_mut() {
+            for version in versions {
+                version.record = moved[&version.record];
+            }
+        }
+        for record in &mut self.changes.records {
+            // Every change at or after the compacted revision belongs to a version kept.
+            *record = moved.get(record).copied().unwrap_or(u64::MAX);
+        }
+        self.records = fresh;
+    }
+}
+
+/// Serializes a store like its derived encoding but with only the records' garbage count
+/// in place of the records (their bytes follow as a snapshot tail).
+pub(crate) struct StoreHead<'a>(&'a MvccStore);
+
+impl Serialize for StoreHead<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let store = self.0;
+        (
+            &store.keys,
+            store.revision,
+            store.compacted,
+            &store.changes,
+            &store.leases,
+            store.next_lease_id,
+            store.max_txn_ops,
+            RecordsHead(&store.records),
+        )
+            .serialize(serializer)
     }
 }
 
@@ -988,21 +1168,6 @@ fn holds(result: CompareResult, ordering: std::cmp::Ordering) -> bool {
         CompareResult::Greater => ordering == Ordering::Greater,
         CompareResult::Less => ordering == Ordering::Less,
         CompareResult::NotEqual => ordering != Ordering::Equal,
-    }
-}
-
-fn compare_version(compare: &Compare, version: &Version) -> bool {
-    match &compare.target {
-        CompareTarget::Value(operand) => {
-            let value: &[u8] = version.value.as_deref().unwrap_or_default();
-            holds(compare.result, value.cmp(operand.as_slice()))
-        }
-        CompareTarget::Version(operand) => compare_ints(compare.result, version.version, *operand),
-        CompareTarget::Create(operand) => {
-            compare_ints(compare.result, version.create_revision, *operand)
-        }
-        CompareTarget::Mod(operand) => compare_ints(compare.result, version.mod_revision, *operand),
-        CompareTarget::Lease(operand) => compare_ints(compare.result, version.lease, *operand),
     }
 }
 

@@ -67,6 +67,9 @@ pub enum WatchError {
         /// The oldest revision still available.
         compact_revision: i64,
     },
+    /// The value file could not be read; the member stops (see [`crate::mvcc::api::MvccError::Storage`]).
+    #[error("etcdserver: value storage failed: {0}")]
+    Storage(String),
 }
 
 /// Starts a watcher (`WatchCreateRequest`).
@@ -203,6 +206,8 @@ impl WatchHub {
                         });
                     }
                 }
+                // The member stops on a storage failure; the watcher stays where it was.
+                Err(WatchError::Storage(_)) => {}
                 Err(WatchError::Compacted { compact_revision }) => {
                     cancelled.push(watch_id);
                     responses.push(WatchResponse {

@@ -2,7 +2,7 @@
 
 use super::log::{Entry, Payload, RaftLog};
 use super::membership::{ChangeVariant, Membership, MembershipChange, MembershipError};
-use crate::replicated::{ReadConsistency, StateMachine};
+use crate::replicated::{ReadConsistency, StateMachine, Tail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -83,6 +83,10 @@ pub struct RaftConfig {
     pub snapshot_threshold_entries: u64,
     /// Bytes of encoded state per InstallSnapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Applied entries kept in memory behind a snapshot, so that a follower slightly
+    /// behind when the leader snapshots catches up from the log instead of receiving the
+    /// whole state (etcd keeps 5,000). The checkpoint holds only the entries after it.
+    pub snapshot_catch_up_entries: u64,
     /// Entries in one AppendEntries message.
     pub append_entries_max: usize,
     /// Encoded entry bytes in one AppendEntries message (at least one entry is sent).
@@ -104,6 +108,7 @@ impl Default for RaftConfig {
             // Small so that simulations of a few hundred operations exercise compaction.
             snapshot_threshold_entries: 64,
             snapshot_chunk_bytes: 512,
+            snapshot_catch_up_entries: 0,
             append_entries_max: 64,
             append_bytes_max: 64 * 1024,
             inflight_messages_max: 4,
@@ -254,45 +259,68 @@ pub struct SnapshotRecord<S: StateMachine> {
     pub entries: Vec<Entry<S>>,
 }
 
-/// A state machine encoded with postcard: the same bytes a leader sends in InstallSnapshot
-/// chunks and a checkpoint writes, shared rather than copied. A checkpoint holds the bytes
-/// only, so taking one costs one encoding pass on the node and no copy of the state (the
-/// state of a large store is hundreds of megabytes). Decoding (from a record read back at
-/// recovery) checks that the bytes are a valid state, so a data directory from another
-/// version fails to load with a decode error instead of later.
+/// A state machine encoded for a checkpoint: a head of postcard bytes and, for a state
+/// machine that keeps its bulk in an append-only file, a tail of that file's first bytes
+/// (see [`StateMachine::snapshot_parts`]). Taking one costs the head's encoding on the
+/// node and no copy of the tail: the tail is read when the record is written (by the
+/// runtime's storage thread, as the record is serialized), so the node's memory never
+/// holds the whole image. Written, it is a sequence of byte strings whose concatenation is
+/// the state's postcard encoding; reading it back decodes the state, so a data directory
+/// from another version fails to load with a decode error instead of later.
 pub struct StateImage<S> {
-    bytes: Arc<[u8]>,
+    head: Arc<[u8]>,
+    tail: Option<Tail>,
     decoded: Option<Box<S>>,
     _state: PhantomData<fn() -> S>,
 }
 
+/// Bytes of the tail per byte string when an image is written.
+const TAIL_CHUNK_BYTES: u64 = 1 << 20;
+
 impl<S: StateMachine> StateImage<S> {
-    /// The image of `state`.
+    /// The image of `state`, whole in memory.
     pub fn of(state: &S) -> Self {
         let bytes = postcard::to_allocvec(state)
             .expect("a state machine encodes with postcard (it derives Serialize)");
-        Self::from_bytes(bytes.into())
+        Self::from_parts(bytes.into(), None)
     }
 
-    fn from_bytes(bytes: Arc<[u8]>) -> Self {
+    fn from_parts(head: Arc<[u8]>, tail: Option<Tail>) -> Self {
         StateImage {
-            bytes,
+            head,
+            tail,
             decoded: None,
             _state: PhantomData,
         }
     }
 
-    /// The encoded bytes.
+    /// The encoded head (everything, for a state machine without a tail).
     pub fn bytes(&self) -> &Arc<[u8]> {
-        &self.bytes
+        &self.head
+    }
+
+    /// The whole encoding in memory: the head, the tail's length and the tail.
+    pub fn to_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let Some((tail, length)) = &self.tail else {
+            return Ok(self.head.to_vec());
+        };
+        let prefix = postcard::to_allocvec(length).map_err(std::io::Error::other)?;
+        let length_bytes = usize::try_from(*length).map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(self.head.len() + prefix.len() + length_bytes);
+        bytes.extend_from_slice(&self.head);
+        bytes.extend_from_slice(&prefix);
+        let start = bytes.len();
+        bytes.resize(start + length_bytes, 0);
+        tail.read_at(0, &mut bytes[start..])?;
+        Ok(bytes)
     }
 
     /// The state, decoded again unless this image was itself decoded (then the state found
-    /// then); `None` if the bytes are not a valid state.
+    /// then); `None` if the bytes are not a valid state or the tail cannot be read.
     pub fn decode(&self) -> Option<S> {
         match &self.decoded {
             Some(state) => Some((**state).clone()),
-            None => postcard::from_bytes(&self.bytes).ok(),
+            None => postcard::from_bytes(&self.to_bytes().ok()?).ok(),
         }
     }
 
@@ -300,7 +328,7 @@ impl<S: StateMachine> StateImage<S> {
     fn into_state(self) -> Option<S> {
         match self.decoded {
             Some(state) => Some(*state),
-            None => postcard::from_bytes(&self.bytes).ok(),
+            None => postcard::from_bytes(&self.to_bytes().ok()?).ok(),
         }
     }
 }
@@ -309,7 +337,8 @@ impl<S> Clone for StateImage<S> {
     fn clone(&self) -> Self {
         // The decoded copy exists only between reading a record and recovering from it.
         StateImage {
-            bytes: self.bytes.clone(),
+            head: self.head.clone(),
+            tail: self.tail.clone(),
             decoded: None,
             _state: PhantomData,
         }
@@ -318,13 +347,25 @@ impl<S> Clone for StateImage<S> {
 
 impl<S> std::fmt::Debug for StateImage<S> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "StateImage({} bytes)", self.bytes.len())
+        let tail = self.tail.as_ref().map_or(0, |(_, length)| *length);
+        write!(
+            formatter,
+            "StateImage({} bytes + {tail} tail bytes)",
+            self.head.len()
+        )
     }
 }
 
 impl<S> PartialEq for StateImage<S> {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes
+        let same_tail = match (&self.tail, &other.tail) {
+            (None, None) => true,
+            (Some((left, left_length)), Some((right, right_length))) => {
+                Arc::ptr_eq(left, right) && left_length == right_length
+            }
+            _ => false,
+        };
+        self.head == other.head && same_tail
     }
 }
 
@@ -332,67 +373,81 @@ impl<S> Eq for StateImage<S> {}
 
 impl<S> Hash for StateImage<S> {
     fn hash<H: Hasher>(&self, hasher: &mut H) {
-        self.bytes.hash(hasher);
+        self.head.hash(hasher);
+        self.tail.as_ref().map(|(_, length)| *length).hash(hasher);
     }
 }
 
 impl<S> Serialize for StateImage<S> {
     fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
-        serializer.serialize_bytes(&self.bytes)
+        use serde::ser::{Error, SerializeSeq};
+        let Some((tail, length)) = &self.tail else {
+            let mut seq = serializer.serialize_seq(Some(1))?;
+            seq.serialize_element(&ByteStr(&self.head))?;
+            return seq.end();
+        };
+        let chunks = length.div_ceil(TAIL_CHUNK_BYTES) as usize;
+        let mut seq = serializer.serialize_seq(Some(2 + chunks))?;
+        seq.serialize_element(&ByteStr(&self.head))?;
+        let prefix = postcard::to_allocvec(length).map_err(Z::Error::custom)?;
+        seq.serialize_element(&ByteStr(&prefix))?;
+        let mut buffer = Vec::new();
+        let mut offset = 0;
+        while offset < *length {
+            let size = (length - offset).min(TAIL_CHUNK_BYTES) as usize;
+            buffer.resize(size, 0);
+            tail.read_at(offset, &mut buffer).map_err(|error| {
+                Z::Error::custom(format!("cannot read the snapshot's tail: {error}"))
+            })?;
+            seq.serialize_element(&ByteStr(&buffer))?;
+            offset += size as u64;
+        }
+        seq.end()
+    }
+}
+
+struct ByteStr<'a>(&'a [u8]);
+
+impl Serialize for ByteStr<'_> {
+    fn serialize<Z: serde::Serializer>(&self, serializer: Z) -> Result<Z::Ok, Z::Error> {
+        serializer.serialize_bytes(self.0)
     }
 }
 
 impl<'de, S: StateMachine> Deserialize<'de> for StateImage<S> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes: serde_bytes_vec::ByteBuf = Deserialize::deserialize(deserializer)?;
-        let state: S = postcard::from_bytes(&bytes.0).map_err(|error| {
+        struct Chunks;
+        impl<'de> serde::de::Visitor<'de> for Chunks {
+            type Value = Vec<u8>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a sequence of byte strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut bytes = Vec::new();
+                while let Some(chunk) = seq.next_element::<crate::bytes::ByteBuf>()? {
+                    if bytes.is_empty() {
+                        bytes = chunk.0;
+                    } else {
+                        bytes.extend_from_slice(&chunk.0);
+                    }
+                }
+                Ok(bytes)
+            }
+        }
+        let bytes = deserializer.deserialize_seq(Chunks)?;
+        let state: S = postcard::from_bytes(&bytes).map_err(|error| {
             serde::de::Error::custom(format!("the snapshot's state does not decode: {error}"))
         })?;
+        // The state is what recovery needs; the bytes are not kept.
         Ok(StateImage {
-            bytes: bytes.0.into(),
+            head: Arc::from(&[][..]),
+            tail: None,
             decoded: Some(Box::new(state)),
             _state: PhantomData,
         })
-    }
-}
-
-/// Reads a byte string as written by `serialize_bytes` (serde's `Vec<u8>` impl expects a
-/// sequence instead). Hand-written: ten lines do not justify the `serde_bytes` crate.
-mod serde_bytes_vec {
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
-
-    pub(super) struct ByteBuf(pub(super) Vec<u8>);
-
-    struct ByteBufVisitor;
-
-    impl<'de> Visitor<'de> for ByteBufVisitor {
-        type Value = ByteBuf;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            formatter.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<ByteBuf, E> {
-            Ok(ByteBuf(bytes.to_vec()))
-        }
-
-        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<ByteBuf, E> {
-            Ok(ByteBuf(bytes))
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-            let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-            while let Some(byte) = seq.next_element::<u8>()? {
-                bytes.push(byte);
-            }
-            Ok(ByteBuf(bytes))
-        }
-    }
-
-    impl<'de> Deserialize<'de> for ByteBuf {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            deserializer.deserialize_byte_buf(ByteBufVisitor)
-        }
     }
 }
 
@@ -504,15 +559,97 @@ enum Role<S: StateMachine> {
     Leader(Box<Leader<S>>),
 }
 
-/// The latest snapshot this node holds, encoded for sending.
+/// A snapshot encoded for sending, built by a leader when a follower needs one and dropped
+/// once no transfer needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SnapshotImage {
     last_index: u64,
     last_term: u64,
     digest: u64,
     membership: Membership,
-    bytes: Arc<[u8]>,
+    bytes: ImageBytes,
     checksum: u32,
+}
+
+/// An image's bytes: the head in memory, then the tail read from its file as each chunk
+/// is sent (so a leader never holds a copy of a state's bulk).
+#[derive(Clone, Debug)]
+struct ImageBytes {
+    /// The state's head and, with a tail, the tail's length as a varint.
+    head: Arc<[u8]>,
+    tail: Option<Tail>,
+}
+
+impl ImageBytes {
+    fn of(image: StateImage<impl StateMachine>) -> std::io::Result<Self> {
+        let StateImage { head, tail, .. } = image;
+        let Some((_, length)) = &tail else {
+            return Ok(ImageBytes { head, tail });
+        };
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&postcard::to_allocvec(length).map_err(std::io::Error::other)?);
+        Ok(ImageBytes {
+            head: bytes.into(),
+            tail,
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.head.len() as u64 + self.tail.as_ref().map_or(0, |(_, length)| *length)
+    }
+
+    /// Bytes `start..end` (within the image).
+    fn read(&self, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
+        let head = self.head.len() as u64;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if start < head {
+            out.extend_from_slice(&self.head[start as usize..end.min(head) as usize]);
+        }
+        if end > head
+            && let Some((tail, _)) = &self.tail
+        {
+            let from = start.max(head);
+            let at = out.len();
+            out.resize(at + (end - from) as usize, 0);
+            tail.read_at(from - head, &mut out[at..])?;
+        }
+        Ok(out)
+    }
+
+    /// The CRC32C of the whole image, reading the tail a megabyte at a time.
+    fn checksum(&self) -> std::io::Result<u32> {
+        let mut checksum = crc32c::crc32c(&self.head);
+        let head = self.head.len() as u64;
+        let mut offset = head;
+        while offset < self.len() {
+            let end = (offset + TAIL_CHUNK_BYTES).min(self.len());
+            checksum = crc32c::crc32c_append(checksum, &self.read(offset, end)?);
+            offset = end;
+        }
+        Ok(checksum)
+    }
+}
+
+impl PartialEq for ImageBytes {
+    fn eq(&self, other: &Self) -> bool {
+        let same_tail = match (&self.tail, &other.tail) {
+            (None, None) => true,
+            (Some((left, left_length)), Some((right, right_length))) => {
+                Arc::ptr_eq(left, right) && left_length == right_length
+            }
+            _ => false,
+        };
+        self.head == other.head && same_tail
+    }
+}
+
+impl Eq for ImageBytes {}
+
+impl Hash for ImageBytes {
+    fn hash<H: Hasher>(&self, hasher: &mut H) {
+        self.head.hash(hasher);
+        self.len().hash(hasher);
+    }
 }
 
 /// A snapshot a follower is receiving.
@@ -550,6 +687,8 @@ pub struct RaftNode<S: StateMachine> {
     digests: BTreeMap<u64, u64>,
     snapshot: Option<SnapshotImage>,
     incoming: Option<Incoming>,
+    /// The index of the latest checkpoint (the log may keep entries before it).
+    checkpoint_index: u64,
     /// The first safety violation this node noticed itself (e.g. asked to overwrite a
     /// committed entry).
     violation: Option<String>,
@@ -579,6 +718,7 @@ impl<S: StateMachine> RaftNode<S> {
             digests: BTreeMap::new(),
             snapshot: None,
             incoming: None,
+            checkpoint_index: 0,
             violation: None,
         }
     }
@@ -590,6 +730,15 @@ impl<S: StateMachine> RaftNode<S> {
         let bootstrap = Membership::of_voters(voters);
         self.snapshot_membership = bootstrap.clone();
         self.bootstrap = Some(bootstrap);
+        self
+    }
+
+    /// The same node starting from `state` instead of `S::default()` (before it starts or
+    /// recovers): how a driver hands in a state machine set up with resources of its own,
+    /// such as a file for its values. Snapshots replace the state through
+    /// [`StateMachine::adopt`], which keeps such resources.
+    pub fn with_state(mut self, state: S) -> Self {
+        self.state = state;
         self
     }
 
@@ -948,6 +1097,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.persist_hard_state(ctx);
         }
         let old = std::mem::replace(&mut self.role, Role::Follower);
+        self.snapshot = None;
         if let Role::Leader(old) = old {
             ctx.cancel_timer(RaftTimer::Heartbeat);
             ctx.cancel_timer(RaftTimer::CheckQuorum);
@@ -1208,6 +1358,15 @@ impl<S: StateMachine> RaftNode<S> {
         let term = self.term;
         let commit = self.commit_index;
         let last_index = self.log.last_index();
+        let snapshot_index = self.log.snapshot_index();
+        let needs_image = matches!(&self.role, Role::Leader(leader)
+        if leader.progress.get(&peer).is_some_and(|progress| {
+            progress.next_index <= snapshot_index
+                || matches!(progress.mode, Mode::Snapshot { .. })
+        }));
+        if needs_image && self.snapshot.is_none() {
+            self.build_outgoing_image();
+        }
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
@@ -1229,7 +1388,7 @@ impl<S: StateMachine> RaftNode<S> {
             sent,
         } = &mut progress.mode
         {
-            // Compaction always leaves an image, so a compacted log has one to send.
+            // Built above; missing only if the state would not encode.
             let Some(image) = &self.snapshot else {
                 return;
             };
@@ -1242,8 +1401,13 @@ impl<S: StateMachine> RaftNode<S> {
                 return;
             }
             *sent = true;
-            let start = (*offset as usize).min(image.bytes.len());
-            let end = (start + config.snapshot_chunk_bytes.max(1)).min(image.bytes.len());
+            let total = image.bytes.len();
+            let start = (*offset).min(total);
+            let end = (start + config.snapshot_chunk_bytes.max(1) as u64).min(total);
+            let Ok(data) = image.bytes.read(start, end) else {
+                // The tail cannot be read: send nothing (the transfer waits), never a guess.
+                return;
+            };
             ctx.send(
                 peer,
                 RaftMessage::InstallSnapshot(Box::new(SnapshotChunk {
@@ -1252,10 +1416,10 @@ impl<S: StateMachine> RaftNode<S> {
                     last_term: image.last_term,
                     digest: image.digest,
                     membership: image.membership.clone(),
-                    total_bytes: image.bytes.len() as u64,
+                    total_bytes: total,
                     checksum: image.checksum,
-                    offset: start as u64,
-                    data: image.bytes[start..end].to_vec(),
+                    offset: start,
+                    data,
                     round,
                 })),
             );
@@ -1529,10 +1693,14 @@ impl<S: StateMachine> RaftNode<S> {
                 && incoming.bytes.len() as u64 == chunk.offset
         });
         if chunk.offset == 0 && !fits {
+            // Room for the whole image at once (growing by doubling would need up to twice
+            // its size); if that much cannot be had, the buffer grows as chunks come.
+            let mut bytes = Vec::new();
+            let _ = bytes.try_reserve_exact(usize::try_from(chunk.total_bytes).unwrap_or(0));
             self.incoming = Some(Incoming {
                 last_index: chunk.last_index,
                 checksum: chunk.checksum,
-                bytes: Vec::new(),
+                bytes,
             });
         } else if !fits {
             let received = self
@@ -1559,6 +1727,7 @@ impl<S: StateMachine> RaftNode<S> {
             && received == chunk.total_bytes)
             .then(|| postcard::from_bytes::<S>(&incoming.bytes).ok())
             .flatten();
+        drop(incoming);
         let Some(state) = state else {
             // Corrupt or mis-assembled: start the transfer over.
             reply(self, ctx, 0, false);
@@ -1573,21 +1742,18 @@ impl<S: StateMachine> RaftNode<S> {
         self.fold_configs();
         self.log_configs.split_off(&(self.log.last_index() + 1));
         self.snapshot_membership = chunk.membership.clone();
-        self.state = state;
+        self.state.adopt(state);
         self.commit_index = chunk.last_index;
         self.applied_index = chunk.last_index;
         self.digest = chunk.digest;
         self.digests.clear();
         self.digests.insert(chunk.last_index, chunk.digest);
-        self.snapshot = Some(SnapshotImage {
-            last_index: chunk.last_index,
-            last_term: chunk.last_term,
-            digest: chunk.digest,
-            membership: chunk.membership,
-            bytes: incoming.bytes.into(),
-            checksum: chunk.checksum,
-        });
-        self.checkpoint(ctx);
+        self.snapshot = None;
+        let image = match self.state.snapshot_parts() {
+            Ok((head, tail)) => StateImage::from_parts(head.into(), tail),
+            Err(_) => StateImage::of(&self.state),
+        };
+        self.checkpoint(image, ctx);
         reply(self, ctx, chunk.total_bytes, true);
     }
 
@@ -1623,6 +1789,14 @@ impl<S: StateMachine> RaftNode<S> {
             progress.match_index = progress.match_index.max(reply.last_index);
             progress.next_index = progress.match_index + 1;
             progress.mode = Mode::Probe { sent: false };
+            let transfers = leader
+                .progress
+                .values()
+                .any(|progress| matches!(progress.mode, Mode::Snapshot { .. }));
+            if !transfers {
+                // The image can be hundreds of megabytes: keep it only while it is sent.
+                self.snapshot = None;
+            }
             self.advance_commit(ctx);
         } else {
             *offset = reply.received;
@@ -1700,40 +1874,73 @@ impl<S: StateMachine> RaftNode<S> {
     /// Compacts the applied prefix into a checkpoint once it is long enough.
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
         let threshold = self.config.snapshot_threshold_entries.max(1);
-        if self.applied_index < self.log.snapshot_index() + threshold {
+        if self.applied_index < self.checkpoint_index + threshold {
             return;
         }
-        let bytes = StateImage::of(&self.state).bytes().clone();
-        self.log.compact_to(self.applied_index);
+        // A state that does not encode is not compacted (its log keeps growing).
+        let Ok((head, tail)) = self.state.snapshot_parts() else {
+            return;
+        };
+        let keep_from = self
+            .applied_index
+            .saturating_sub(self.config.snapshot_catch_up_entries)
+            .max(self.log.snapshot_index());
+        self.log.compact_to(keep_from);
         self.fold_configs();
-        self.snapshot = Some(SnapshotImage {
-            last_index: self.applied_index,
-            last_term: self.log.snapshot_term(),
-            digest: self.digest,
-            membership: self.snapshot_membership.clone(),
-            checksum: crc32c::crc32c(&bytes),
-            bytes,
-        });
-        self.checkpoint(ctx);
+        // An image being sent may now be older than the log's start: rebuilt when needed.
+        self.snapshot = None;
+        self.checkpoint(StateImage::from_parts(head.into(), tail), ctx);
     }
 
-    /// Writes a checkpoint of the snapshot point, the state, term, vote and retained log.
-    fn checkpoint(&self, ctx: &mut Context<Self>) {
-        let last_index = self.log.snapshot_index();
+    /// Encodes the applied state for followers that need a snapshot.
+    fn build_outgoing_image(&mut self) {
+        let last_index = self.applied_index;
+        let Some(last_term) = self.log.term(last_index) else {
+            return;
+        };
+        let Ok((head, tail)) = self.state.snapshot_parts() else {
+            return;
+        };
+        let Ok(bytes) = ImageBytes::of(StateImage::<S>::from_parts(head.into(), tail)) else {
+            return;
+        };
+        let Ok(checksum) = bytes.checksum() else {
+            return;
+        };
+        let membership = self.membership_at(last_index).clone();
+        self.snapshot = Some(SnapshotImage {
+            last_index,
+            last_term,
+            digest: self.digest,
+            membership,
+            checksum,
+            bytes,
+        });
+    }
+
+    /// The configuration in effect at `index` (applied or the snapshot point).
+    fn membership_at(&self, index: u64) -> &Membership {
+        self.log_configs
+            .range(..=index)
+            .next_back()
+            .map_or(&self.snapshot_membership, |(_, membership)| membership)
+    }
+
+    /// Writes a checkpoint of the applied index: `state` (the state there), term, vote and
+    /// the log after it. Entries the log keeps before it (for catching up followers) are
+    /// not written.
+    fn checkpoint(&mut self, state: StateImage<S>, ctx: &mut Context<Self>) {
+        let last_index = self.applied_index;
+        let last_term = self.log.term(last_index).unwrap_or(0);
+        self.checkpoint_index = last_index;
         ctx.checkpoint(RaftRecord::Snapshot(Box::new(SnapshotRecord {
             term: self.term,
             voted_for: self.voted_for,
             last_index,
-            last_term: self.log.snapshot_term(),
+            last_term,
             digest: self.digest,
-            membership: self.snapshot_membership.clone(),
-            state: StateImage::from_bytes(
-                self.snapshot
-                    .as_ref()
-                    .expect("a checkpoint follows taking or installing a snapshot")
-                    .bytes
-                    .clone(),
-            ),
+            membership: self.membership_at(last_index).clone(),
+            state,
             entries: self
                 .log
                 .slice(last_index + 1, self.log.last_index())
@@ -1909,7 +2116,6 @@ impl<S: StateMachine> RaftNode<S> {
                     self.snapshot_membership = snapshot.membership.clone();
                     self.log_configs.clear();
                     self.note_configs_from(snapshot.last_index + 1);
-                    let bytes = snapshot.state.bytes().clone();
                     // The image was decoded (and so checked) when the record was read back;
                     // a record kept in memory, as the simulator keeps them, was encoded from
                     // a state and decodes here.
@@ -1917,15 +2123,9 @@ impl<S: StateMachine> RaftNode<S> {
                         .state
                         .into_state()
                         .expect("a snapshot record's state decoded when the record was read");
-                    self.snapshot = Some(SnapshotImage {
-                        last_index: snapshot.last_index,
-                        last_term: snapshot.last_term,
-                        digest: snapshot.digest,
-                        membership: snapshot.membership,
-                        checksum: crc32c::crc32c(&bytes),
-                        bytes,
-                    });
-                    self.state = state;
+                    self.snapshot = None;
+                    self.checkpoint_index = snapshot.last_index;
+                    self.state.adopt(state);
                     self.commit_index = snapshot.last_index;
                     self.applied_index = snapshot.last_index;
                     self.digest = snapshot.digest;
@@ -1977,6 +2177,10 @@ impl<S: StateMachine> Node for RaftNode<S> {
     fn on_start(&mut self, ctx: &mut Context<Self>) {
         self.bootstrap(ctx);
         self.arm_election(ctx);
+    }
+
+    fn halted(&self) -> Option<String> {
+        self.state.failure()
     }
 
     fn on_recover(&mut self, records: Vec<RaftRecord<S>>, ctx: &mut Context<Self>) {

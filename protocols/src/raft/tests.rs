@@ -449,7 +449,19 @@ fn a_checkpoint_read_back_from_bytes_restores_the_state_and_a_damaged_one_is_ref
     // Written and read back as the server's log does: the state decodes on reading.
     let written = postcard::to_allocvec(&record).unwrap();
     let read: RaftRecord<SessionKv> = postcard::from_bytes(&written).unwrap();
-    assert_eq!(read, record);
+    // Read back, the image holds the decoded state (not the bytes again).
+    let RaftRecord::Snapshot(read_snapshot) = &read else {
+        panic!("read back as another record: {read:?}");
+    };
+    assert_eq!(read_snapshot.state.decode(), snapshot.state.decode());
+    assert_eq!(
+        (
+            read_snapshot.last_index,
+            read_snapshot.term,
+            &read_snapshot.entries
+        ),
+        (snapshot.last_index, snapshot.term, &snapshot.entries)
+    );
     let mut restarted = compacting();
     let mut rng = Rng::new(7);
     let mut ctx = Context::new(
@@ -478,6 +490,55 @@ fn a_checkpoint_read_back_from_bytes_restores_the_state_and_a_damaged_one_is_ref
     damaged[position..position + state.len()].fill(0xff);
     let error = postcard::from_bytes::<RaftRecord<SessionKv>>(&damaged).unwrap_err();
     assert!(!error.to_string().is_empty());
+}
+
+fn snapshotting_with_catch_up(catch_up_entries: u64) -> KvRaft {
+    KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            snapshot_threshold_entries: 4,
+            snapshot_chunk_bytes: 8,
+            snapshot_catch_up_entries: catch_up_entries,
+            ..RaftConfig::default()
+        },
+    )
+}
+
+/// A follower a few entries behind when the leader snapshots.
+fn catch_up_after_snapshot(make: fn() -> KvRaft) -> (usize, Cluster) {
+    let mut cluster = Cluster::new(3, make);
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("before"));
+    cluster.isolated.insert(NodeId(2));
+    for sequence in 1..5 {
+        cluster.request(0, 1, sequence, put(&format!("v{sequence}")));
+    }
+    cluster.isolated.clear();
+    for _ in 0..40 {
+        cluster.fire(0, RaftTimer::Heartbeat);
+        if cluster.node(2).applied_index() == cluster.node(0).applied_index() {
+            break;
+        }
+    }
+    assert_eq!(cluster.node(2).state(), cluster.node(0).state());
+    (cluster.chunks_delivered, cluster)
+}
+
+#[test]
+fn entries_kept_behind_a_snapshot_catch_a_follower_up_without_a_transfer() {
+    let (chunks, cluster) = catch_up_after_snapshot(|| snapshotting_with_catch_up(8));
+    assert_eq!(chunks, 0, "the follower was sent a snapshot");
+    // The checkpoint covers the applied index; the log in memory starts earlier.
+    let RaftRecord::Snapshot(checkpoint) = &cluster.disks[0][0] else {
+        panic!("the first record is not a checkpoint");
+    };
+    assert!(cluster.node(0).log().snapshot_index() < checkpoint.last_index);
+    // Without them, the same follower needs the whole state.
+    let (chunks, _) = catch_up_after_snapshot(|| snapshotting_with_catch_up(0));
+    assert!(
+        chunks > 0,
+        "a follower behind the snapshot point got no snapshot"
+    );
 }
 
 fn restore_lagging_follower(corrupt_one_chunk: bool) -> usize {
