@@ -34,8 +34,8 @@ pub enum ReadConsistency {
 
 /// A deterministic state machine driven by a replicated log.
 pub trait StateMachine: Value + Default + Serialize + DeserializeOwned {
-    /// What clients send.
-    type Request: Value;
+    /// What clients send (serializable: a follower may pass a request on to its leader).
+    type Request: Value + Serialize + DeserializeOwned;
     /// What clients receive.
     type Response: Value;
     /// A log entry.
