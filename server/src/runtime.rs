@@ -214,6 +214,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 appended: 0,
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
+                sync_wanted: false,
                 next_generation: 0,
                 waiters: BTreeMap::new(),
                 storage,
@@ -369,6 +370,8 @@ struct Driver<N: Node> {
     appended: u64,
     gate: OutputGate<Output<N>>,
     timers: BTreeMap<N::Timer, Armed>,
+    /// A handler asked for a sync that was not requested from the storage thread yet.
+    sync_wanted: bool,
     next_generation: u64,
     waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
     storage: std_mpsc::Sender<StorageJob>,
@@ -387,6 +390,7 @@ impl<N: RuntimeNode> Driver<N> {
             None => node.on_start(ctx),
             Some(records) => node.on_recover(records, ctx),
         });
+        self.request_sync();
     }
 
     async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
@@ -408,9 +412,17 @@ impl<N: RuntimeNode> Driver<N> {
                     Step::Unchanged => {}
                 }
             }
+            self.request_sync();
             if changed {
                 (self.observe)(&node);
             }
+        }
+    }
+
+    /// Asks the storage thread for a sync if a handler asked for one since the last request.
+    fn request_sync(&mut self) {
+        if std::mem::take(&mut self.sync_wanted) {
+            let _ = self.storage.send(StorageJob::Sync);
         }
     }
 
@@ -556,9 +568,8 @@ impl<N: RuntimeNode> Driver<N> {
             }
             Effect::Persist { record } => self.append(&record, false),
             Effect::Checkpoint { record } => self.append(&record, true),
-            Effect::Sync => {
-                let _ = self.storage.send(StorageJob::Sync);
-            }
+            // One sync request per batch of inputs: the storage thread syncs once for all.
+            Effect::Sync => self.sync_wanted = true,
         }
     }
 
