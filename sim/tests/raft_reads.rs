@@ -72,7 +72,7 @@ fn run_with(
     seed: u64,
     script: Option<Vec<(Duration, NemesisAction)>>,
 ) -> Vec<Finding> {
-    run_variant(RaftVariant::Correct, raft, seed, script)
+    run_variant(RaftVariant::Correct, raft, seed, script, "partition,clock")
 }
 
 fn run_variant(
@@ -80,11 +80,12 @@ fn run_variant(
     raft: RaftConfig,
     seed: u64,
     script: Option<Vec<(Duration, NemesisAction)>>,
+    faults: &str,
 ) -> Vec<Finding> {
     let mut config = SimConfig {
         seed,
         nodes: 3,
-        faults: "partition,clock".parse().expect("valid fault list"),
+        faults: faults.parse().expect("valid fault list"),
         ..SimConfig::default()
     };
     config.nemesis.clock_drift_max_ppm = INJECTED_DRIFT_PPM;
@@ -180,9 +181,11 @@ fn a_lease_that_assumes_perfect_clocks_serves_a_stale_read() {
 /// index serves stale reads, which the checker catches.
 #[test]
 fn a_follower_that_reads_before_applying_the_read_index_is_caught() {
-    let seeds: Vec<u64> = (1..=8).collect();
+    let seeds: Vec<u64> = (1..=24).collect();
     let raft = reads(ReadMode::ReadIndex, 0);
-    let run_seed = |seed| run_variant(RaftVariant::EarlyFollowerRead, raft, seed, None);
+    // Held-back messages make a follower learn of commits late.
+    let faults = "partition,reorder";
+    let run_seed = |seed| run_variant(RaftVariant::EarlyFollowerRead, raft, seed, None, faults);
     let caught: Vec<u64> = synod_sim::sweep::sweep(&seeds, 2, run_seed, |_, _| {})
         .into_iter()
         .filter(|(_, findings)| {

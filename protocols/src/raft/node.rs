@@ -1782,6 +1782,27 @@ impl<S: StateMachine> RaftNode<S> {
             self.commit_index = majority;
             self.apply_committed(ctx);
             self.after_config_commit(ctx);
+            if self.config.follower_serve {
+                self.announce_commit(ctx);
+            }
+        }
+    }
+
+    /// Tells the followers in step with the log the new commit index at once: a follower
+    /// answers the writes it passed on only once it applied them, and would otherwise
+    /// learn of the commit with the next heartbeat.
+    fn announce_commit(&mut self, ctx: &mut Context<Self>) {
+        for peer in self.peers(ctx) {
+            let replicating = match &self.role {
+                Role::Leader(leader) => leader
+                    .progress
+                    .get(&peer)
+                    .is_some_and(|progress| matches!(progress.mode, Mode::Replicate { .. })),
+                _ => false,
+            };
+            if replicating {
+                self.send_appends(peer, true, ctx);
+            }
         }
     }
 
