@@ -70,8 +70,9 @@ pub struct RaftSetup {
 
 impl RaftSetup {
     /// Every `raft-kv` variant: ReadIndex reads, lease reads, reads through the log, the
-    /// broken figure-8 leader, and the broken lease expiry.
-    pub const ALL: [RaftSetup; 5] = [
+    /// broken figure-8 leader, the broken lease expiry, and the broken follower that reads
+    /// before applying the leader's read index.
+    pub const ALL: [RaftSetup; 6] = [
         RaftSetup {
             variant: RaftVariant::Correct,
             read_mode: ReadMode::ReadIndex,
@@ -97,6 +98,11 @@ impl RaftSetup {
             read_mode: ReadMode::ReadIndex,
             half_ttl_leases: true,
         },
+        RaftSetup {
+            variant: RaftVariant::EarlyFollowerRead,
+            read_mode: ReadMode::ReadIndex,
+            half_ttl_leases: false,
+        },
     ];
 
     /// The `--variant` name.
@@ -104,6 +110,7 @@ impl RaftSetup {
         match (self.half_ttl_leases, self.variant, self.read_mode) {
             (true, _, _) => "half-ttl-leases",
             (false, RaftVariant::Figure8, _) => "figure8",
+            (false, RaftVariant::EarlyFollowerRead, _) => "early-follower-read",
             (false, RaftVariant::Correct, ReadMode::Lease) => "lease-reads",
             (false, RaftVariant::Correct, ReadMode::Log) => "log-reads",
             (false, RaftVariant::Correct, ReadMode::ReadIndex) => "correct",

@@ -40,7 +40,8 @@ pub struct SimArgs {
     /// Protocol variant: `correct`, or a deliberately broken one the checks must catch:
     /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; raft-kv
     /// `figure8`, `half-ttl-leases` (a leader expiring leases at half their TTL; with the
-    /// mvcc workload) and the read modes `lease-reads`, `log-reads`; pb-kv
+    /// mvcc workload), `early-follower-read` (a follower answering a read before applying
+    /// the leader's read index) and the read modes `lease-reads`, `log-reads`; pb-kv
     /// `reply-before-backup-ack`, `backup-accepts-any-primary`, `view-service-skips-ack`,
     /// `volatile-view-service`. An unknown name lists the protocol's variants.
     #[arg(long, default_value = "correct")]

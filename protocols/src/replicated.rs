@@ -52,8 +52,8 @@ pub type Tail = (std::sync::Arc<dyn SnapshotTail>, u64);
 
 /// A deterministic state machine driven by a replicated log.
 pub trait StateMachine: Value + Default + Serialize + DeserializeOwned {
-    /// What clients send.
-    type Request: Value;
+    /// What clients send (serializable: a follower may pass a request on to its leader).
+    type Request: Value + Serialize + DeserializeOwned;
     /// What clients receive.
     type Response: Value;
     /// A log entry.

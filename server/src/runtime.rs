@@ -3,14 +3,16 @@
 //!
 //! The task owns the node and is the only thing that touches it. Inputs (peer messages,
 //! client requests, fired timers, storage reports) arrive on one channel and are handled
-//! one at a time, exactly like the simulator's events. Effects are carried out as follows:
+//! one at a time, exactly like the simulator's events; the task handles whatever is queued
+//! before it publishes the node's state once. Effects are carried out as follows:
 //! - `Persist`/`Checkpoint` go to the storage thread in order, `Sync` asks it for a group
 //!   commit ([`crate::log`]);
 //! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
 //!   depends on are durable (the output-commit rule), then leaves through the peer
 //!   transport or to the waiting caller;
-//! - timers are tokio sleeps tagged with a generation, so a re-set or cancelled timer that
-//!   fires late is ignored.
+//! - timers are tokio sleeps tagged with a generation, so a cancelled timer, or one whose
+//!   sleep was replaced by an earlier one, is ignored when it reports; a timer re-armed for
+//!   later keeps its sleep, which sleeps the rest on waking.
 
 use crate::log::{RecordLog, StorageJob, spawn_storage_thread};
 use crate::transport::{PeerSender, start_listener};
@@ -214,6 +216,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 appended: 0,
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
+                sync_wanted: false,
                 next_generation: 0,
                 waiters: BTreeMap::new(),
                 storage,
@@ -348,6 +351,29 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Inputs the node task handles per wake-up before it publishes its state.
+const INPUTS_PER_WAKE: usize = 256;
+
+/// What handling one input did.
+enum Step {
+    /// The node may have changed: publish.
+    Changed,
+    /// Nothing to publish.
+    Unchanged,
+    /// The node stops.
+    Stop,
+}
+
+/// A pending timer: when it fires, and the sleep that will report it.
+struct Armed {
+    /// When the timer fires.
+    deadline: Instant,
+    /// The sleep whose report counts (earlier sleeps' reports are ignored).
+    generation: u64,
+    /// When that sleep wakes (at or before `deadline`).
+    sleeping_until: Instant,
+}
+
 struct Driver<N: Node> {
     id: NodeId,
     members: Vec<NodeId>,
@@ -355,7 +381,9 @@ struct Driver<N: Node> {
     rng: Rng,
     appended: u64,
     gate: OutputGate<Output<N>>,
-    timers: BTreeMap<N::Timer, u64>,
+    timers: BTreeMap<N::Timer, Armed>,
+    /// A handler asked for a sync that was not requested from the storage thread yet.
+    sync_wanted: bool,
     next_generation: u64,
     waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
     storage: std_mpsc::Sender<StorageJob>,
@@ -376,6 +404,7 @@ impl<N: RuntimeNode> Driver<N> {
             None => node.on_start(ctx),
             Some(records) => node.on_recover(records, ctx),
         });
+        self.request_sync();
     }
 
     async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
@@ -383,57 +412,116 @@ impl<N: RuntimeNode> Driver<N> {
             return;
         }
         while let Some(input) = inputs.recv().await {
-            match input {
-                Input::Message { from, message } => {
-                    self.handle(&mut node, |node, ctx| node.on_message(from, message, ctx));
+            // Handle what is queued already before publishing once: under load one
+            // wake-up of this task serves many inputs.
+            let mut changed = match self.input(&mut node, input) {
+                Step::Stop => return,
+                Step::Changed => true,
+                Step::Unchanged => false,
+            };
+            for _ in 1..INPUTS_PER_WAKE {
+                let Ok(input) = inputs.try_recv() else {
+                    break;
+                };
+                match self.input(&mut node, input) {
+                    Step::Stop => return,
+                    Step::Changed => changed = true,
+                    Step::Unchanged => {}
                 }
-                Input::Request {
-                    client,
-                    request,
-                    answer,
-                } => {
-                    self.waiters.insert(client, answer);
-                    self.handle(&mut node, |node, ctx| node.on_request(client, request, ctx));
-                }
-                Input::Timer { timer, generation } => {
-                    if self.timers.get(&timer) == Some(&generation) {
-                        self.timers.remove(&timer);
-                        self.handle(&mut node, |node, ctx| node.on_timer(timer, ctx));
-                    }
-                }
-                Input::Durable(count) => {
-                    for output in self.gate.durable(count) {
-                        self.emit(output);
-                    }
-                }
-                Input::StorageFailed(error) => {
-                    tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
-                    return;
-                }
-                Input::Inspect(look) => {
-                    look(&node);
-                    if let Some(reason) = node.halted() {
-                        tracing::error!(node = self.id.0, %reason, "the node halted: stopping it");
-                        return;
-                    }
-                    continue;
-                }
-                Input::Act(act) => self.handle(&mut node, act),
-                Input::AddPeer(peer, address) => {
-                    self.peers.add(self.id, peer, address);
-                    continue;
-                }
-                Input::RemovePeer(peer) => {
-                    self.peers.remove(peer);
-                    continue;
-                }
-                Input::Stop => return,
             }
-            if self.halted {
-                return;
+            self.request_sync();
+            if changed {
+                (self.observe)(&node);
             }
-            (self.observe)(&node);
         }
+    }
+
+    /// Asks the storage thread for a sync if a handler asked for one since the last request.
+    fn request_sync(&mut self) {
+        if std::mem::take(&mut self.sync_wanted) {
+            let _ = self.storage.send(StorageJob::Sync);
+        }
+    }
+
+    /// Handles one input.
+    fn input(&mut self, node: &mut N, input: Input<N>) -> Step {
+        match input {
+            Input::Message { from, message } => {
+                self.handle(node, |node, ctx| node.on_message(from, message, ctx));
+            }
+            Input::Request {
+                client,
+                request,
+                answer,
+            } => {
+                self.waiters.insert(client, answer);
+                self.handle(node, |node, ctx| node.on_request(client, request, ctx));
+            }
+            Input::Timer { timer, generation } => {
+                let Some(armed) = self.timers.get_mut(&timer) else {
+                    return Step::Unchanged; // Cancelled.
+                };
+                if armed.generation != generation {
+                    return Step::Unchanged; // A sleep replaced by an earlier one.
+                }
+                let now = Instant::now();
+                if now < armed.deadline {
+                    // Re-armed for later while this sleep ran: sleep the rest.
+                    let deadline = armed.deadline;
+                    self.spawn_sleep(timer, deadline);
+                    return Step::Unchanged;
+                }
+                self.timers.remove(&timer);
+                self.handle(node, |node, ctx| node.on_timer(timer, ctx));
+            }
+            Input::Durable(count) => {
+                for output in self.gate.durable(count) {
+                    self.emit(output);
+                }
+            }
+            Input::StorageFailed(error) => {
+                tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
+                return Step::Stop;
+            }
+            Input::Inspect(look) => {
+                look(node);
+                if let Some(reason) = node.halted() {
+                    tracing::error!(node = self.id.0, %reason, "the node halted: stopping it");
+                    return Step::Stop;
+                }
+                return Step::Unchanged;
+            }
+            Input::Act(act) => self.handle(node, act),
+            Input::AddPeer(peer, address) => {
+                self.peers.add(self.id, peer, address);
+                return Step::Unchanged;
+            }
+            Input::RemovePeer(peer) => {
+                self.peers.remove(peer);
+                return Step::Unchanged;
+            }
+            Input::Stop => return Step::Stop,
+        }
+        if self.halted {
+            return Step::Stop; // The handler's effects were dropped; the task ends.
+        }
+        Step::Changed
+    }
+
+    /// Starts a sleep that reports `timer` at `deadline`; it replaces the timer's running
+    /// sleep (whose report is then ignored).
+    fn spawn_sleep(&mut self, timer: N::Timer, deadline: Instant) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        if let Some(armed) = self.timers.get_mut(&timer) {
+            armed.generation = generation;
+            armed.sleeping_until = deadline;
+        }
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            let _ = inbox.send(Input::Timer { timer, generation }).await;
+        });
     }
 
     fn handle(&mut self, node: &mut N, handler: impl FnOnce(&mut N, &mut Context<N>)) {
@@ -488,23 +576,34 @@ impl<N: RuntimeNode> Driver<N> {
                 let low = after_min.as_nanos() as u64;
                 let high = (after_max.as_nanos() as u64).max(low);
                 let delay = Duration::from_nanos(self.rng.between(low, high));
-                let generation = self.next_generation;
-                self.next_generation += 1;
-                self.timers.insert(timer.clone(), generation);
-                let inbox = self.inbox.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = inbox.send(Input::Timer { timer, generation }).await;
-                });
+                let deadline = Instant::now() + delay;
+                // A timer re-armed for later keeps its running sleep, which sleeps the rest
+                // when it wakes (followers re-arm two timers on every append they get);
+                // only an earlier deadline, or no running sleep, starts a new one.
+                match self.timers.get_mut(&timer) {
+                    Some(armed) if armed.sleeping_until <= deadline => {
+                        armed.deadline = deadline;
+                    }
+                    _ => {
+                        self.timers.insert(
+                            timer.clone(),
+                            Armed {
+                                deadline,
+                                generation: 0,
+                                sleeping_until: deadline,
+                            },
+                        );
+                        self.spawn_sleep(timer, deadline);
+                    }
+                }
             }
             Effect::CancelTimer { timer } => {
                 self.timers.remove(&timer);
             }
             Effect::Persist { record } => self.append(&record, false),
             Effect::Checkpoint { record } => self.append_checkpoint(record),
-            Effect::Sync => {
-                let _ = self.storage.send(StorageJob::Sync);
-            }
+            // One sync request per batch of inputs: the storage thread syncs once for all.
+            Effect::Sync => self.sync_wanted = true,
         }
     }
 

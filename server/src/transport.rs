@@ -121,19 +121,20 @@ async fn write_to_peer<M: Serialize>(
         }
         backoff = RECONNECT_BACKOFF_MIN;
         let mut buffer = Vec::new();
+        let mut scratch = Vec::new();
         loop {
             let Some(message) = queue.recv().await else {
                 return; // The node stopped.
             };
             buffer.clear();
-            if !append_message(&message, &mut buffer) {
+            if !append_message(&message, &mut buffer, &mut scratch) {
                 continue;
             }
             // Batch whatever else is already queued into the same write.
             while buffer.len() < 1 << 20 {
                 match queue.try_recv() {
                     Ok(message) => {
-                        append_message(&message, &mut buffer);
+                        append_message(&message, &mut buffer, &mut scratch);
                     }
                     Err(_) => break,
                 }
@@ -146,16 +147,21 @@ async fn write_to_peer<M: Serialize>(
     }
 }
 
-/// Frames `message` onto `buffer`; false (and logged) if it cannot be encoded.
-fn append_message<M: Serialize>(message: &M, buffer: &mut Vec<u8>) -> bool {
-    let payload = match postcard::to_stdvec(message) {
+/// Frames `message` onto `buffer`, encoding it in `scratch` (kept between calls so its
+/// allocation is reused); false (and logged) if it cannot be encoded.
+fn append_message<M: Serialize>(message: &M, buffer: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
+    let mut payload = std::mem::take(scratch);
+    payload.clear();
+    let payload = match postcard::to_extend(message, payload) {
         Ok(payload) => payload,
         Err(error) => {
             tracing::error!(%error, "cannot encode a peer message: dropped");
             return false;
         }
     };
-    match encode_frame(&payload, buffer) {
+    let framed = encode_frame(&payload, buffer);
+    *scratch = payload;
+    match framed {
         Ok(()) => true,
         Err(error) => {
             tracing::error!(%error, "peer message too large for a frame: dropped");

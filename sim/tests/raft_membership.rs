@@ -64,6 +64,10 @@ fn node(change: ChangeVariant, read_mode: ReadMode) -> Churning {
         RaftVariant::Correct,
         RaftConfig {
             read_mode,
+            // The single-step control redirects clients to the leader: the trajectories
+            // in which its two leaders show were found with that traffic (with followers
+            // serving, 6 of 300 seeds show it instead of 3 of 40).
+            follower_serve: change == ChangeVariant::Joint,
             ..RaftConfig::default()
         },
     )

@@ -35,17 +35,25 @@ pub enum RaftVariant {
     /// Broken (the paper's figure 8): no no-op on election, and any entry held by a
     /// majority counts as committed whatever its term.
     Figure8,
+    /// Broken: a follower answers a linearizable read as soon as the leader names its read
+    /// index, without waiting until it has applied that far (a stale read).
+    EarlyFollowerRead,
 }
 
 impl RaftVariant {
     /// Every variant, correct first.
-    pub const ALL: [RaftVariant; 2] = [RaftVariant::Correct, RaftVariant::Figure8];
+    pub const ALL: [RaftVariant; 3] = [
+        RaftVariant::Correct,
+        RaftVariant::Figure8,
+        RaftVariant::EarlyFollowerRead,
+    ];
 
     /// The variant's command-line name.
     pub fn name(self) -> &'static str {
         match self {
             RaftVariant::Correct => "correct",
             RaftVariant::Figure8 => "figure8",
+            RaftVariant::EarlyFollowerRead => "early-follower-read",
         }
     }
 }
@@ -95,6 +103,10 @@ pub struct RaftConfig {
     pub inflight_messages_max: usize,
     /// Unacknowledged entry bytes per follower in replicate mode.
     pub inflight_bytes_max: usize,
+    /// Followers serve clients themselves: they pass writes to the leader over the peer
+    /// channel (and answer once they applied them), and answer linearizable reads after
+    /// asking the leader for a read index. Off, they redirect clients to the leader.
+    pub follower_serve: bool,
 }
 
 impl Default for RaftConfig {
@@ -113,6 +125,7 @@ impl Default for RaftConfig {
             append_bytes_max: 64 * 1024,
             inflight_messages_max: 4,
             inflight_bytes_max: 256 * 1024,
+            follower_serve: true,
         }
     }
 }
@@ -221,6 +234,27 @@ pub enum RaftMessage<S: StateMachine> {
     TimeoutNow {
         /// The leader's term.
         term: u64,
+    },
+    /// A follower passes a client's request to the leader, which proposes it.
+    Forward {
+        /// The client the follower answers once the entry is applied.
+        client: ClientId,
+        /// The request.
+        request: S::Request,
+    },
+    /// A follower asks the leader for a read index for the reads it holds.
+    ReadIndex {
+        /// Names the follower's batch of reads (random, so a reply meant for an earlier
+        /// life of the follower never matches).
+        id: u64,
+    },
+    /// The leader confirmed, after the request arrived, that it still led with this commit
+    /// index: a follower that applied up to `index` may answer the batch's reads.
+    ReadIndexReply {
+        /// The batch answered.
+        id: u64,
+        /// The read index.
+        index: u64,
     },
     /// The answer to a chunk.
     SnapshotReply {
@@ -513,13 +547,58 @@ struct Progress {
     acked_round: u64,
 }
 
+/// Who waits for a linearizable read the leader confirms.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Reader<S: StateMachine> {
+    /// A client of the leader's, answered from the leader's state.
+    Client(ClientId, S::Request),
+    /// A follower's batch of reads: the follower gets the read index and answers them.
+    Follower(NodeId, u64),
+}
+
 /// A linearizable read waiting for its heartbeat round and for the state machine.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PendingRead<S: StateMachine> {
-    client: ClientId,
-    request: S::Request,
+    reader: Reader<S>,
     read_index: u64,
     round: u64,
+}
+
+/// A read index request a follower sent and has not had answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Ask {
+    id: u64,
+    sent_at: Time,
+}
+
+/// The linearizable reads a follower serves with the leader's read index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FollowerReads<S: StateMachine> {
+    /// The request in flight, covering `asked`.
+    ask: Option<Ask>,
+    /// Reads the request in flight covers.
+    asked: Vec<(ClientId, S::Request)>,
+    /// Reads that arrived after it was sent: they wait for the next request.
+    waiting: Vec<(ClientId, S::Request)>,
+    /// Reads with a read index, answered once this node has applied that far.
+    ready: Vec<(ClientId, S::Request, u64)>,
+}
+
+impl<S: StateMachine> Default for FollowerReads<S> {
+    fn default() -> Self {
+        FollowerReads {
+            ask: None,
+            asked: Vec::new(),
+            waiting: Vec::new(),
+            ready: Vec::new(),
+        }
+    }
+}
+
+impl<S: StateMachine> FollowerReads<S> {
+    fn len(&self) -> usize {
+        self.asked.len() + self.waiting.len() + self.ready.len()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -689,6 +768,10 @@ pub struct RaftNode<S: StateMachine> {
     incoming: Option<Incoming>,
     /// The index of the latest checkpoint (the log may keep entries before it).
     checkpoint_index: u64,
+    /// Requests this follower passed to the leader, by client: answered here once applied.
+    forwarded: BTreeMap<ClientId, S::Request>,
+    /// Linearizable reads this follower serves with the leader's read index.
+    follower_reads: FollowerReads<S>,
     /// The first safety violation this node noticed itself (e.g. asked to overwrite a
     /// committed entry).
     violation: Option<String>,
@@ -719,6 +802,8 @@ impl<S: StateMachine> RaftNode<S> {
             snapshot: None,
             incoming: None,
             checkpoint_index: 0,
+            forwarded: BTreeMap::new(),
+            follower_reads: FollowerReads::default(),
             violation: None,
         }
     }
@@ -1041,6 +1126,14 @@ impl<S: StateMachine> RaftNode<S> {
         self.violation.as_deref()
     }
 
+    /// A leader's current heartbeat round (rounds confirm leadership for reads).
+    pub fn heartbeat_round(&self) -> Option<u64> {
+        match &self.role {
+            Role::Leader(leader) => Some(leader.round),
+            _ => None,
+        }
+    }
+
     /// When the lease lets this leader answer reads locally (by its own clock).
     pub fn lease_until(&self) -> Option<Time> {
         match &self.role {
@@ -1102,7 +1195,10 @@ impl<S: StateMachine> RaftNode<S> {
             ctx.cancel_timer(RaftTimer::Heartbeat);
             ctx.cancel_timer(RaftTimer::CheckQuorum);
             for read in old.reads {
-                ctx.reply(read.client, S::redirect(&read.request, leader));
+                // A follower's batch is asked again of the next leader.
+                if let Reader::Client(client, request) = read.reader {
+                    ctx.reply(client, S::redirect(&request, leader));
+                }
             }
             self.arm_election(ctx);
         }
@@ -1280,7 +1376,7 @@ impl<S: StateMachine> RaftNode<S> {
         }));
         ctx.cancel_timer(RaftTimer::Election);
         match self.variant {
-            RaftVariant::Correct => {
+            RaftVariant::Correct | RaftVariant::EarlyFollowerRead => {
                 self.append_local(Payload::Noop, ctx);
             }
             RaftVariant::Figure8 => {
@@ -1292,10 +1388,38 @@ impl<S: StateMachine> RaftNode<S> {
                 self.acknowledge_self(ctx);
             }
         }
+        self.adopt_follower_requests(ctx);
         self.broadcast_appends(true, ctx);
         self.arm_heartbeat(ctx);
         let check = self.config.election_timeout_min;
         ctx.set_timer(RaftTimer::CheckQuorum, check, check);
+    }
+
+    /// A new leader takes over what it held as a follower: it proposes the requests it had
+    /// passed on (a copy already in the log executes once, by the client's session) and
+    /// confirms the reads still without a read index itself.
+    fn adopt_follower_requests(&mut self, ctx: &mut Context<Self>) {
+        let forwarded = std::mem::take(&mut self.forwarded);
+        for (client, request) in forwarded {
+            let command = S::command(client, request, ctx.now());
+            self.append_local(Payload::Command(command), ctx);
+        }
+        let reads = &mut self.follower_reads;
+        reads.ask = None;
+        let mut unasked = std::mem::take(&mut reads.asked);
+        unasked.append(&mut reads.waiting);
+        let read_index = self.commit_index;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let read_index = read_index.max(leader.term_start_index);
+        for (client, request) in unasked {
+            leader.reads.push(PendingRead {
+                reader: Reader::Client(client, request),
+                read_index,
+                round: leader.round + 1,
+            });
+        }
     }
 
     /// Sends this node an acknowledgement of its own log, released once durable.
@@ -1443,7 +1567,11 @@ impl<S: StateMachine> RaftNode<S> {
             let mut bytes = 0;
             if allowed {
                 for entry in self.log.slice(first, last_index) {
-                    let size = postcard::to_allocvec(entry).map_or(0, |encoded| encoded.len());
+                    let size = postcard::serialize_with_flavor::<_, _, usize>(
+                        entry,
+                        postcard::ser_flavors::Size::default(),
+                    )
+                    .unwrap_or(0);
                     if !entries.is_empty()
                         && (entries.len() >= config.append_entries_max
                             || bytes + size > config.append_bytes_max)
@@ -1587,11 +1715,13 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// A message from the leader of `term` (at least the current one).
     fn accept_leader(&mut self, from: NodeId, term: u64, ctx: &mut Context<Self>) {
+        let changed = self.leader != Some(from);
         if term > self.term || !matches!(self.role, Role::Follower) {
             self.become_follower(term, Some(from), ctx);
         }
         self.leader = Some(from);
         self.promise(ctx);
+        self.retry_follower_requests(from, changed, ctx);
     }
 
     fn note_violation(&mut self, violation: String) {
@@ -1754,6 +1884,7 @@ impl<S: StateMachine> RaftNode<S> {
             Err(_) => StateImage::of(&self.state),
         };
         self.checkpoint(image, ctx);
+        self.answer_ready_reads(ctx);
         reply(self, ctx, chunk.total_bytes, true);
     }
 
@@ -1816,13 +1947,36 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let counts = match self.variant {
-            RaftVariant::Correct => self.log.term(majority) == Some(self.term),
+            RaftVariant::Correct | RaftVariant::EarlyFollowerRead => {
+                self.log.term(majority) == Some(self.term)
+            }
             RaftVariant::Figure8 => true,
         };
         if counts {
             self.commit_index = majority;
             self.apply_committed(ctx);
             self.after_config_commit(ctx);
+            if self.config.follower_serve {
+                self.announce_commit(ctx);
+            }
+        }
+    }
+
+    /// Tells the followers in step with the log the new commit index at once: a follower
+    /// answers the writes it passed on only once it applied them, and would otherwise
+    /// learn of the commit with the next heartbeat.
+    fn announce_commit(&mut self, ctx: &mut Context<Self>) {
+        for peer in self.peers(ctx) {
+            let replicating = match &self.role {
+                Role::Leader(leader) => leader
+                    .progress
+                    .get(&peer)
+                    .is_some_and(|progress| matches!(progress.mode, Mode::Replicate { .. })),
+                _ => false,
+            };
+            if replicating {
+                self.send_appends(peer, true, ctx);
+            }
         }
     }
 
@@ -1849,11 +2003,13 @@ impl<S: StateMachine> RaftNode<S> {
             let Some(entry) = self.log.entry(index) else {
                 break;
             };
-            let entry = entry.clone();
             if let Payload::Command(command) = &entry.payload
                 && let Some((client, response)) = self.state.apply(command)
-                && self.is_leader()
+                && (matches!(self.role, Role::Leader(_))
+                    || self.forwarded.remove(&client).is_some())
             {
+                // The leader answers its clients; a follower those whose requests it
+                // passed on (every replica computes the same answer).
                 ctx.reply(client, response);
             }
             let mut hasher = StableHasher::new();
@@ -1869,6 +2025,7 @@ impl<S: StateMachine> RaftNode<S> {
         }
         self.maybe_snapshot(ctx);
         self.confirm_reads(ctx);
+        self.answer_ready_reads(ctx);
     }
 
     /// Compacts the applied prefix into a checkpoint once it is long enough.
@@ -1973,12 +2130,190 @@ impl<S: StateMachine> RaftNode<S> {
         }
         let state = &self.state;
         leader.reads.retain(|read| {
-            if read.round > confirmed || read.read_index > applied {
+            if read.round > confirmed {
                 return true;
             }
-            ctx.reply(read.client, state.query(read.client, &read.request));
-            false
+            match &read.reader {
+                Reader::Follower(node, id) => {
+                    ctx.send(
+                        *node,
+                        RaftMessage::ReadIndexReply {
+                            id: *id,
+                            index: read.read_index,
+                        },
+                    );
+                    false
+                }
+                Reader::Client(_, _) if read.read_index > applied => true,
+                Reader::Client(client, request) => {
+                    ctx.reply(*client, state.query(*client, request));
+                    false
+                }
+            }
         });
+        // Reads that arrived while a round was in flight share the next one, started once
+        // that round is confirmed (a lost round is replaced by the next heartbeat's).
+        let round = leader.round;
+        let unstarted = leader.reads.iter().any(|read| read.round > round);
+        if unstarted && confirmed >= round {
+            self.broadcast_appends(true, ctx);
+            // A cluster of one confirms its round at once.
+            self.confirm_reads(ctx);
+        }
+    }
+
+    /// Answers the follower-side reads whose read index this node has applied.
+    fn answer_ready_reads(&mut self, ctx: &mut Context<Self>) {
+        let applied = self.applied_index;
+        let state = &self.state;
+        self.follower_reads
+            .ready
+            .retain(|(client, request, index)| {
+                if *index > applied {
+                    return true;
+                }
+                ctx.reply(*client, state.query(*client, request));
+                false
+            });
+    }
+
+    /// Sends the leader a read index request for the waiting reads unless one is in flight.
+    fn ask_read_index(&mut self, ctx: &mut Context<Self>) {
+        let Some(leader) = self.leader.filter(|&leader| leader != ctx.id()) else {
+            return;
+        };
+        let reads = &mut self.follower_reads;
+        if reads.ask.is_some() || reads.waiting.is_empty() {
+            return;
+        }
+        let id = ctx.rng().next_u64();
+        reads.asked.append(&mut reads.waiting);
+        reads.ask = Some(Ask {
+            id,
+            sent_at: ctx.now(),
+        });
+        ctx.send(leader, RaftMessage::ReadIndex { id });
+    }
+
+    /// A request from the leader `from`: passes on again what a lost message or a leader
+    /// change may have left unanswered.
+    fn retry_follower_requests(&mut self, from: NodeId, changed: bool, ctx: &mut Context<Self>) {
+        if changed {
+            for (&client, request) in &self.forwarded {
+                ctx.send(
+                    from,
+                    RaftMessage::Forward {
+                        client,
+                        request: request.clone(),
+                    },
+                );
+            }
+        }
+        let reads = &mut self.follower_reads;
+        let overdue = reads
+            .ask
+            .as_ref()
+            .is_some_and(|ask| ctx.now() >= ask.sent_at + self.config.election_timeout_min);
+        if changed || overdue {
+            reads.ask = None;
+            let mut waiting = std::mem::take(&mut reads.asked);
+            waiting.append(&mut reads.waiting);
+            reads.waiting = waiting;
+        }
+        self.ask_read_index(ctx);
+    }
+
+    /// A follower serves `request` (not a serializable read) with the leader's help, or
+    /// redirects the client when it cannot.
+    fn serve_as_follower(
+        &mut self,
+        client: ClientId,
+        request: S::Request,
+        consistency: Option<ReadConsistency>,
+        ctx: &mut Context<Self>,
+    ) {
+        let leader = self.leader.filter(|&leader| {
+            self.config.follower_serve && leader != ctx.id() && matches!(self.role, Role::Follower)
+        });
+        let Some(leader) = leader else {
+            ctx.reply(client, S::redirect(&request, self.leader));
+            return;
+        };
+        let read = consistency == Some(ReadConsistency::Linearizable)
+            && self.config.read_mode != ReadMode::Log;
+        if read {
+            if self.follower_reads.len() >= PENDING_READS_MAX {
+                ctx.reply(client, S::redirect(&request, Some(leader)));
+                return;
+            }
+            self.follower_reads.waiting.push((client, request));
+            self.ask_read_index(ctx);
+            return;
+        }
+        if self.forwarded.len() >= PENDING_READS_MAX && !self.forwarded.contains_key(&client) {
+            ctx.reply(client, S::redirect(&request, Some(leader)));
+            return;
+        }
+        self.forwarded.insert(client, request.clone());
+        ctx.send(leader, RaftMessage::Forward { client, request });
+    }
+
+    /// The leader proposes a request a follower passed on (dropped unless it leads and
+    /// takes proposals: the follower passes it on again to the next leader).
+    fn on_forward(&mut self, client: ClientId, request: S::Request, ctx: &mut Context<Self>) {
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        if leader.transfer.is_some() {
+            return;
+        }
+        let command = S::command(client, request, ctx.now());
+        self.append_local(Payload::Command(command), ctx);
+        self.broadcast_appends(false, ctx);
+    }
+
+    /// The leader confirms its leadership for a follower's batch of reads.
+    fn on_read_index(&mut self, from: NodeId, id: u64, ctx: &mut Context<Self>) {
+        let commit = self.commit_index;
+        let caught_up = self.applied_index;
+        let mode = self.config.read_mode;
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        if leader.transfer.is_some() || leader.reads.len() >= PENDING_READS_MAX {
+            return;
+        }
+        let leased = leader.lease_until.is_some_and(|until| ctx.now() < until);
+        if mode == ReadMode::Lease && leased && caught_up >= leader.term_start_index {
+            ctx.send(from, RaftMessage::ReadIndexReply { id, index: commit });
+            return;
+        }
+        leader.reads.push(PendingRead {
+            reader: Reader::Follower(from, id),
+            read_index: commit.max(leader.term_start_index),
+            round: leader.round + 1,
+        });
+        self.confirm_reads(ctx);
+    }
+
+    /// The leader named the read index of a batch of this follower's reads.
+    fn on_read_index_reply(&mut self, id: u64, index: u64, ctx: &mut Context<Self>) {
+        let reads = &mut self.follower_reads;
+        if reads.ask.as_ref().is_none_or(|ask| ask.id != id) {
+            return;
+        }
+        reads.ask = None;
+        let early = self.variant == RaftVariant::EarlyFollowerRead;
+        for (client, request) in std::mem::take(&mut reads.asked) {
+            if early {
+                // Broken on purpose: answers from whatever this node has applied.
+                ctx.reply(client, self.state.query(client, &request));
+            } else {
+                reads.ready.push((client, request, index));
+            }
+        }
+        self.answer_ready_reads(ctx);
+        self.ask_read_index(ctx);
     }
 
     fn on_client_request(
@@ -1993,7 +2328,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let Role::Leader(leader) = &mut self.role else {
-            ctx.reply(client, S::redirect(&request, self.leader));
+            self.serve_as_follower(client, request, consistency, ctx);
             return;
         };
         if leader.transfer.is_some() {
@@ -2015,12 +2350,10 @@ impl<S: StateMachine> RaftNode<S> {
             }
             let read_index = self.commit_index.max(leader.term_start_index);
             leader.reads.push(PendingRead {
-                client,
-                request,
+                reader: Reader::Client(client, request),
                 read_index,
                 round: leader.round + 1,
             });
-            self.broadcast_appends(true, ctx);
             self.confirm_reads(ctx);
             return;
         }
@@ -2246,6 +2579,9 @@ impl<S: StateMachine> Node for RaftNode<S> {
                 ctx,
             ),
             RaftMessage::InstallSnapshot(chunk) => self.on_install_snapshot(from, *chunk, ctx),
+            RaftMessage::Forward { client, request } => self.on_forward(client, request, ctx),
+            RaftMessage::ReadIndex { id } => self.on_read_index(from, id, ctx),
+            RaftMessage::ReadIndexReply { id, index } => self.on_read_index_reply(id, index, ctx),
             RaftMessage::SnapshotReply {
                 term,
                 last_index,

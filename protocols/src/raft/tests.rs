@@ -297,8 +297,8 @@ fn commits_of_a_reelected_leader(variant: RaftVariant) -> Vec<(u64, Option<u64>)
         )
     }
     let make = match variant {
-        RaftVariant::Correct => make_correct,
         RaftVariant::Figure8 => make_broken,
+        RaftVariant::Correct | RaftVariant::EarlyFollowerRead => make_correct,
     };
     let mut cluster = Cluster::new(3, make);
     cluster.elect(0);
@@ -605,18 +605,291 @@ fn read_index_answers_after_a_heartbeat_round_without_a_log_entry() {
         last,
         "no entry for a read"
     );
-    // A follower redirects to the leader.
+    // A follower serves a read itself with the leader's read index, without a log entry.
     cluster.request(1, 3, 0, get());
-    let redirect = cluster
+    let answer = cluster
         .replies
         .last()
-        .map(|(_, _, response)| response.result.clone());
+        .map(|(from, client, response)| (*from, *client, response.result.clone()));
+    assert_eq!(answer, Some((NodeId(1), ClientId(3), value("a"))));
+    assert_eq!(cluster.node(0).log().last_index(), last);
+}
+
+#[test]
+fn a_follower_that_does_not_serve_redirects_to_the_leader() {
+    let mut cluster = Cluster::new(3, || {
+        KvRaft::new(
+            RaftVariant::Correct,
+            RaftConfig {
+                follower_serve: false,
+                ..RaftConfig::default()
+            },
+        )
+    });
+    cluster.elect(0);
+    for request in [get(), put("a")] {
+        cluster.request(1, 3, 0, request);
+        let redirect = cluster
+            .replies
+            .last()
+            .map(|(_, _, response)| response.result.clone());
+        assert_eq!(
+            redirect,
+            Some(Err(KvError::NotLeader {
+                hint: Some(NodeId(0))
+            }))
+        );
+    }
+}
+
+#[test]
+fn a_follower_passes_a_write_to_the_leader_and_answers_it_once_applied() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.request(1, 4, 0, put("a"));
+    // The leader committed it and announced the commit at once (no heartbeat needed):
+    // the follower applied it and answered its client.
+    assert_eq!(cluster.node(0).commit_index(), 2);
+    assert_eq!(cluster.node(1).applied_index(), 2);
+    let answers: Vec<&KvResponse> = cluster
+        .replies
+        .iter()
+        .filter(|(from, client, _)| *from == NodeId(1) && *client == ClientId(4))
+        .map(|(_, _, response)| response)
+        .collect();
     assert_eq!(
-        redirect,
-        Some(Err(KvError::NotLeader {
-            hint: Some(NodeId(0))
-        }))
+        answers,
+        vec![&KvResponse {
+            sequence: 0,
+            result: Ok(KvOutput::Done),
+        }]
     );
+}
+
+#[test]
+fn a_write_passed_to_a_lost_leader_goes_to_the_next_one_and_executes_once() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    // n0 is cut off: the write n1 passes to it is lost.
+    cluster.isolated.insert(NodeId(0));
+    cluster.request(1, 4, 0, put("a"));
+    // n2 takes over; n1 hears from it and passes the write on again.
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(2);
+    cluster.fire(2, RaftTimer::Heartbeat);
+    cluster.fire(2, RaftTimer::Heartbeat);
+    let answers: Vec<&KvResponse> = cluster
+        .replies
+        .iter()
+        .filter(|(from, client, _)| *from == NodeId(1) && *client == ClientId(4))
+        .map(|(_, _, response)| response)
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].result, Ok(KvOutput::Done));
+    // The client retries at n1 (its answer was lost, say): the session answers again
+    // without a second execution.
+    let entries_before = cluster.node(2).log().last_index();
+    cluster.request(1, 4, 0, put("a"));
+    cluster.fire(2, RaftTimer::Heartbeat);
+    assert_eq!(cluster.node(2).log().last_index(), entries_before + 1);
+    let written = cluster
+        .replies
+        .iter()
+        .filter(|(from, client, response)| {
+            *from == NodeId(1) && *client == ClientId(4) && response.result.is_ok()
+        })
+        .count();
+    assert_eq!(written, 2);
+    cluster.request(2, 5, 0, get());
+    assert_eq!(
+        cluster
+            .replies
+            .last()
+            .map(|(_, _, response)| response.result.clone()),
+        Some(value("a"))
+    );
+}
+
+#[test]
+fn a_new_leader_proposes_the_writes_it_had_passed_on() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.isolated.insert(NodeId(0));
+    cluster.request(1, 4, 0, put("a"));
+    cluster.fire(1, RaftTimer::PromiseExpired);
+    cluster.fire(2, RaftTimer::PromiseExpired);
+    cluster.elect(1);
+    cluster.fire(1, RaftTimer::Heartbeat);
+    let answers = cluster
+        .replies
+        .iter()
+        .filter(|(from, client, response)| {
+            *from == NodeId(1) && *client == ClientId(4) && response.result.is_ok()
+        })
+        .count();
+    assert_eq!(answers, 1);
+}
+
+/// A follower with a read waiting; returns it, its context's effects and the read index
+/// request's id. The follower has applied index 1 of term 1.
+fn follower_with_a_read(variant: RaftVariant) -> (KvRaft, Rng, u64) {
+    let members = [NodeId(0), NodeId(1), NodeId(2)];
+    let mut rng = Rng::new(3);
+    let mut follower = KvRaft::new(variant, RaftConfig::default());
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_start(&mut ctx);
+    follower.on_message(
+        NodeId(0),
+        RaftMessage::AppendEntries {
+            term: 1,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry {
+                term: 1,
+                payload: Payload::Noop,
+            }],
+            commit: 1,
+            round: 1,
+        },
+        &mut ctx,
+    );
+    let _ = ctx.into_effects();
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    let request = KvRequest {
+        sequence: 0,
+        acknowledged_below: 0,
+        command: get(),
+    };
+    follower.on_request(ClientId(9), request, &mut ctx);
+    let asks: Vec<u64> = ctx
+        .into_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send {
+                to: NodeId(0),
+                message: RaftMessage::ReadIndex { id },
+                ..
+            } => Some(id),
+            Effect::Reply { .. } => panic!("answered before the leader named a read index"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asks.len(), 1);
+    (follower, rng, asks[0])
+}
+
+fn replies_of(ctx: Context<KvRaft>) -> Vec<KvResponse> {
+    ctx.into_effects()
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Reply { response, .. } => Some(response),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The leader names read index 2 (a write this follower has not received yet); the follower
+/// answers once it applied it. Returns the answers given at each of the two steps.
+fn follower_read_answers(variant: RaftVariant) -> (Vec<KvResponse>, Vec<KvResponse>) {
+    let members = [NodeId(0), NodeId(1), NodeId(2)];
+    let (mut follower, mut rng, id) = follower_with_a_read(variant);
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_message(
+        NodeId(0),
+        RaftMessage::ReadIndexReply {
+            id: id ^ 1,
+            index: 2,
+        },
+        &mut ctx,
+    );
+    assert!(
+        replies_of(ctx).is_empty(),
+        "a reply to another batch counted"
+    );
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_message(
+        NodeId(0),
+        RaftMessage::ReadIndexReply { id, index: 2 },
+        &mut ctx,
+    );
+    let first = replies_of(ctx);
+    let write = KvRequest {
+        sequence: 0,
+        acknowledged_below: 0,
+        command: put("a"),
+    };
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_message(
+        NodeId(0),
+        RaftMessage::AppendEntries {
+            term: 1,
+            prev_index: 1,
+            prev_term: 1,
+            entries: vec![Entry {
+                term: 1,
+                payload: Payload::Command(<SessionKv as crate::replicated::StateMachine>::command(
+                    ClientId(7),
+                    write,
+                    Time::ZERO,
+                )),
+            }],
+            commit: 2,
+            round: 2,
+        },
+        &mut ctx,
+    );
+    (first, replies_of(ctx))
+}
+
+#[test]
+fn a_follower_answers_a_read_only_once_it_applied_the_read_index() {
+    let (early, late) = follower_read_answers(RaftVariant::Correct);
+    assert!(early.is_empty(), "answered before applying: {early:?}");
+    assert_eq!(
+        late.iter()
+            .map(|response| response.result.clone())
+            .collect::<Vec<_>>(),
+        vec![value("a")]
+    );
+    // The broken variant answers at once, from a state without the write.
+    let (early, _) = follower_read_answers(RaftVariant::EarlyFollowerRead);
+    assert_eq!(
+        early
+            .iter()
+            .map(|response| response.result.clone())
+            .collect::<Vec<_>>(),
+        vec![Ok(KvOutput::Value(None))]
+    );
+}
+
+#[test]
+fn reads_that_arrive_during_a_round_share_the_next_one() {
+    let mut cluster = Cluster::new(3, || with_reads(ReadMode::ReadIndex));
+    cluster.elect(0);
+    cluster.request(0, 1, 0, put("a"));
+    let round_before = cluster.node(0).heartbeat_round().expect("n0 leads");
+    // Three reads arrive before any acknowledgement: one round for the first, one shared
+    // by the other two once the first is confirmed.
+    for client in 10..13 {
+        let request = KvRequest {
+            sequence: 0,
+            acknowledged_below: 0,
+            command: get(),
+        };
+        cluster.handle(NodeId(0), |node, ctx| {
+            node.on_request(ClientId(client), request, ctx)
+        });
+    }
+    cluster.deliver_all();
+    let round_after = cluster.node(0).heartbeat_round().expect("n0 leads");
+    assert_eq!(round_after, round_before + 2);
+    let answered = cluster
+        .replies
+        .iter()
+        .filter(|(_, client, response)| client.0 >= 10 && response.result == value("a"))
+        .count();
+    assert_eq!(answered, 3);
 }
 
 #[test]
@@ -809,7 +1082,7 @@ struct Counter {
     total: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 enum CounterRequest {
     Add(u64),
     ReadAny,
@@ -881,8 +1154,8 @@ fn a_serializable_read_is_answered_by_any_replica_from_its_applied_state() {
             _ => None,
         })
         .collect();
-    // The read is served locally; the write is refused (not the leader).
-    assert_eq!(replies, vec![Some(7), None]);
+    // The read is served locally; the write goes to the leader, unanswered for now.
+    assert_eq!(replies, vec![Some(7)]);
 }
 
 /// n0, n1 and n2 vote; n3 and n4 wait outside the cluster.

@@ -2,9 +2,13 @@
 //!
 //! Every gRPC call becomes an [`MvccOperation`] run by [`Proxy::execute`] on the local node
 //! under a session of this server's: a pooled client id with its own sequence numbers, so a
-//! request retried after a timeout or a leader change executes at most once. A node that
-//! does not lead answers "not leader"; the call is then forwarded to the leader's client
-//! endpoint ([`Forwarder`]), so clients never need to find the leader themselves.
+//! request retried after a timeout or a leader change executes at most once. A Raft
+//! follower serves calls itself: it passes writes to the leader over the peer channel and
+//! answers them once it applied them, and answers linearizable reads after a read index
+//! request to the leader. A node that answers "not leader" with a hint (a follower that
+//! does not serve, or holds too many requests already; a Paxos replica) has the call
+//! forwarded to the leader's client endpoint ([`Forwarder`]), so clients never need to find
+//! the leader themselves.
 
 pub mod convert;
 pub mod recipes;
