@@ -364,16 +364,20 @@ async fn founders_forward_to_a_joined_member_that_leads() {
         })
         .await;
         assert_eq!(leader, learner);
-        let listed = ClusterClient::new(channel(&founder.client_url).await)
-            .member_list(pb::MemberListRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .members;
-        let newcomer = listed
-            .iter()
-            .find(|member| member.id == learner)
-            .expect("the newcomer is listed");
+        // The newcomer describes itself (name, client URLs) through the log once it leads;
+        // a write may be served before that (followers pass writes on over the peer channel).
+        let newcomer = eventually(|| async {
+            let listed = ClusterClient::new(channel(&founder.client_url).await)
+                .member_list(pb::MemberListRequest::default())
+                .await?
+                .into_inner()
+                .members;
+            match listed.into_iter().find(|member| member.id == learner) {
+                Some(member) if !member.name.is_empty() => Ok(member),
+                other => Err(tonic::Status::unavailable(format!("listed as {other:?}"))),
+            }
+        })
+        .await;
         assert_eq!(newcomer.name, "m3");
         assert_eq!(newcomer.client_ur_ls, vec![new_client_url.clone()]);
     }
