@@ -76,22 +76,7 @@ async fn channel(url: &str) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_is_added_promoted_once_in_sync_and_a_member_removed() {
     let data = tempfile::tempdir().unwrap();
-    let mut specs = Vec::new();
-    let mut pending = Vec::new();
-    for index in 0..3 {
-        let (listeners, peer_url, client_url) = listeners().await;
-        specs.push(MemberSpec {
-            name: format!("m{index}"),
-            peer_url,
-            client_url,
-        });
-        pending.push(listeners);
-    }
-    let mut stops = Vec::new();
-    for (index, listeners) in pending.into_iter().enumerate() {
-        let config = config(&format!("m{index}"), data.path(), &listeners, &specs);
-        stops.push(start(Member { config, listeners }));
-    }
+    let (specs, mut stops) = start_founders(data.path()).await;
     let mut cluster = ClusterClient::new(channel(&specs[1].client_url).await);
     let kv = KvClient::new(channel(&specs[2].client_url).await);
     eventually(|| {
