@@ -226,12 +226,7 @@ fn killing_the_leader_under_load_loses_no_acknowledged_write() {
     let history: History = Arc::default();
     let started = Instant::now();
     runtime.block_on(async {
-        // Wait for a leader.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while leader(&endpoints).await.is_none() {
-            assert!(Instant::now() < deadline, "no leader elected");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually("a leader is elected", || leader(&endpoints)).await;
     });
     // A member must ignore SIGPIPE: with the default action, writing to the connection of
     // a peer that was just killed ends the writer too (it once took down a second member
