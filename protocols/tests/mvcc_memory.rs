@@ -6,6 +6,8 @@
 //! over-allocates per key. `mvcc_memory_file.rs` measures the server's layout (records in a
 //! file).
 
+mod common;
+use common::resident_bytes;
 use synod_protocols::mvcc::MvccStore;
 use synod_protocols::mvcc::api::{CompactionRequest, PutRequest};
 
@@ -16,13 +18,6 @@ const VALUE_BYTES: usize = 256;
 /// slot, the version and the change-log entry, with allocator slack (measured: about 530
 /// bytes).
 const BYTES_PER_KEY_MAX: u64 = 640;
-
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
-}
 
 #[test]
 fn a_key_with_a_256_byte_value_costs_under_the_budget() {

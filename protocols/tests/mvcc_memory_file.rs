@@ -4,6 +4,8 @@
 //! the process's resident set. Only the index stays on the heap; fails above
 //! [`BYTES_PER_KEY_MAX`].
 
+mod common;
+use common::resident_bytes;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,13 +68,6 @@ impl RecordFile for File {
         let file: Arc<dyn RecordFile> = create(&self.directory);
         Ok(file)
     }
-}
-
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kilobytes * 1024)
 }
 
 #[test]
