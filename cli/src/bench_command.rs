@@ -14,7 +14,7 @@ mod workload;
 use anyhow::{Context, Result, bail};
 use cluster::{EtcdLauncher, Launcher, SynodLauncher};
 use driver::{Keys, Stop, Workload};
-use report::{Ratios, Summary, group_digits};
+use report::{CpuPerOp, Ratios, Summary, group_digits};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -153,9 +153,20 @@ pub fn run(arguments: BenchArgs) -> Result<ExitCode> {
                 );
             }
         }
+        let members_before = cluster.member_cpu_micros();
+        let client_before = cluster::cpu_micros("self");
         let record = runtime.block_on(driver::run(&channels, &workload, &target.label))?;
+        let members_used = cluster
+            .member_cpu_micros()
+            .zip(members_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        let client_used = cluster::cpu_micros("self")
+            .zip(client_before)
+            .map(|(after, before)| after.saturating_sub(before));
+        let requests = record.completed_all;
         drop(channels);
         let mut summary = Summary::new(&target.label, &cluster.endpoints, record);
+        summary.cpu = CpuPerOp::new(members_used, client_used, requests);
         summary.member_rss_bytes = cluster.member_rss_bytes();
         summary.member_data_bytes = cluster.member_data_bytes();
         print!("{}", summary.to_text());

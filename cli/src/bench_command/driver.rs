@@ -98,6 +98,9 @@ pub struct Record {
     pub elapsed: Duration,
     /// Whether the run was cut short by Ctrl-C.
     pub interrupted: bool,
+    /// Every request that completed, warmup included, successful or not: what the CPU the
+    /// run used is divided by.
+    pub completed_all: u64,
 }
 
 /// After a failed request a client pauses this long, so a dead endpoint is not hammered at
@@ -115,6 +118,7 @@ struct Shared {
     tickets: AtomicU64,
     ticket_limit: Option<u64>,
     completed: AtomicU64,
+    completed_all: AtomicU64,
     interrupted: AtomicBool,
 }
 
@@ -163,6 +167,7 @@ pub async fn run(channels: &[Channel], workload: &Workload, label: &str) -> Resu
         tickets: AtomicU64::new(0),
         ticket_limit,
         completed: AtomicU64::new(0),
+        completed_all: AtomicU64::new(0),
         interrupted: AtomicBool::new(false),
     });
 
@@ -206,6 +211,7 @@ pub async fn run(channels: &[Channel], workload: &Workload, label: &str) -> Resu
         .map(|last| last.saturating_duration_since(measure_start))
         .unwrap_or_default();
     record.interrupted = shared.interrupted.load(Ordering::Relaxed);
+    record.completed_all = shared.completed_all.load(Ordering::Relaxed);
     Ok(record)
 }
 
@@ -248,6 +254,7 @@ async fn run_client(
         let outcome =
             tokio::time::timeout(workload.request_timeout, issue(&mut kv, kind, key, &value)).await;
         let completed_at = Instant::now();
+        shared.completed_all.fetch_add(1, Ordering::Relaxed);
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(failure)) => Some(failure),

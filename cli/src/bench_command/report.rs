@@ -82,6 +82,34 @@ pub struct Summary {
     pub member_data_bytes: Vec<u64>,
     /// Whether Ctrl-C cut the run short.
     pub interrupted: bool,
+    /// CPU time per completed request, while the workload ran.
+    pub cpu: CpuPerOp,
+}
+
+/// CPU time (user + system) per completed request: the cost of an operation, which unlike
+/// throughput does not depend on what else the machine is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuPerOp {
+    /// The started members together, in microseconds per request (None for a cluster this
+    /// program did not start).
+    pub members_us: Option<f64>,
+    /// This benchmark process (the clients), in microseconds per request.
+    pub client_us: Option<f64>,
+}
+
+impl CpuPerOp {
+    /// Divides the CPU microseconds members and client used (None: unknown) by `requests`.
+    pub fn new(members_micros: Option<u64>, client_micros: Option<u64>, requests: u64) -> Self {
+        let per_op = |micros: Option<u64>| {
+            micros
+                .filter(|_| requests > 0)
+                .map(|micros| micros as f64 / requests as f64)
+        };
+        CpuPerOp {
+            members_us: per_op(members_micros),
+            client_us: per_op(client_micros),
+        }
+    }
 }
 
 impl Summary {
@@ -114,6 +142,7 @@ impl Summary {
             member_rss_bytes: Vec::new(),
             member_data_bytes: Vec::new(),
             interrupted: record.interrupted,
+            cpu: CpuPerOp::default(),
         }
     }
 
@@ -167,6 +196,16 @@ impl Summary {
                     tally.example
                 );
             }
+        }
+        let cpu: Vec<String> = [
+            ("members", self.cpu.members_us),
+            ("client", self.cpu.client_us),
+        ]
+        .into_iter()
+        .filter_map(|(who, micros)| micros.map(|micros| format!("{who} {micros:.1} µs/op")))
+        .collect();
+        if !cpu.is_empty() {
+            text += &format!("  cpu         {}\n", cpu.join(", "));
         }
         if !self.member_rss_bytes.is_empty() {
             let rss: Vec<String> = self
@@ -236,6 +275,8 @@ impl Summary {
             "windows": windows,
             "member_rss_bytes": self.member_rss_bytes,
             "member_data_bytes": self.member_data_bytes,
+            "member_cpu_us_per_op": self.cpu.members_us,
+            "client_cpu_us_per_op": self.cpu.client_us,
             "interrupted": self.interrupted,
         })
     }
@@ -249,6 +290,9 @@ pub struct Ratios {
     pub throughput: f64,
     /// Synod's p99 latency divided by etcd's.
     pub p99: f64,
+    /// Synod's members' CPU per request divided by etcd's (lower is better), when both
+    /// clusters were started here.
+    pub member_cpu: Option<f64>,
 }
 
 impl Ratios {
@@ -256,20 +300,34 @@ impl Ratios {
     pub fn new(synod: &Summary, etcd: &Summary) -> Option<Ratios> {
         let throughput = synod.throughput() / etcd.throughput();
         let p99 = synod.latency.p99_us as f64 / etcd.latency.p99_us as f64;
-        (throughput.is_finite() && p99.is_finite()).then_some(Ratios { throughput, p99 })
+        let member_cpu = synod
+            .cpu
+            .members_us
+            .zip(etcd.cpu.members_us)
+            .map(|(synod, etcd)| synod / etcd)
+            .filter(|ratio| ratio.is_finite());
+        (throughput.is_finite() && p99.is_finite()).then_some(Ratios {
+            throughput,
+            p99,
+            member_cpu,
+        })
     }
 
     /// One line for the report.
     pub fn to_text(self) -> String {
-        format!(
-            "synod/etcd: throughput {:.2}x (higher is better), p99 {:.2}x (lower is better)\n",
+        let mut text = format!(
+            "synod/etcd: throughput {:.2}x (higher is better), p99 {:.2}x (lower is better)",
             self.throughput, self.p99
-        )
+        );
+        if let Some(member_cpu) = self.member_cpu {
+            text += &format!(", member CPU per op {member_cpu:.2}x (lower is better)");
+        }
+        text + "\n"
     }
 
     /// As a JSON object.
     pub fn to_json(self) -> Value {
-        json!({"throughput": self.throughput, "p99": self.p99})
+        json!({"throughput": self.throughput, "p99": self.p99, "member_cpu_per_op": self.member_cpu})
     }
 }
 
@@ -433,6 +491,26 @@ mod tests {
         assert_eq!(ragged[1].ops, 1);
         let short = super::windows(&[sample(1, 5)], Duration::from_millis(30));
         assert_eq!((short.len(), short[0].width_ms), (1, 30));
+    }
+
+    #[test]
+    fn cpu_per_op_divides_by_every_completed_request() {
+        let cpu = CpuPerOp::new(Some(3_000_000), Some(1_000_000), 100_000);
+        assert_eq!(cpu.members_us, Some(30.0));
+        assert_eq!(cpu.client_us, Some(10.0));
+        assert_eq!(CpuPerOp::new(None, Some(5), 0), CpuPerOp::default());
+        let mut synod = Summary::new("synod", &[], Record::default());
+        let mut etcd = Summary::new("etcd", &[], Record::default());
+        (synod.ops, etcd.ops) = (200, 100);
+        (synod.elapsed, etcd.elapsed) = (Duration::from_secs(1), Duration::from_secs(1));
+        (synod.latency.p99_us, etcd.latency.p99_us) = (5, 10);
+        synod.cpu = CpuPerOp::new(Some(30), None, 1);
+        etcd.cpu = CpuPerOp::new(Some(90), None, 1);
+        let ratios = Ratios::new(&synod, &etcd).expect("finite");
+        assert_eq!((ratios.throughput, ratios.p99), (2.0, 0.5));
+        assert!((ratios.member_cpu.expect("both started here") - 1.0 / 3.0).abs() < 1e-9);
+        assert!(ratios.to_text().contains("member CPU per op 0.33x"));
+        assert!(synod.to_text().contains("cpu         members 30.0 µs/op"));
     }
 
     #[test]
