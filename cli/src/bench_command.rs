@@ -6,6 +6,7 @@
 //! endpoints, a local etcd, later a local Synod).
 
 mod cluster;
+mod connection;
 mod driver;
 mod plot;
 mod report;

@@ -311,7 +311,19 @@ fn compare_etcd_runs_both_sides_and_local_etcd_reports_memory() {
     );
     for run in runs {
         assert_eq!(run["ops"], 100, "{run:#}");
+        // Both clusters were started here, so the members' CPU is known too.
+        for cpu in ["member_cpu_us_per_op", "client_cpu_us_per_op"] {
+            assert!(
+                run[cpu].as_f64().is_some_and(|micros| micros >= 0.0),
+                "{run:#}"
+            );
+        }
     }
+    assert!(
+        text(&output.stdout).contains("cpu         members"),
+        "{}",
+        describe(&output)
+    );
     assert!(
         report["ratios"]["throughput"].as_f64().unwrap() > 0.0,
         "{report:#}"

@@ -2,6 +2,7 @@
 //! `connections` gRPC channels, recording when each measured request completed and how long
 //! it took.
 
+use super::connection::Connection;
 use super::workload::{OpKind, OpMix, SplitMix64, key_bytes, value_bytes};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +14,6 @@ use synod_server::api::etcdserverpb::kv_client::KvClient;
 use synod_server::api::etcdserverpb::{
     Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
 };
-use tonic::transport::{Channel, Endpoint};
 
 /// How keys are chosen.
 #[derive(Clone, Copy, Debug)]
@@ -130,26 +130,19 @@ struct ClientRecord {
     last_completion: Option<Instant>,
 }
 
-/// Opens `connections` channels to `endpoints`, round-robin.
-pub async fn connect(endpoints: &[String], connections: usize) -> Result<Vec<Channel>> {
-    let mut channels = Vec::with_capacity(connections);
+/// Opens `connections` HTTP/2 connections to `endpoints`, round-robin.
+pub async fn connect(endpoints: &[String], connections: usize) -> Result<Vec<Connection>> {
+    let mut opened = Vec::with_capacity(connections);
     for connection in 0..connections {
         let url = &endpoints[connection % endpoints.len()];
-        let channel = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("'{url}' is not a valid endpoint URL"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to {url}: is the server running there?"))?;
-        channels.push(channel);
+        opened.push(Connection::open(url, CONNECT_TIMEOUT).await?);
     }
-    Ok(channels)
+    Ok(opened)
 }
 
 /// Runs `workload` over `channels` and returns what it recorded. `label` names the run on the
 /// progress bar.
-pub async fn run(channels: &[Channel], workload: &Workload, label: &str) -> Result<Record> {
+pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> Result<Record> {
     let start = Instant::now();
     let measure_start = start + workload.warmup;
     let ticket_limit = match (workload.stop, workload.keys) {
@@ -181,7 +174,7 @@ pub async fn run(channels: &[Channel], workload: &Workload, label: &str) -> Resu
 
     let mut tasks = Vec::with_capacity(workload.clients);
     for client in 0..workload.clients {
-        let kv = KvClient::new(channels[client % channels.len()].clone());
+        let kv = channels[client % channels.len()].kv();
         tasks.push(tokio::spawn(run_client(
             kv,
             workload.clone(),
@@ -216,7 +209,7 @@ pub async fn run(channels: &[Channel], workload: &Workload, label: &str) -> Resu
 }
 
 async fn run_client(
-    mut kv: KvClient<Channel>,
+    mut kv: KvClient<Connection>,
     workload: Workload,
     client: u64,
     shared: Arc<Shared>,
@@ -292,7 +285,7 @@ async fn run_client(
 
 /// Sends one request; an error is (kind, message).
 async fn issue(
-    kv: &mut KvClient<Channel>,
+    kv: &mut KvClient<Connection>,
     kind: OpKind,
     key: Vec<u8>,
     value: &[u8],
