@@ -297,6 +297,8 @@ pub async fn run_member(
                     append_bytes_max: 1024 * 1024,
                     inflight_messages_max: 16,
                     inflight_bytes_max: 16 * 1024 * 1024,
+                    // The digest only feeds the simulator's replica comparison.
+                    applied_digests: false,
                     ..RaftConfig::default()
                 },
             )

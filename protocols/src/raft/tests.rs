@@ -1540,3 +1540,39 @@ fn a_joined_member_that_wins_an_election_describes_itself_without_a_joint_phase(
         assert!(cluster.node(id).commit_index() >= cluster.node(3).membership_index());
     }
 }
+
+#[test]
+fn applied_digests_chain_every_entry_unless_turned_off() {
+    fn without_digests() -> KvRaft {
+        KvRaft::new(
+            RaftVariant::Correct,
+            RaftConfig {
+                applied_digests: false,
+                ..RaftConfig::default()
+            },
+        )
+    }
+    let mut with = Cluster::new(3, Cluster::correct);
+    let mut without = Cluster::new(3, without_digests);
+    for cluster in [&mut with, &mut without] {
+        cluster.elect(0);
+        cluster.request(0, 1, 1, put("a"));
+        cluster.request(0, 1, 2, put("b"));
+        cluster.fire(0, RaftTimer::Heartbeat);
+    }
+    for id in 0..3 {
+        let (digesting, plain) = (with.node(id), without.node(id));
+        assert_eq!(digesting.applied_index(), plain.applied_index());
+        assert!(digesting.applied_index() >= 3, "the puts were applied");
+        // Replicas that applied the same prefix agree on its digest, and each applied
+        // index has its own.
+        assert_eq!(digesting.applied_digest(), with.node(0).applied_digest());
+        assert_ne!(digesting.applied_digest(), 0);
+        assert_eq!(
+            digesting.applied_digests().len() as u64,
+            digesting.applied_index()
+        );
+        assert_eq!(plain.applied_digest(), 0);
+        assert!(plain.applied_digests().is_empty());
+    }
+}
