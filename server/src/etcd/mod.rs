@@ -469,6 +469,24 @@ pub fn store_error(error: MvccError) -> Status {
         }
         MvccError::LeaseNotFound => Status::not_found(error.to_string()),
         MvccError::LeaseExists => Status::failed_precondition(error.to_string()),
+        // The request was fine; the member's own storage failed.
+        MvccError::Storage(_) => Status::internal(error.to_string()),
         _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_get_etcds_codes_and_a_storage_failure_is_internal() {
+        let code = |error: MvccError| store_error(error).code();
+        assert_eq!(code(MvccError::Compacted), tonic::Code::OutOfRange);
+        assert_eq!(code(MvccError::LeaseNotFound), tonic::Code::NotFound);
+        assert_eq!(code(MvccError::EmptyKey), tonic::Code::InvalidArgument);
+        let failed = store_error(MvccError::Storage("read failed at 42".into()));
+        assert_eq!(failed.code(), tonic::Code::Internal);
+        assert!(failed.message().contains("read failed at 42"));
     }
 }
