@@ -507,7 +507,15 @@ async fn run_node<N: Consensus>(
             config.data_dir.display()
         ))
     })?;
-    let (wal, recovered) = Wal::open(config.data_dir.join("wal"), WalOptions::default())?;
+    // Segments are preallocated (the next one is written full of zeros in the background),
+    // so group commits flush data without a journal commit for the file's size.
+    let (wal, recovered) = Wal::open(
+        config.data_dir.join("wal"),
+        WalOptions {
+            preallocate: true,
+            ..WalOptions::default()
+        },
+    )?;
     if let Some(torn) = &recovered.torn_tail {
         tracing::warn!(
             file = %torn.path.display(),

@@ -6,7 +6,11 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 
 use crate::error::StorageError;
 use crate::segment::{
@@ -21,6 +25,12 @@ use crate::snapshot::{
 
 /// The suffix of files being written before they are renamed into place.
 const TEMPORARY_SUFFIX: &str = ".tmp";
+/// The next segment, being written full of zeros ahead of need (see
+/// [`WalOptions::preallocate`]); a leftover from a crash is deleted at open.
+pub(crate) const SPARE_FILE_NAME: &str = "segment-spare.tmp";
+/// A spare is prepared once the current segment holds this much (or is half full), so a log
+/// that stays small (a short-lived member, a test) never writes one.
+const SPARE_AFTER_BYTES: u64 = 4 * 1024 * 1024;
 /// Zeros written per call when preallocating a segment: large enough to be cheap, small
 /// enough not to matter as a buffer.
 const PREALLOCATE_CHUNK_BYTES: usize = 1024 * 1024;
@@ -31,8 +41,14 @@ pub struct WalOptions {
     /// A segment is closed and a new one started once the next record would take it past
     /// this size (a single larger record still gets a segment of its own).
     pub segment_bytes: u64,
-    /// Write every new segment full of zeros up front (and fsync it) so that later
-    /// fsyncs flush only data, not block allocations and the file size.
+    /// Keep the next segment ready: once the current segment holds 4 MiB (or is half
+    /// full), a background thread writes a spare file full of zeros (and fsyncs it), and the
+    /// next new segment takes it over.
+    /// Appends then overwrite allocated blocks and never change the file size, so each
+    /// fsync flushes only data, without a journal commit for block allocations and the
+    /// size: about 55 µs of kernel CPU less per fsync on ext4 here, and a shorter wait.
+    /// A new segment needed before the spare is ready is created without preallocation,
+    /// so nothing ever waits for zeros to be written.
     pub preallocate: bool,
     /// Appended records are buffered in memory and written to the file when this many
     /// bytes are waiting, and at every sync. Zero writes each record at once.
@@ -122,6 +138,30 @@ pub struct Wal {
     life_first_index: u64,
     /// A write or sync failed: the state on disk is unknown until reopened.
     poisoned: bool,
+    /// The next segment being prepared, when preallocating.
+    spare: Option<SpareSegment>,
+}
+
+/// The next segment, when preallocating.
+#[derive(Debug)]
+enum SpareSegment {
+    /// A background thread is writing it.
+    Writing {
+        worker: JoinHandle<std::io::Result<File>>,
+        cancel: Arc<AtomicBool>,
+    },
+    /// Written and fsynced.
+    Ready(File),
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Some(SpareSegment::Writing { worker, cancel }) = self.spare.take() {
+            // The writer checks between chunks; its file is deleted at the next open.
+            cancel.store(true, Ordering::Relaxed);
+            let _ = worker.join();
+        }
+    }
 }
 
 /// The files of a log directory, by kind and index.
@@ -290,10 +330,11 @@ impl Wal {
                     durable_index: expected,
                     life_first_index: expected,
                     poisoned: false,
+                    spare: None,
                 }
             }
             _ => {
-                let (segment, segment_path) = create_segment(&directory, expected, &options, None)?;
+                let (segment, segment_path) = create_segment(&directory, expected, None)?;
                 Wal {
                     directory: directory.clone(),
                     options,
@@ -307,6 +348,7 @@ impl Wal {
                     durable_index: expected,
                     life_first_index: expected,
                     poisoned: false,
+                    spare: None,
                 }
             }
         };
@@ -441,6 +483,9 @@ impl Wal {
         self.segment_end += self.pending.len() as u64;
         self.pending.clear();
         self.segment_dirty = true;
+        if self.segment_end >= (self.options.segment_bytes / 2).min(SPARE_AFTER_BYTES) {
+            self.prepare_spare();
+        }
         Ok(())
     }
 
@@ -459,10 +504,75 @@ impl Wal {
             .map_err(|error| StorageError::io("fsync", &self.segment_path, error))?;
         self.segment_dirty = false;
         self.durable_index = self.next_index;
-        let (segment, path) =
-            create_segment(&self.directory, self.next_index, &self.options, None)?;
+        let (segment, path) = self.new_segment(self.next_index, None)?;
         self.install_segment(segment, path, self.next_index);
         Ok(())
+    }
+
+    /// Creates the segment whose first record is `first_index`, from the spare if one is
+    /// ready (the next spare is started once this segment has filled enough).
+    fn new_segment(
+        &mut self,
+        first_index: u64,
+        stop: Option<CheckpointStep>,
+    ) -> Result<(File, PathBuf), StorageError> {
+        match self.take_spare() {
+            Some(spare) => install_spare(&self.directory, first_index, spare, stop),
+            None => create_segment(&self.directory, first_index, stop),
+        }
+    }
+
+    /// Starts writing a spare segment in the background, if preallocating and none is
+    /// under way.
+    fn prepare_spare(&mut self) {
+        if !self.options.preallocate || self.spare.is_some() {
+            return;
+        }
+        let path = self.directory.join(SPARE_FILE_NAME);
+        let bytes = self.options.segment_bytes;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::clone(&cancel);
+        let worker = std::thread::Builder::new()
+            .name("synod-wal-spare".into())
+            .spawn(move || write_spare(&path, bytes, &cancelled));
+        // Without a thread there is simply no spare: segments are created as without
+        // preallocation.
+        if let Ok(worker) = worker {
+            self.spare = Some(SpareSegment::Writing { worker, cancel });
+        }
+    }
+
+    /// The spare segment if it is ready; never waits for it. A spare whose writing failed
+    /// is dropped (the next segment is then created without one).
+    fn take_spare(&mut self) -> Option<File> {
+        match self.spare.take()? {
+            SpareSegment::Ready(file) => Some(file),
+            SpareSegment::Writing { worker, .. } if worker.is_finished() => {
+                worker.join().ok()?.ok()
+            }
+            writing => {
+                self.spare = Some(writing);
+                None
+            }
+        }
+    }
+
+    /// The index of the first record of the segment being appended to.
+    pub fn segment_first_index(&self) -> u64 {
+        self.segment_first_index
+    }
+
+    /// Waits until the spare segment being prepared is written, and says whether one is
+    /// ready (tests and benchmarks use this to start from a known state).
+    pub fn wait_for_spare(&mut self) -> bool {
+        if let Some(SpareSegment::Writing { worker, .. }) = self.spare.take() {
+            self.spare = worker
+                .join()
+                .ok()
+                .and_then(Result::ok)
+                .map(SpareSegment::Ready);
+        }
+        matches!(self.spare, Some(SpareSegment::Ready(_)))
     }
 
     fn install_segment(&mut self, segment: File, path: PathBuf, first_index: u64) {
@@ -528,8 +638,7 @@ impl Wal {
         if stop == Some(CheckpointStep::Durable) {
             return Ok(index);
         }
-        let (segment, segment_path) =
-            create_segment(&self.directory, index + 1, &self.options, stop)?;
+        let (segment, segment_path) = self.new_segment(index + 1, stop)?;
         if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
             return Ok(index);
         }
@@ -553,14 +662,13 @@ impl Wal {
     }
 }
 
-/// Creates the segment whose first record is `first_index`: header (and zeros when
-/// preallocating) into a temporary file, fsync, rename, fsync the directory. A segment
-/// under its final name therefore always has a complete header, and records synced into
-/// it cannot vanish with a directory entry that was never made durable.
+/// Creates the segment whose first record is `first_index`: header into a temporary file,
+/// fsync, rename, fsync the directory. A segment under its final name therefore always has a
+/// complete header, and records synced into it cannot vanish with a directory entry that was
+/// never made durable.
 fn create_segment(
     directory: &Path,
     first_index: u64,
-    options: &WalOptions,
     stop: Option<CheckpointStep>,
 ) -> Result<(File, PathBuf), StorageError> {
     let path = directory.join(segment_file_name(first_index));
@@ -574,16 +682,6 @@ fn create_segment(
         .map_err(|error| StorageError::io("create", &temporary, error))?;
     file.write_all(&encode_segment_header(first_index))
         .map_err(|error| StorageError::io("write", &temporary, error))?;
-    if options.preallocate {
-        let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
-        let mut written = SEGMENT_HEADER_BYTES as u64;
-        while written < options.segment_bytes {
-            let chunk = (options.segment_bytes - written).min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..chunk])
-                .map_err(|error| StorageError::io("preallocate", &temporary, error))?;
-            written += chunk as u64;
-        }
-    }
     if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
         return Ok((file, temporary));
     }
@@ -594,6 +692,57 @@ fn create_segment(
     file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
         .map_err(|error| StorageError::io("seek", &path, error))?;
     Ok((file, path))
+}
+
+/// Makes the spare file (zeros, fsynced) the segment whose first record is `first_index`:
+/// its header over the first zeros, fsync (the size does not change, so data suffices),
+/// rename, fsync the directory: the same guarantees as [`create_segment`].
+fn install_spare(
+    directory: &Path,
+    first_index: u64,
+    mut file: File,
+    stop: Option<CheckpointStep>,
+) -> Result<(File, PathBuf), StorageError> {
+    let spare = directory.join(SPARE_FILE_NAME);
+    let path = directory.join(segment_file_name(first_index));
+    file.write_all_at(&encode_segment_header(first_index), 0)
+        .map_err(|error| StorageError::io("write", &spare, error))?;
+    if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
+        return Ok((file, spare));
+    }
+    file.sync_data()
+        .map_err(|error| StorageError::io("fsync", &spare, error))?;
+    fs::rename(&spare, &path).map_err(|error| StorageError::io("rename", &spare, error))?;
+    sync_directory(directory)?;
+    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
+        .map_err(|error| StorageError::io("seek", &path, error))?;
+    Ok((file, path))
+}
+
+/// Writes `bytes` zeros to a fresh file at `path` and fsyncs it; stops early (an error)
+/// once `cancel` is set.
+fn write_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> std::io::Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; PREALLOCATE_CHUNK_BYTES];
+    let mut written = 0u64;
+    while written < bytes {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the log was closed",
+            ));
+        }
+        let chunk = (bytes - written).min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..chunk])?;
+        written += chunk as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// `path` with the temporary suffix.
@@ -619,8 +768,10 @@ fn list_directory(directory: &Path) -> Result<Listing, StorageError> {
             listing.segments.insert(first, entry.path());
         } else if let Some(index) = parse_snapshot_file_name(name) {
             listing.snapshots.insert(index, entry.path());
-        } else if let Some(base) = name.strip_suffix(TEMPORARY_SUFFIX)
-            && (parse_segment_file_name(base).is_some() || parse_snapshot_file_name(base).is_some())
+        } else if name == SPARE_FILE_NAME
+            || name.strip_suffix(TEMPORARY_SUFFIX).is_some_and(|base| {
+                parse_segment_file_name(base).is_some() || parse_snapshot_file_name(base).is_some()
+            })
         {
             listing.temporaries.push(entry.path());
         }

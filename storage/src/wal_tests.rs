@@ -334,28 +334,99 @@ fn preallocated_segments_recover_and_close_cleanly() {
         preallocate: true,
         write_buffer_bytes: 0,
     };
-    let (mut wal, _) = open(&directory, &options);
-    assert_eq!(
-        fs::metadata(directory.path().join(segment_file_name(0)))
+    let segment_length = |first: u64| {
+        fs::metadata(directory.path().join(segment_file_name(first)))
             .expect("exists")
-            .len(),
-        4096
-    );
-    for index in 0..5 {
-        wal.append(&record(index)).expect("appends");
+            .len()
+    };
+    let spare = directory.path().join(crate::wal::SPARE_FILE_NAME);
+    let (mut wal, _) = open(&directory, &options);
+    // The first segment is made at once; its successor is prepared in the background
+    // once it is half full.
+    assert_eq!(segment_length(0), SEGMENT_HEADER_BYTES as u64);
+    assert!(!wal.wait_for_spare(), "no spare for an empty log");
+    let mut next = 0;
+    while segment_length(0) < 2048 {
+        wal.append(&record(next)).expect("appends");
+        next += 1;
     }
+    assert!(wal.wait_for_spare(), "a spare segment was written");
+    assert_eq!(fs::metadata(&spare).expect("spare exists").len(), 4096);
+    while wal.segment_first_index() == 0 {
+        wal.append(&record(next)).expect("appends");
+        next += 1;
+    }
+    // The second segment took over the spare: full size, zeros after the records.
+    let second = wal.segment_first_index();
+    assert_eq!(segment_length(second), 4096);
+    assert!(
+        segment_length(0) < 4096,
+        "a closed segment is cut to its records"
+    );
     wal.sync().expect("syncs");
     drop(wal);
     let (mut wal, recovered) = Wal::open(directory.path(), options.clone()).expect("opens");
-    assert_eq!(recovered.records.len(), 5);
+    assert_eq!(recovered.records, (0..next).map(record).collect::<Vec<_>>());
     assert_eq!(recovered.torn_tail, None, "zeros are not a torn tail");
-    for index in 5..400 {
+    for index in next..400 {
         wal.append(&record(index)).expect("appends");
     }
     wal.sync().expect("syncs");
+    // A checkpoint's new segment comes from the spare too (400 records filled the
+    // segment they are in past half).
+    assert!(wal.wait_for_spare());
+    let checkpoint = wal.append_checkpoint(b"state").expect("checkpoints");
+    assert_eq!(segment_length(checkpoint + 1), 4096);
+    wal.append(b"after").expect("appends");
+    wal.sync().expect("syncs");
     drop(wal);
     let (_, records) = open(&directory, &options);
-    assert_eq!(records, (0..400).map(record).collect::<Vec<_>>());
+    assert_eq!(records, vec![b"state".to_vec(), b"after".to_vec()]);
+}
+
+#[test]
+fn a_spare_segment_left_by_a_crash_is_deleted_and_closing_stops_its_writer() {
+    let directory = TestDirectory::new();
+    let options = WalOptions {
+        // Large enough that the writer is still busy when the log is dropped.
+        segment_bytes: 256 * 1024 * 1024,
+        preallocate: true,
+        write_buffer_bytes: 0,
+    };
+    let spare = directory.path().join(crate::wal::SPARE_FILE_NAME);
+    let (mut wal, _) = open(&directory, &options);
+    // 4 MiB of records start the spare's writer.
+    let record = vec![7u8; 64 * 1024];
+    for _ in 0..64 {
+        wal.append(&record).expect("appends");
+    }
+    wal.sync().expect("syncs");
+    // The writer creates its file on its own thread.
+    let started = std::time::Instant::now();
+    while !spare.exists() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the writer started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let closing = std::time::Instant::now();
+    drop(wal);
+    assert!(
+        closing.elapsed() < std::time::Duration::from_secs(10),
+        "closing waits for one chunk, not the whole spare"
+    );
+    fs::write(&spare, b"half written").expect("writes");
+    let (wal, records) = open(
+        &directory,
+        &WalOptions {
+            preallocate: false,
+            ..options
+        },
+    );
+    assert_eq!(records, vec![record; 64]);
+    assert!(!spare.exists(), "recovery deletes a leftover spare");
+    drop(wal);
 }
 
 #[test]
