@@ -140,6 +140,8 @@ pub struct Wal {
     poisoned: bool,
     /// The next segment being prepared, when preallocating.
     spare: Option<SpareSegment>,
+    /// `segment` was preallocated (its file is full size).
+    segment_preallocated: bool,
 }
 
 /// The next segment, when preallocating.
@@ -317,6 +319,9 @@ impl Wal {
                 segment
                     .seek(SeekFrom::Start(end))
                     .map_err(|error| StorageError::io("seek", path, error))?;
+                let preallocated = segment
+                    .metadata()
+                    .is_ok_and(|metadata| metadata.len() >= options.segment_bytes);
                 Wal {
                     directory: directory.clone(),
                     options,
@@ -331,6 +336,7 @@ impl Wal {
                     life_first_index: expected,
                     poisoned: false,
                     spare: None,
+                    segment_preallocated: preallocated,
                 }
             }
             _ => {
@@ -349,6 +355,7 @@ impl Wal {
                     life_first_index: expected,
                     poisoned: false,
                     spare: None,
+                    segment_preallocated: false,
                 }
             }
         };
@@ -448,7 +455,12 @@ impl Wal {
         let frame_bytes = (RECORD_OVERHEAD_BYTES + record.len()) as u64;
         let segment_has_records = self.next_index > self.segment_first_index;
         let segment_bytes_after = self.segment_end + self.pending.len() as u64 + frame_bytes;
-        if segment_has_records && segment_bytes_after > self.options.segment_bytes {
+        // A segment that was not preallocated (the first of a fresh log, or one made when
+        // no spare was ready) is closed early as soon as a spare is.
+        let switch_to_spare = !self.segment_preallocated && self.spare_ready();
+        if segment_has_records
+            && (segment_bytes_after > self.options.segment_bytes || switch_to_spare)
+        {
             self.roll_over()?;
         }
         let index = self.next_index;
@@ -504,21 +516,32 @@ impl Wal {
             .map_err(|error| StorageError::io("fsync", &self.segment_path, error))?;
         self.segment_dirty = false;
         self.durable_index = self.next_index;
-        let (segment, path) = self.new_segment(self.next_index, None)?;
-        self.install_segment(segment, path, self.next_index);
+        let (segment, path, preallocated) = self.new_segment(self.next_index, None)?;
+        self.install_segment(segment, path, self.next_index, preallocated);
         Ok(())
     }
 
     /// Creates the segment whose first record is `first_index`, from the spare if one is
-    /// ready (the next spare is started once this segment has filled enough).
+    /// ready (the next spare is started once this segment has filled enough); says which.
     fn new_segment(
         &mut self,
         first_index: u64,
         stop: Option<CheckpointStep>,
-    ) -> Result<(File, PathBuf), StorageError> {
+    ) -> Result<(File, PathBuf, bool), StorageError> {
         match self.take_spare() {
-            Some(spare) => install_spare(&self.directory, first_index, spare, stop),
-            None => create_segment(&self.directory, first_index, stop),
+            Some(spare) => install_spare(&self.directory, first_index, spare, stop)
+                .map(|(file, path)| (file, path, true)),
+            None => create_segment(&self.directory, first_index, stop)
+                .map(|(file, path)| (file, path, false)),
+        }
+    }
+
+    /// Whether a spare segment is written and waiting.
+    fn spare_ready(&self) -> bool {
+        match &self.spare {
+            Some(SpareSegment::Ready(_)) => true,
+            Some(SpareSegment::Writing { worker, .. }) => worker.is_finished(),
+            None => false,
         }
     }
 
@@ -575,7 +598,14 @@ impl Wal {
         matches!(self.spare, Some(SpareSegment::Ready(_)))
     }
 
-    fn install_segment(&mut self, segment: File, path: PathBuf, first_index: u64) {
+    fn install_segment(
+        &mut self,
+        segment: File,
+        path: PathBuf,
+        first_index: u64,
+        preallocated: bool,
+    ) {
+        self.segment_preallocated = preallocated;
         self.segment = segment;
         self.segment_path = path;
         self.segment_first_index = first_index;
@@ -638,11 +668,11 @@ impl Wal {
         if stop == Some(CheckpointStep::Durable) {
             return Ok(index);
         }
-        let (segment, segment_path) = self.new_segment(index + 1, stop)?;
+        let (segment, segment_path, preallocated) = self.new_segment(index + 1, stop)?;
         if stop == Some(CheckpointStep::SegmentTemporaryWritten) {
             return Ok(index);
         }
-        self.install_segment(segment, segment_path, index + 1);
+        self.install_segment(segment, segment_path, index + 1, preallocated);
         if stop == Some(CheckpointStep::SegmentCreated) {
             return Ok(index);
         }

@@ -352,10 +352,11 @@ fn preallocated_segments_recover_and_close_cleanly() {
     }
     assert!(wal.wait_for_spare(), "a spare segment was written");
     assert_eq!(fs::metadata(&spare).expect("spare exists").len(), 4096);
-    while wal.segment_first_index() == 0 {
-        wal.append(&record(next)).expect("appends");
-        next += 1;
-    }
+    // The first segment was not preallocated: the next append moves to the spare at once,
+    // long before the first segment is full.
+    wal.append(&record(next)).expect("appends");
+    next += 1;
+    assert_eq!(wal.segment_first_index(), next as u64 - 1);
     // The second segment took over the spare: full size, zeros after the records.
     let second = wal.segment_first_index();
     assert_eq!(segment_length(second), 4096);
@@ -371,10 +372,14 @@ fn preallocated_segments_recover_and_close_cleanly() {
     for index in next..400 {
         wal.append(&record(index)).expect("appends");
     }
+    // A checkpoint's new segment comes from the spare too: fill the current segment
+    // until one is prepared.
+    let mut index = 400;
+    while !wal.wait_for_spare() {
+        wal.append(&record(index)).expect("appends");
+        index += 1;
+    }
     wal.sync().expect("syncs");
-    // A checkpoint's new segment comes from the spare too (400 records filled the
-    // segment they are in past half).
-    assert!(wal.wait_for_spare());
     let checkpoint = wal.append_checkpoint(b"state").expect("checkpoints");
     assert_eq!(segment_length(checkpoint + 1), 4096);
     wal.append(b"after").expect("appends");
