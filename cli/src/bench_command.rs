@@ -31,6 +31,7 @@ Examples:
   synod bench --endpoints http://127.0.0.1:2379 --op put --clients 64 --duration 10s
   synod bench --endpoints URL --op mix:put=50,get=40,txn=10 --plot latency.svg --json out.json
   synod bench --endpoints URL --compare-etcd --op get --clients 64   # same load on a local etcd
+  synod bench --compare-etcd --op put --rounds 3     # local Synod vs local etcd, median of 3
   synod up   # in another terminal; then pass the endpoints it prints to --endpoints
   synod bench --local-etcd --op put --clients 256                    # etcd alone, 3 members
   synod bench --local-etcd --load 1000000 --clients 256              # write 1M keys, print RSS")]
@@ -86,6 +87,11 @@ pub struct BenchArgs {
     /// Synod/etcd ratios.
     #[arg(long)]
     compare_etcd: bool,
+    /// With --compare-etcd, repeat the comparison this many times (fresh clusters each
+    /// round, Synod and etcd alternating) and print the median ratios with their range: on
+    /// a shared machine one round's ratio can be off by 10 to 20%.
+    #[arg(long, default_value_t = 1, requires = "compare_etcd", value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Load only a local etcd cluster started for the run (no Synod side).
     #[arg(long, conflicts_with = "compare_etcd")]
     local_etcd: bool,
@@ -128,67 +134,97 @@ pub fn run(arguments: BenchArgs) -> Result<ExitCode> {
     println!("{}", describe(&workload, &arguments));
 
     let mut summaries = Vec::new();
-    for target in &targets {
-        let cluster = target
-            .launcher
-            .start()
-            .with_context(|| format!("cannot start or reach the {} cluster", target.label))?;
-        let channels =
-            runtime.block_on(driver::connect(&cluster.endpoints, workload.connections))?;
-        if arguments.prefill {
-            let prefill = Workload {
-                keys: Keys::EachOnce {
-                    count: arguments.key_space,
-                },
-                stop: Stop::KeysExhausted,
-                warmup: Duration::ZERO,
-                clients: PREFILL_CLIENTS.max(workload.connections),
-                ..workload.clone()
-            };
-            let record = runtime.block_on(driver::run(&channels, &prefill, "prefill"))?;
-            let failed: u64 = record.errors.values().map(|tally| tally.count).sum();
-            if failed > 0 {
-                bail!(
-                    "{failed} of the prefill's puts to the {} cluster failed",
-                    target.label
-                );
+    let mut rounds: Vec<Vec<Summary>> = Vec::new();
+    'rounds: for round in 0..arguments.rounds {
+        if arguments.rounds > 1 {
+            println!("round {} of {}", round + 1, arguments.rounds);
+        }
+        rounds.push(Vec::new());
+        for target in &targets {
+            let cluster = target
+                .launcher
+                .start()
+                .with_context(|| format!("cannot start or reach the {} cluster", target.label))?;
+            let channels =
+                runtime.block_on(driver::connect(&cluster.endpoints, workload.connections))?;
+            if arguments.prefill {
+                let prefill = Workload {
+                    keys: Keys::EachOnce {
+                        count: arguments.key_space,
+                    },
+                    stop: Stop::KeysExhausted,
+                    warmup: Duration::ZERO,
+                    clients: PREFILL_CLIENTS.max(workload.connections),
+                    ..workload.clone()
+                };
+                let record = runtime.block_on(driver::run(&channels, &prefill, "prefill"))?;
+                let failed: u64 = record.errors.values().map(|tally| tally.count).sum();
+                if failed > 0 {
+                    bail!(
+                        "{failed} of the prefill's puts to the {} cluster failed",
+                        target.label
+                    );
+                }
+            }
+            let members_before = cluster.member_cpu_micros();
+            let client_before = cluster::cpu_micros("self");
+            let record = runtime.block_on(driver::run(&channels, &workload, &target.label))?;
+            let members_used = cluster
+                .member_cpu_micros()
+                .zip(members_before)
+                .map(|(after, before)| after.saturating_sub(before));
+            let client_used = cluster::cpu_micros("self")
+                .zip(client_before)
+                .map(|(after, before)| after.saturating_sub(before));
+            let requests = record.completed_all;
+            drop(channels);
+            let mut summary = Summary::new(&target.label, &cluster.endpoints, record);
+            summary.cpu = CpuPerOp::new(members_used, client_used, requests);
+            summary.member_rss_bytes = cluster.member_rss_bytes();
+            summary.member_data_bytes = cluster.member_data_bytes();
+            print!("{}", summary.to_text());
+            let interrupted = summary.interrupted;
+            rounds[round as usize].push(summary.clone());
+            summaries.push(summary);
+            drop(cluster);
+            if interrupted {
+                break 'rounds;
             }
         }
-        let members_before = cluster.member_cpu_micros();
-        let client_before = cluster::cpu_micros("self");
-        let record = runtime.block_on(driver::run(&channels, &workload, &target.label))?;
-        let members_used = cluster
-            .member_cpu_micros()
-            .zip(members_before)
-            .map(|(after, before)| after.saturating_sub(before));
-        let client_used = cluster::cpu_micros("self")
-            .zip(client_before)
-            .map(|(after, before)| after.saturating_sub(before));
-        let requests = record.completed_all;
-        drop(channels);
-        let mut summary = Summary::new(&target.label, &cluster.endpoints, record);
-        summary.cpu = CpuPerOp::new(members_used, client_used, requests);
-        summary.member_rss_bytes = cluster.member_rss_bytes();
-        summary.member_data_bytes = cluster.member_data_bytes();
-        print!("{}", summary.to_text());
-        let interrupted = summary.interrupted;
-        summaries.push(summary);
-        drop(cluster);
-        if interrupted {
-            break;
+
+        if let [synod, etcd] = &rounds[round as usize][..]
+            && arguments.rounds > 1
+            && let Some(ratios) = Ratios::new(synod, etcd)
+        {
+            print!("{}", ratios.to_text());
         }
     }
 
-    let ratios = match summaries.as_slice() {
-        [synod, etcd] if arguments.compare_etcd => Ratios::new(synod, etcd),
-        _ => None,
+    let round_ratios: Vec<Ratios> = if arguments.compare_etcd {
+        rounds
+            .iter()
+            .filter_map(|round| match round.as_slice() {
+                [synod, etcd] => Ratios::new(synod, etcd),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
+    let ratios = Ratios::median(&round_ratios);
     if let Some(ratios) = &ratios {
-        print!("{}", ratios.to_text());
+        if round_ratios.len() > 1 {
+            print!("{}", Ratios::rounds_text(&round_ratios));
+            print!("median, {}", ratios.to_text());
+        } else {
+            print!("{}", ratios.to_text());
+        }
     }
     if let Some(path) = &arguments.plot {
         let title = describe(&workload, &arguments);
-        std::fs::write(path, plot::svg(&summaries, &title))
+        // The first round's runs: further rounds would only overlay the same curves.
+        let first_round = rounds.first().map_or(&summaries[..], |round| &round[..]);
+        std::fs::write(path, plot::svg(first_round, &title))
             .with_context(|| format!("cannot write the plot to {}", path.display()))?;
     }
     if let Some(path) = &arguments.json {
@@ -196,6 +232,7 @@ pub fn run(arguments: BenchArgs) -> Result<ExitCode> {
             "workload": workload_json(&workload, &arguments),
             "runs": summaries.iter().map(Summary::to_json).collect::<Vec<_>>(),
             "ratios": ratios.map(|ratios| ratios.to_json()),
+            "round_ratios": round_ratios.iter().map(|ratios| ratios.to_json()).collect::<Vec<_>>(),
         });
         let text =
             serde_json::to_string_pretty(&document).context("cannot encode the JSON report")?;

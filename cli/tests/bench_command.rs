@@ -278,6 +278,8 @@ fn compare_etcd_runs_both_sides_and_local_etcd_reports_memory() {
             "--endpoints",
             &etcd.url,
             "--compare-etcd",
+            "--rounds",
+            "2",
             "--etcd-members",
             "1",
             "--ops",
@@ -302,7 +304,14 @@ fn compare_etcd_runs_both_sides_and_local_etcd_reports_memory() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
+    // Two rounds of synod then etcd, each with its ratios, and their median.
+    assert_eq!(runs.len(), 4);
+    assert_eq!(report["round_ratios"].as_array().unwrap().len(), 2);
+    assert!(
+        text(&output.stdout).contains("median, synod/etcd: throughput"),
+        "{}",
+        describe(&output)
+    );
     assert_eq!(runs[0]["target"], "synod");
     assert_eq!(runs[1]["target"], "etcd");
     assert_ne!(

@@ -313,6 +313,54 @@ impl Ratios {
         })
     }
 
+    /// The median of each ratio over `rounds` (None if there are none); the member CPU
+    /// ratio over the rounds that have one.
+    pub fn median(rounds: &[Ratios]) -> Option<Ratios> {
+        let median = |mut values: Vec<f64>| -> Option<f64> {
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            match values.len() {
+                0 => None,
+                length if length % 2 == 1 => Some(values[middle]),
+                _ => Some((values[middle - 1] + values[middle]) / 2.0),
+            }
+        };
+        Some(Ratios {
+            throughput: median(rounds.iter().map(|ratios| ratios.throughput).collect())?,
+            p99: median(rounds.iter().map(|ratios| ratios.p99).collect())?,
+            member_cpu: median(
+                rounds
+                    .iter()
+                    .filter_map(|ratios| ratios.member_cpu)
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Every round's ratios, one line per kind.
+    pub fn rounds_text(rounds: &[Ratios]) -> String {
+        let list = |values: Vec<f64>| {
+            values
+                .iter()
+                .map(|value| format!("{value:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = format!(
+            "rounds: throughput {}; p99 {}",
+            list(rounds.iter().map(|ratios| ratios.throughput).collect()),
+            list(rounds.iter().map(|ratios| ratios.p99).collect())
+        );
+        let member_cpu: Vec<f64> = rounds
+            .iter()
+            .filter_map(|ratios| ratios.member_cpu)
+            .collect();
+        if !member_cpu.is_empty() {
+            text += &format!("; member CPU per op {}", list(member_cpu));
+        }
+        text + "\n"
+    }
+
     /// One line for the report.
     pub fn to_text(self) -> String {
         let mut text = format!(
@@ -511,6 +559,29 @@ mod tests {
         assert!((ratios.member_cpu.expect("both started here") - 1.0 / 3.0).abs() < 1e-9);
         assert!(ratios.to_text().contains("member CPU per op 0.33x"));
         assert!(synod.to_text().contains("cpu         members 30.0 µs/op"));
+    }
+
+    #[test]
+    fn rounds_are_summarized_by_their_median() {
+        let round = |throughput, p99, member_cpu| Ratios {
+            throughput,
+            p99,
+            member_cpu,
+        };
+        let rounds = [
+            round(1.5, 0.6, Some(0.5)),
+            round(2.1, 0.4, None),
+            round(1.8, 0.9, Some(0.3)),
+        ];
+        let median = Ratios::median(&rounds).expect("three rounds");
+        assert_eq!((median.throughput, median.p99), (1.8, 0.6));
+        assert_eq!(median.member_cpu, Some(0.4), "the two rounds that have one");
+        assert_eq!(Ratios::median(&[]), None);
+        assert_eq!(
+            Ratios::rounds_text(&rounds),
+            "rounds: throughput 1.50x, 2.10x, 1.80x; p99 0.60x, 0.40x, 0.90x; \
+             member CPU per op 0.50x, 0.30x\n"
+        );
     }
 
     #[test]
