@@ -15,6 +15,25 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h of the
+/// mimalloc 3 that `libmimalloc-sys` 0.1 builds; the crate names no constant for it). A
+/// test checks that it still reads that build's default, 1,000 ms.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Returns freed memory to the system at once rather than a second later. mimalloc purges only
+/// when the heap that owns the memory is used again, so a member that went quiet right
+/// after a burst (a snapshot's encoding, say) kept its peak: after loading 1M keys one
+/// member held 459 MB against 261 MB for another. Purging at once keeps every member near
+/// what it uses (272-277 MB in the same run) with no measurable CPU cost.
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides.
+fn return_freed_memory_promptly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: sets an allocator option, which mimalloc allows at any time from any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 mod bench_command;
 mod check_command;
 mod local_cluster;
@@ -117,6 +136,7 @@ fn die_quietly_on_closed_pipe() {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_promptly();
     let cli = Cli::parse();
     if matches!(
         cli.command,
@@ -138,5 +158,23 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod allocator_tests {
+    use super::*;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // SAFETY: reads an allocator option.
+        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(default, 1000, "mimalloc 3's default purge delay, in ms");
+        return_freed_memory_promptly();
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            0
+        );
     }
 }
