@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, RwLock, TryLockError};
+use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
 use synod_core::rng::Rng;
@@ -459,6 +459,25 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Locks the node for writing, for one batch of inputs; `None` if a panic poisoned it.
+/// Readers hold it briefly, but one may hold it for a while (a range over many keys): the
+/// wait then happens off the runtime's worker, whose other tasks move to another thread.
+fn lock_for_batch<N>(node: &RwLock<N>) -> Option<RwLockWriteGuard<'_, N>> {
+    match node.try_write() {
+        Ok(guard) => return Some(guard),
+        Err(TryLockError::Poisoned(_)) => return None,
+        Err(TryLockError::WouldBlock) => {}
+    }
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread {
+        tokio::task::block_in_place(|| node.write()).ok()
+    } else {
+        node.write().ok()
+    }
+}
+
 /// Inputs the node task handles per wake-up before it publishes its state.
 const INPUTS_PER_WAKE: usize = 256;
 
@@ -519,7 +538,7 @@ impl<N: RuntimeNode> Driver<N> {
     /// of inputs is handled and its state published, never across an await.
     async fn run(mut self, shared: &Shared<N>, mut inputs: mpsc::Receiver<Input<N>>) {
         while let Some(input) = inputs.recv().await {
-            let Ok(mut node) = shared.node.write() else {
+            let Some(mut node) = lock_for_batch(&shared.node) else {
                 return; // Poisoned by a panic: readers see the end too.
             };
             // Handle what is queued already before publishing once: under load one
