@@ -394,16 +394,19 @@ impl<N: Consensus> Proxy<N> {
     /// Runs `operation` on the local node under a session, retrying the same request
     /// through timeouts and elections until it is answered or `request_timeout` passes.
     /// A read the node answers from its applied state alone
-    /// ([`Consensus::read_locally`], e.g. a serializable range) is answered here, on the
-    /// caller's task, without a session, unless the node's task holds the node right now.
+    /// ([`Consensus::read_locally`], e.g. a serializable range) is answered here, off the
+    /// node's task and without a session, unless the node's task holds the node right now.
     pub async fn execute(&self, operation: MvccOperation) -> Result<Outcome, Status> {
         let operation = match operation {
             MvccOperation::Range(range) if range.serializable => {
-                match self.read_locally(MvccRequest {
-                    sequence: 0,
-                    acknowledged_below: 0,
-                    operation: MvccOperation::Range(range),
-                }) {
+                match self
+                    .read_locally(MvccRequest {
+                        sequence: 0,
+                        acknowledged_below: 0,
+                        operation: MvccOperation::Range(range),
+                    })
+                    .await
+                {
                     Ok(outcome) => return outcome,
                     Err(request) => request.operation,
                 }
@@ -467,22 +470,54 @@ impl<N: Consensus> Proxy<N> {
     }
 }
 
+/// What a local read saw: the node's answer, and the term and revision it read at.
+type LocalRead = (MvccResponse, u64, i64);
+
+/// Answers `request` from `node`'s applied state on the calling thread; `Ok(None)` if the
+/// node must handle it (its task holds the node, or the protocol does not read locally).
+fn read_applied<N: Consensus>(
+    node: &NodeHandle<N>,
+    request: &MvccRequest,
+) -> Result<Option<LocalRead>, RuntimeError> {
+    let read = node.try_read(|node| {
+        let response = node.read_locally(request)?;
+        // The header describes the state the read saw, not the last one published.
+        Some((
+            response,
+            node.status().term,
+            node.machine().store().revision(),
+        ))
+    })?;
+    Ok(read.unwrap_or(None))
+}
+
 impl<N: Consensus> Proxy<N> {
-    /// Answers `request` from the node's applied state on this task; hands it back if the
-    /// node must handle it (its task holds the node, or the protocol does not read locally).
-    fn read_locally(&self, request: MvccRequest) -> Result<Result<Outcome, Status>, MvccRequest> {
-        let read = self.node.try_read(|node| {
-            let response = node.read_locally(&request)?;
-            // The header describes the state the read saw, not the last one published.
-            Some((
-                response,
-                node.status().term,
-                node.machine().store().revision(),
-            ))
-        });
-        let (response, term, revision) = match read {
-            Ok(Ok(Some(seen))) => seen,
-            Ok(Ok(None)) | Ok(Err(_)) => {
+    /// Answers `request` from the node's applied state, off the node's task; hands it back
+    /// if the node must handle it (its task holds the node, or the protocol does not read
+    /// locally).
+    ///
+    /// The read runs on a short task of its own rather than inline in the gRPC call:
+    /// answered inline, every call completes in its first poll and wakes its connection,
+    /// which tokio then runs at once (the woken task goes first), so each response leaves in
+    /// its own write (measured: 1.6 `writev` per read instead of 0.85, and more CPU per read
+    /// than through the node). One hop lets the calls that arrived together finish before
+    /// the connection writes their responses in one go.
+    async fn read_locally(
+        &self,
+        request: MvccRequest,
+    ) -> Result<Result<Outcome, Status>, MvccRequest> {
+        let node = self.node.clone();
+        let read = tokio::spawn(async move {
+            let seen = read_applied(&node, &request);
+            (seen, request)
+        })
+        .await;
+        let Ok((seen, request)) = read else {
+            return Ok(Err(Status::unavailable(SERVER_STOPPED))); // The runtime shuts down.
+        };
+        let (response, term, revision) = match seen {
+            Ok(Some(seen)) => seen,
+            Ok(None) => {
                 crate::metrics::metrics().reads_through_node.inc();
                 return Err(request);
             }
