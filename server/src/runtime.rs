@@ -7,8 +7,8 @@
 //! it publishes the node's state once. The node sits behind a lock the task holds for
 //! writing only while it handles such a batch, so other tasks can look at the node between
 //! batches without an input ([`NodeHandle::try_read`]): read-only queries that need no
-//! effect (e.g. serializable reads) are answered on the caller's own task, and never wait
-//! for the node's. Effects are carried out as follows:
+//! effect (e.g. serializable reads) are answered off the node's task, in parallel, and wait
+//! neither for it nor behind its other inputs. Effects are carried out as follows:
 //! - `Persist`/`Checkpoint` go to the storage thread in order, `Sync` asks it for a group
 //!   commit ([`crate::log`]);
 //! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
