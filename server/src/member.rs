@@ -383,7 +383,7 @@ fn follow_configuration<N: Consensus>(
         // Holding the node only while looking at it lets it stop with the member.
         while let Some(node) = node.upgrade() {
             let Ok(view) = node
-                .inspect(move |node| {
+                .read(move |node| {
                     node.configuration().map(|configuration| ConfigurationView {
                         nodes: configuration.nodes(),
                         addresses: configuration.addresses.clone(),

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub fsync_latency: Histogram,
     /// Bytes appended to the write-ahead log.
     pub wal_bytes: Counter,
+    /// Serializable reads answered from the applied state on the gRPC task.
+    pub reads_local: Counter,
+    /// Serializable reads sent to the node's task instead (it held the node, or the
+    /// protocol does not answer them locally).
+    pub reads_through_node: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +112,18 @@ impl Metrics {
             "Bytes appended to the write-ahead log",
             wal_bytes.clone(),
         );
+        let reads_local = Counter::default();
+        registry.register(
+            "serializable_reads_local",
+            "Serializable reads answered from the applied state without the node's task",
+            reads_local.clone(),
+        );
+        let reads_through_node = Counter::default();
+        registry.register(
+            "serializable_reads_through_node",
+            "Serializable reads handed to the node's task (it was busy, or the protocol needs it)",
+            reads_through_node.clone(),
+        );
         Metrics {
             registry,
             rpc_latency,
@@ -117,6 +134,8 @@ impl Metrics {
             leader_changes,
             fsync_latency,
             wal_bytes,
+            reads_local,
+            reads_through_node,
         }
     }
 

@@ -1,10 +1,14 @@
 //! One tokio task drives one sans-IO node: the same code the simulator and the model
 //! checker run, now on real time, real sockets and real storage.
 //!
-//! The task owns the node and is the only thing that touches it. Inputs (peer messages,
-//! client requests, fired timers, storage reports) arrive on one channel and are handled
-//! one at a time, exactly like the simulator's events; the task handles whatever is queued
-//! before it publishes the node's state once. Effects are carried out as follows:
+//! The task is the only thing that changes the node. Inputs (peer messages, client
+//! requests, fired timers, storage reports) arrive on one channel and are handled one at a
+//! time, exactly like the simulator's events; the task handles whatever is queued before
+//! it publishes the node's state once. The node sits behind a lock the task holds for
+//! writing only while it handles such a batch, so other tasks can look at the node between
+//! batches without an input ([`NodeHandle::try_read`]): read-only queries that need no
+//! effect (e.g. serializable reads) are answered off the node's task, in parallel, and wait
+//! neither for it nor behind its other inputs. Effects are carried out as follows:
 //! - `Persist`/`Checkpoint` go to the storage thread in order, `Sync` asks it for a group
 //!   commit ([`crate::log`]);
 //! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
@@ -20,7 +24,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
 use synod_core::rng::Rng;
@@ -113,15 +119,47 @@ enum Output<N: Node> {
     Reply(ClientId, N::Response),
 }
 
+/// The node task has not finished booting the node: nothing may read it yet.
+const BOOTING: u8 = 0;
+/// The node task runs: the node may be read between batches.
+const RUNNING: u8 = 1;
+/// The node task ended (stopped, storage failed, node halted): nothing may read the node.
+const ENDED: u8 = 2;
+
+/// The node, shared between its task (the only writer) and readers.
+struct Shared<N> {
+    node: RwLock<N>,
+    /// [`BOOTING`], [`RUNNING`] or [`ENDED`]; the task marks the end before it lets go of
+    /// the lock, so a reader that holds the lock and sees [`RUNNING`] reads a live node.
+    phase: AtomicU8,
+}
+
+impl<N> Shared<N> {
+    fn end(&self) {
+        self.phase.store(ENDED, Ordering::Release);
+    }
+}
+
+/// Marks the node ended when the task ends, however it ends (returned, aborted, panicked).
+struct EndOnDrop<N>(Arc<Shared<N>>);
+
+impl<N> Drop for EndOnDrop<N> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// A running node: send it requests, inspect it, stop it.
 pub struct NodeHandle<N: Node> {
     inbox: mpsc::Sender<Input<N>>,
+    shared: Arc<Shared<N>>,
     task: Option<JoinHandle<()>>,
     listener: JoinHandle<()>,
     peer_address: SocketAddr,
 }
 
-/// The bounds the runtime needs on a node's types (they cross threads and the network).
+/// The bounds the runtime needs on a node's types (they cross threads and the network; the
+/// node itself is read from other threads between its task's batches).
 pub trait RuntimeNode:
     Node<
         Message: Serialize + DeserializeOwned + Send,
@@ -130,6 +168,7 @@ pub trait RuntimeNode:
         Timer: Send,
         Record: Send + 'static,
     > + Send
+    + Sync
     + 'static
 {
 }
@@ -141,6 +180,7 @@ impl<N> RuntimeNode for N where
             Timer: Send,
             Record: Send + 'static,
         > + Send
+        + Sync
         + 'static
 {
 }
@@ -161,7 +201,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
     /// Like [`NodeHandle::start`], calling `observe` with the node after every input it
     /// handles (on the node's task: keep it cheap, e.g. publish a few numbers).
     pub fn start_observed(
-        mut node: N,
+        node: N,
         config: NodeConfig,
         listener: TcpListener,
         log: impl RecordLog,
@@ -207,7 +247,14 @@ impl<N: RuntimeNode> NodeHandle<N> {
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
         let seed = random_u64() ^ u64::from(config.id.0);
         let own_inbox = inbox.clone();
+        let shared = Arc::new(Shared {
+            node: RwLock::new(node),
+            phase: AtomicU8::new(BOOTING),
+        });
+        let task_shared = shared.clone();
         let task = tokio::spawn(async move {
+            let shared = task_shared;
+            let _end = EndOnDrop(shared.clone());
             let mut driver = Driver::<N> {
                 id: config.id,
                 members,
@@ -225,12 +272,23 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 observe: Box::new(observe),
                 halted: false,
             };
-            driver.boot(&mut node, records);
-            (driver.observe)(&node);
-            driver.run(node, inputs).await;
+            {
+                let Ok(mut node) = shared.node.write() else {
+                    return;
+                };
+                driver.boot(&mut node, records);
+                if driver.halted {
+                    shared.end();
+                    return;
+                }
+                (driver.observe)(&node);
+                shared.phase.store(RUNNING, Ordering::Release);
+            }
+            driver.run(&shared, inputs).await;
         });
         Ok(NodeHandle {
             inbox,
+            shared,
             task: Some(task),
             listener,
             peer_address,
@@ -279,6 +337,56 @@ impl<N: RuntimeNode> NodeHandle<N> {
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         receiver.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Runs `look` on the node's state on the caller's thread, between two batches of the
+    /// node task's inputs (it sees what the node had applied after the last batch).
+    /// `Ok(Err(look))` hands `look` back unrun if the node task holds the node right now
+    /// (handling inputs, or still booting): the caller may ask the task instead
+    /// ([`NodeHandle::inspect`]) rather than block its thread waiting. Fails if the node
+    /// ended or halted (also when `look` made it halt, e.g. by a failed read of its value
+    /// file: the task is then told to stop, and what `look` saw is dropped).
+    ///
+    /// `look` holds up the node task while it runs: keep it short.
+    pub fn try_read<T, F: FnOnce(&N) -> T>(&self, look: F) -> Result<Result<T, F>, RuntimeError> {
+        if self.shared.phase.load(Ordering::Acquire) == ENDED {
+            return Err(RuntimeError::Stopped);
+        }
+        let node = match self.shared.node.try_read() {
+            Ok(node) => node,
+            Err(TryLockError::WouldBlock) => return Ok(Err(look)),
+            Err(TryLockError::Poisoned(_)) => return Err(RuntimeError::Stopped),
+        };
+        // Checked again under the lock: the task marks the end before it lets go of it.
+        match self.shared.phase.load(Ordering::Acquire) {
+            RUNNING => {}
+            BOOTING => return Ok(Err(look)),
+            _ => return Err(RuntimeError::Stopped),
+        }
+        if node.halted().is_some() {
+            return Err(RuntimeError::Stopped);
+        }
+        let seen = look(&node);
+        if node.halted().is_some() {
+            drop(node);
+            // The task stops when it handles any input and finds the node halted.
+            let _ = self.inbox.try_send(Input::Inspect(Box::new(|_| {})));
+            return Err(RuntimeError::Stopped);
+        }
+        Ok(Ok(seen))
+    }
+
+    /// Runs `look` on the node's state: on the caller's thread if the node task is between
+    /// batches ([`NodeHandle::try_read`]), otherwise on the node's task
+    /// ([`NodeHandle::inspect`]).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        look: impl FnOnce(&N) -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        match self.try_read(look)? {
+            Ok(seen) => Ok(seen),
+            Err(look) => self.inspect(look).await,
+        }
     }
 
     /// Runs `act` on the node (on the node's task) with a context whose effects are carried
@@ -351,6 +459,25 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Locks the node for writing, for one batch of inputs; `None` if a panic poisoned it.
+/// Readers hold it briefly, but one may hold it for a while (a range over many keys): the
+/// wait then happens off the runtime's worker, whose other tasks move to another thread.
+fn lock_for_batch<N>(node: &RwLock<N>) -> Option<RwLockWriteGuard<'_, N>> {
+    match node.try_write() {
+        Ok(guard) => return Some(guard),
+        Err(TryLockError::Poisoned(_)) => return None,
+        Err(TryLockError::WouldBlock) => {}
+    }
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread {
+        tokio::task::block_in_place(|| node.write()).ok()
+    } else {
+        node.write().ok()
+    }
+}
+
 /// Inputs the node task handles per wake-up before it publishes its state.
 const INPUTS_PER_WAKE: usize = 256;
 
@@ -407,15 +534,17 @@ impl<N: RuntimeNode> Driver<N> {
         self.request_sync();
     }
 
-    async fn run(mut self, mut node: N, mut inputs: mpsc::Receiver<Input<N>>) {
-        if self.halted {
-            return;
-        }
+    /// Handles inputs until the node stops. The node is locked for writing while a batch
+    /// of inputs is handled and its state published, never across an await.
+    async fn run(mut self, shared: &Shared<N>, mut inputs: mpsc::Receiver<Input<N>>) {
         while let Some(input) = inputs.recv().await {
+            let Some(mut node) = lock_for_batch(&shared.node) else {
+                return; // Poisoned by a panic: readers see the end too.
+            };
             // Handle what is queued already before publishing once: under load one
             // wake-up of this task serves many inputs.
             let mut changed = match self.input(&mut node, input) {
-                Step::Stop => return,
+                Step::Stop => return shared.end(),
                 Step::Changed => true,
                 Step::Unchanged => false,
             };
@@ -424,7 +553,7 @@ impl<N: RuntimeNode> Driver<N> {
                     break;
                 };
                 match self.input(&mut node, input) {
-                    Step::Stop => return,
+                    Step::Stop => return shared.end(),
                     Step::Changed => changed = true,
                     Step::Unchanged => {}
                 }

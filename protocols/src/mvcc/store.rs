@@ -373,7 +373,12 @@ impl MvccStore {
         &'a self,
         range: &KeyRange<'a>,
     ) -> impl Iterator<Item = (&'a Box<[u8]>, &'a Vec<Version>)> + 'a {
-        self.keys.range::<[u8], _>(range.bounds())
+        // One key is one lookup; a range walk would descend the tree for both its bounds.
+        let (single, walk) = match range.end {
+            RangeEnd::Single => (self.keys.get_key_value(range.start), None),
+            _ => (None, Some(self.keys.range::<[u8], _>(range.bounds()))),
+        };
+        single.into_iter().chain(walk.into_iter().flatten())
     }
 
     /// Reads keys.

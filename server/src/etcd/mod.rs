@@ -31,6 +31,7 @@ use synod_protocols::paxos::PaxosNode;
 use synod_protocols::raft::{
     Membership as RaftMembership, MembershipChange, MembershipError, RaftNode,
 };
+use synod_protocols::replicated::{ReadConsistency, StateMachine};
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -38,6 +39,8 @@ use tonic::Status;
 pub const NO_LEADER: &str = "etcdserver: no leader";
 /// etcd's text for a call that timed out.
 pub const TIMED_OUT: &str = "etcdserver: request timed out";
+/// etcd's text for a call to a member that stopped.
+pub const SERVER_STOPPED: &str = "etcdserver: server stopped";
 
 /// What the API needs to see of a consensus node, beyond the runtime contract.
 pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse> + Sync {
@@ -77,6 +80,12 @@ pub trait Consensus: RuntimeNode<Request = MvccRequest, Response = MvccResponse>
     /// True if the configuration in effect is committed (no change is pending).
     fn configuration_committed(&self) -> bool {
         true
+    }
+    /// Answers `request` from the applied state alone, exactly as the node would if it
+    /// were sent to it, when that answer needs no effect (no message, no log entry, no
+    /// wait): Raft's serializable reads. `None` means the request must go to the node.
+    fn read_locally(&self, _request: &MvccRequest) -> Option<MvccResponse> {
+        None
     }
 }
 
@@ -155,7 +164,17 @@ impl Consensus for RaftNode<MvccMachine> {
     fn configuration_committed(&self) -> bool {
         self.membership_index() <= self.commit_index()
     }
+
+    fn read_locally(&self, request: &MvccRequest) -> Option<MvccResponse> {
+        // The node answers these on any role, straight from its applied state (see
+        // `RaftNode::on_client_request`); the session is not involved.
+        (MvccMachine::read_consistency(request) == Some(ReadConsistency::Serializable))
+            .then(|| self.state().query(LOCAL_READER, request))
+    }
 }
+
+/// The client id local reads are answered for (queries do not look at it).
+const LOCAL_READER: ClientId = ClientId(0);
 
 /// What the node task publishes after every input: cheap numbers for headers, status and
 /// waking watchers.
@@ -374,7 +393,26 @@ impl<N: Consensus> Proxy<N> {
 
     /// Runs `operation` on the local node under a session, retrying the same request
     /// through timeouts and elections until it is answered or `request_timeout` passes.
+    /// A read the node answers from its applied state alone
+    /// ([`Consensus::read_locally`], e.g. a serializable range) is answered here, off the
+    /// node's task and without a session, unless the node's task holds the node right now.
     pub async fn execute(&self, operation: MvccOperation) -> Result<Outcome, Status> {
+        let operation = match operation {
+            MvccOperation::Range(range) if range.serializable => {
+                match self
+                    .read_locally(MvccRequest {
+                        sequence: 0,
+                        acknowledged_below: 0,
+                        operation: MvccOperation::Range(range),
+                    })
+                    .await
+                {
+                    Ok(outcome) => return outcome,
+                    Err(request) => request.operation,
+                }
+            }
+            operation => operation,
+        };
         let mut session = self.take_session();
         let sequence = session.next_sequence;
         let request = MvccRequest {
@@ -420,7 +458,7 @@ impl<N: Consensus> Proxy<N> {
                     }
                 }
                 Err(RuntimeError::Stopped) => {
-                    break Err(Status::unavailable("etcdserver: server stopped"));
+                    break Err(Status::unavailable(SERVER_STOPPED));
                 }
             }
         };
@@ -429,6 +467,76 @@ impl<N: Consensus> Proxy<N> {
         session.next_sequence = sequence + 1;
         self.return_session(session);
         result
+    }
+}
+
+/// What a local read saw: the node's answer, and the term and revision it read at.
+type LocalRead = (MvccResponse, u64, i64);
+
+/// Answers `request` from `node`'s applied state on the calling thread; `Ok(None)` if the
+/// node must handle it (its task holds the node, or the protocol does not read locally).
+fn read_applied<N: Consensus>(
+    node: &NodeHandle<N>,
+    request: &MvccRequest,
+) -> Result<Option<LocalRead>, RuntimeError> {
+    let read = node.try_read(|node| {
+        let response = node.read_locally(request)?;
+        // The header describes the state the read saw, not the last one published.
+        Some((
+            response,
+            node.status().term,
+            node.machine().store().revision(),
+        ))
+    })?;
+    Ok(read.unwrap_or(None))
+}
+
+impl<N: Consensus> Proxy<N> {
+    /// Answers `request` from the node's applied state, off the node's task; hands it back
+    /// if the node must handle it (its task holds the node, or the protocol does not read
+    /// locally).
+    ///
+    /// The read runs on a short task of its own rather than inline in the gRPC call:
+    /// answered inline, every call completes in its first poll and wakes its connection,
+    /// which tokio then runs at once (the woken task goes first), so each response leaves in
+    /// its own write (measured: 1.6 `writev` per read instead of 0.85, and more CPU per read
+    /// than through the node). One hop lets the calls that arrived together finish before
+    /// the connection writes their responses in one go.
+    async fn read_locally(
+        &self,
+        request: MvccRequest,
+    ) -> Result<Result<Outcome, Status>, MvccRequest> {
+        let node = self.node.clone();
+        let read = tokio::spawn(async move {
+            let seen = read_applied(&node, &request);
+            (seen, request)
+        })
+        .await;
+        let Ok((seen, request)) = read else {
+            return Ok(Err(Status::unavailable(SERVER_STOPPED))); // The runtime shuts down.
+        };
+        let (response, term, revision) = match seen {
+            Ok(Some(seen)) => seen,
+            Ok(None) => {
+                crate::metrics::metrics().reads_through_node.inc();
+                return Err(request);
+            }
+            Err(_) => return Ok(Err(Status::unavailable(SERVER_STOPPED))),
+        };
+        crate::metrics::metrics().reads_local.inc();
+        Ok(match response.result {
+            Ok(output) => {
+                let answered = revision_of(&output);
+                let header = pb::ResponseHeader {
+                    cluster_id: self.membership.cluster_id,
+                    member_id: self.membership.member_id(),
+                    revision: if answered > 0 { answered } else { revision },
+                    raft_term: term,
+                };
+                Ok(Outcome::Done(output, header))
+            }
+            Err(error) => Err(request_error(error)),
+        })
     }
 }
 

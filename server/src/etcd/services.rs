@@ -475,7 +475,7 @@ impl<N: Consensus> pb::watch_server::Watch for WatchService<N> {
                         let Ok((next_hub, responses)) = shared
                             .proxy
                             .node()
-                            .inspect(move |node| {
+                            .read(move |node| {
                                 let responses = hub.poll(node.machine().store());
                                 (hub, responses)
                             })
@@ -534,7 +534,7 @@ async fn handle_watch_request<N: Consensus>(
         RequestUnion::CreateRequest(create) => {
             let create = convert::watch_create(create)?;
             let (hub, responses) = node
-                .inspect(move |node| {
+                .read(move |node| {
                     let mut hub = hub;
                     let store = node.machine().store();
                     // Creation is answered first, then any history the watch asked for.
@@ -552,7 +552,7 @@ async fn handle_watch_request<N: Consensus>(
         }
         RequestUnion::CancelRequest(cancel) => {
             let (hub, response) = node
-                .inspect(move |node| {
+                .read(move |node| {
                     let mut hub = hub;
                     let response = hub.cancel(cancel.watch_id, node.machine().store());
                     (hub, response)
@@ -569,7 +569,7 @@ async fn handle_watch_request<N: Consensus>(
             // Deliver everything pending first, so the progress revision is a promise:
             // every later event on this stream has a higher revision.
             let (hub, mut responses, revision) = node
-                .inspect(move |node| {
+                .read(move |node| {
                     let mut hub = hub;
                     let store = node.machine().store();
                     let responses = hub.poll(store);
@@ -620,7 +620,7 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
             .0
             .proxy
             .node()
-            .inspect(|node| node.machine().store().version_count() as i64)
+            .read(|node| node.machine().store().version_count() as i64)
             .await
             .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         let mut errors = Vec::new();
@@ -656,6 +656,8 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let revision = request.into_inner().revision;
+        // A hash reads every key: on the node's task, not holding the node from a gRPC
+        // task (which would stall the node's task on its thread meanwhile).
         let (result, compacted) = self
             .0
             .proxy
@@ -694,6 +696,7 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Encoding the whole state takes long: on the node's task (see `hash_kv`).
         let encoded = self
             .0
             .proxy
@@ -728,7 +731,7 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
         let proxy = &self.0.proxy;
         let configuration = proxy
             .node()
-            .inspect(|node| node.configuration().cloned())
+            .read(|node| node.configuration().cloned())
             .await
             .map_err(|error| Status::unavailable(error.to_string()))?
             .ok_or_else(|| Status::unimplemented(NO_RECONFIGURATION))?;
@@ -765,7 +768,7 @@ impl<N: Consensus> pb::maintenance_server::Maintenance for MaintenanceService<N>
         loop {
             let (leader, handing_over) = proxy
                 .node()
-                .inspect(|node| (node.status().leader, node.handing_over()))
+                .read(|node| (node.status().leader, node.handing_over()))
                 .await
                 .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
             if leader == Some(target) {
@@ -899,7 +902,7 @@ impl<N: Consensus> ClusterService<N> {
         self.0
             .proxy
             .node()
-            .inspect(|node| node.configuration().cloned())
+            .read(|node| node.configuration().cloned())
             .await
             .map_err(|error| Status::unavailable(error.to_string()))
     }
