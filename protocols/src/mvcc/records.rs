@@ -13,8 +13,8 @@
 //!
 //! where the checksum covers everything after it, so a damaged or short file is detected
 //! when a record is read, never answered as data. A record carries everything the store's
-//! index holds about its version ([`RecordMeta`]), so the index can be rebuilt by scanning
-//! the records ([`Records::scan`]): a snapshot is a small head plus the records' bytes, and
+//! index holds about its version (`RecordMeta`), so the index can be rebuilt by scanning
+//! the records (`Records::scan`): a snapshot is a small head plus the records' bytes, and
 //! taking one never encodes the index.
 //!
 //! The file form ([`RecordFile`]) is a cache, not a source of truth: a snapshot carries
