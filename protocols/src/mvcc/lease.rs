@@ -33,7 +33,9 @@ pub struct Lease {
     pub ttl: i64,
     /// The proposer's clock when the lease was last granted or kept alive.
     pub renewed_at: Time,
-    /// Keys whose current version is attached to this lease, in key order.
+    /// Keys whose current version is attached to this lease, in key order. Not encoded:
+    /// a decoded store rebuilds it from its records.
+    #[serde(skip)]
     pub keys: BTreeSet<Box<[u8]>>,
 }
 

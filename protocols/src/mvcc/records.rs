@@ -6,11 +6,16 @@
 //! to it by offset. A record is
 //!
 //! ```text
-//! crc32c: u32 LE | key length: u32 LE | value length: u32 LE (u32::MAX: a deletion) | key | value
+//! crc32c: u32 LE | key length: u32 LE | value length: u32 LE (u32::MAX: a deletion)
+//!   | mod revision: i64 LE | create revision: i64 LE | version: i64 LE | lease: i64 LE
+//!   | key | value
 //! ```
 //!
 //! where the checksum covers everything after it, so a damaged or short file is detected
-//! when a record is read, never answered as data.
+//! when a record is read, never answered as data. A record carries everything the store's
+//! index holds about its version (`RecordMeta`), so the index can be rebuilt by scanning
+//! the records (`Records::scan`): a snapshot is a small head plus the records' bytes, and
+//! taking one never encodes the index.
 //!
 //! The file form ([`RecordFile`]) is a cache, not a source of truth: a snapshot carries
 //! the records' bytes, and a restarted server rebuilds the file from its snapshot and log,
@@ -30,7 +35,21 @@ use serde::{Deserialize, Serialize};
 use crate::replicated::SnapshotTail;
 
 /// Bytes of a record's header.
-pub const RECORD_HEADER_BYTES: usize = 12;
+pub const RECORD_HEADER_BYTES: usize = 44;
+
+/// What a record says about the version it holds, besides its key and value: enough to
+/// rebuild the store's index from the records alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct RecordMeta {
+    /// The revision that wrote the version.
+    pub(crate) mod_revision: i64,
+    /// The revision that created the key (0 for a deletion).
+    pub(crate) create_revision: i64,
+    /// The key's version counter (0 for a deletion).
+    pub(crate) version: i64,
+    /// The lease the version is attached to (0: none).
+    pub(crate) lease: i64,
+}
 
 /// The value length that marks a deletion.
 pub(crate) const DELETION: u32 = u32::MAX;
@@ -134,11 +153,16 @@ impl Records {
     }
 
     /// Appends a record of `key` and `value` (`None`: a deletion); returns its offset.
-    pub(crate) fn append(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<u64, RecordError> {
+    pub(crate) fn append(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        meta: RecordMeta,
+    ) -> Result<u64, RecordError> {
         if let Some(failure) = self.failure() {
             return Err(failure.to_string());
         }
-        let encoded = encode_record(key, value);
+        let encoded = encode_record(key, value, meta);
         match &mut self.bytes {
             Bytes::Memory(bytes) => {
                 let offset = bytes.len() as u64;
@@ -200,6 +224,16 @@ impl Records {
             value
         });
         Ok(Record { key, value })
+    }
+
+    /// Bytes of the whole record at `offset`, read from its header.
+    pub(crate) fn record_length(&self, offset: u64) -> Result<usize, RecordError> {
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        self.read_exact(offset, &mut header)?;
+        Ok(record_bytes(
+            u32::from_le_bytes(array(&header[4..8])) as usize,
+            u32::from_le_bytes(array(&header[8..12])),
+        ))
     }
 
     /// The key of the record at `offset`, read without its value (so without checking the
@@ -343,6 +377,54 @@ impl Records {
         }
     }
 
+    /// Visits every record held in memory, in order, as (offset, key, value length,
+    /// metadata), checking each one's checksum: how a decoded snapshot rebuilds the index.
+    /// Records in a file are not scanned (a decoded snapshot holds its records in memory).
+    pub(crate) fn scan(
+        &self,
+        mut visit: impl FnMut(u64, &[u8], u32, RecordMeta),
+    ) -> Result<(), RecordError> {
+        let Bytes::Memory(bytes) = &self.bytes else {
+            return Err("records in a file are not scanned; decode a snapshot instead".into());
+        };
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            let damaged = || {
+                format!(
+                    "the snapshot's record at offset {offset} is damaged (checksum or length \
+                     mismatch); take the snapshot again from a healthy member"
+                )
+            };
+            let header = bytes
+                .get(offset..offset + RECORD_HEADER_BYTES)
+                .ok_or_else(damaged)?;
+            let key_len = u32::from_le_bytes(array(&header[4..8])) as usize;
+            let value_len = u32::from_le_bytes(array(&header[8..12]));
+            let length = record_bytes(key_len, value_len);
+            let record = bytes
+                .get(offset..offset.saturating_add(length))
+                .ok_or_else(damaged)?;
+            if u32::from_le_bytes(array(&record[0..4])) != crc32c::crc32c(&record[4..]) {
+                return Err(damaged());
+            }
+            let meta = RecordMeta {
+                mod_revision: i64::from_le_bytes(array(&header[12..20])),
+                create_revision: i64::from_le_bytes(array(&header[20..28])),
+                version: i64::from_le_bytes(array(&header[28..36])),
+                lease: i64::from_le_bytes(array(&header[36..44])),
+            };
+            let key = &record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_len];
+            visit(offset as u64, key, value_len, meta);
+            offset += length;
+        }
+        Ok(())
+    }
+
+    /// Sets the garbage count (after a rebuild computed it).
+    pub(crate) fn set_garbage(&mut self, garbage: u64) {
+        self.garbage = garbage;
+    }
+
     /// The snapshot tail these records form: the file and its length now, or `None` when
     /// they are in memory (then they are encoded with the rest of the state).
     pub(crate) fn tail(&self) -> Option<(Arc<dyn SnapshotTail>, u64)> {
@@ -353,13 +435,17 @@ impl Records {
 }
 
 /// The encoding of a record.
-fn encode_record(key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+fn encode_record(key: &[u8], value: Option<&[u8]>, meta: RecordMeta) -> Vec<u8> {
     let value_bytes = value.unwrap_or_default();
     let mut encoded = Vec::with_capacity(RECORD_HEADER_BYTES + key.len() + value_bytes.len());
     encoded.extend_from_slice(&[0; 4]);
     encoded.extend_from_slice(&(key.len() as u32).to_le_bytes());
     let value_len = value.map_or(DELETION, |value| value.len() as u32);
     encoded.extend_from_slice(&value_len.to_le_bytes());
+    encoded.extend_from_slice(&meta.mod_revision.to_le_bytes());
+    encoded.extend_from_slice(&meta.create_revision.to_le_bytes());
+    encoded.extend_from_slice(&meta.version.to_le_bytes());
+    encoded.extend_from_slice(&meta.lease.to_le_bytes());
     encoded.extend_from_slice(key);
     encoded.extend_from_slice(value_bytes);
     let checksum = crc32c::crc32c(&encoded[4..]);

@@ -12,6 +12,13 @@
 //!   key). Watches read events from it without scanning the keyspace, and compaction uses it
 //!   to visit only the keys it can shrink.
 //!
+//! - Snapshots: the index is not encoded. Every record carries its version's revisions,
+//!   version and lease, so decoding scans the records and rebuilds `keys`, `changes`, the
+//!   leases' key sets and the garbage count; taking a snapshot encodes only a small head
+//!   (revisions, leases, counters) and hands out the records as its tail. Reclaiming space
+//!   copies the records at or after the compacted revision in change-log order, so that
+//!   their order in the records is the change log's.
+//!
 //! Compaction to revision `c` keeps, per key, every version with `mod_revision >= c` and
 //! the newest version below `c` if it is live (it is what reads at `c` see and the previous
 //! value of an event at `c`); everything older, and keys left with nothing, are freed.
@@ -40,7 +47,7 @@ use crate::mvcc::api::{
     SortTarget, TxnRequest, TxnResponse,
 };
 use crate::mvcc::lease::{LEASE_TTL_SECONDS_MAX, LEASE_TTL_SECONDS_MIN, Lease};
-use crate::mvcc::records::{DELETION, RecordFile, Records, RecordsHead, record_bytes};
+use crate::mvcc::records::{DELETION, RecordFile, RecordMeta, Records, RecordsHead, record_bytes};
 use crate::mvcc::watch::{EventType, WatchError, WatchEvent, WatchFilter};
 
 /// The default cap on compares, and on operations per branch, in one transaction (etcd's).
@@ -210,7 +217,12 @@ struct WriteSet<'a> {
 }
 
 /// The multi-version key-value store with leases (see the module doc).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Its encoding holds no index: the revisions, the leases (without their key sets) and the
+/// records, from which decoding rebuilds the keys, the change log, the lease key sets and
+/// the garbage count (every record carries its version's metadata). So a snapshot's head
+/// is small whatever the number of keys, and the records follow as its tail.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MvccStore {
     keys: BTreeMap<Box<[u8]>, Vec<Version>>,
     revision: i64,
@@ -505,12 +517,21 @@ impl MvccStore {
             }
             _ => &request.value,
         };
-        let record = self.records.append(key, Some(value)).unwrap_or(u64::MAX);
-        let value_len = u32::try_from(value.len()).unwrap_or(DELETION - 1);
         let lease = match (&previous, request.ignore_lease) {
             (Some(previous), true) => previous.lease,
             _ => request.lease,
         };
+        let meta = RecordMeta {
+            mod_revision: revision,
+            create_revision,
+            version,
+            lease,
+        };
+        let record = self
+            .records
+            .append(key, Some(value), meta)
+            .unwrap_or(u64::MAX);
+        let value_len = u32::try_from(value.len()).unwrap_or(DELETION - 1);
         let old_lease = previous.as_ref().map_or(0, |previous| previous.lease);
         if old_lease != lease {
             self.detach(old_lease, key);
@@ -590,7 +611,11 @@ impl MvccStore {
             {
                 prev_kvs.push(kv);
             }
-            let record = self.records.append(key, None).unwrap_or(u64::MAX);
+            let meta = RecordMeta {
+                mod_revision: revision,
+                ..RecordMeta::default()
+            };
+            let record = self.records.append(key, None, meta).unwrap_or(u64::MAX);
             let versions = self
                 .keys
                 .get_mut(key)
@@ -820,15 +845,7 @@ impl MvccStore {
             let Some(versions) = self.keys.get_mut(key.as_slice()) else {
                 continue;
             };
-            let below = versions.partition_point(|version| version.mod_revision < target);
-            // Keep the newest version below the target if it is live.
-            let mut drop = below.saturating_sub(1);
-            if versions
-                .get(drop)
-                .is_some_and(|version| version.mod_revision < target && !version.is_live())
-            {
-                drop += 1;
-            }
+            let drop = compaction_cut(versions, target);
             for dropped in versions.drain(..drop) {
                 self.records.forget(key.len(), dropped.value_len);
             }
@@ -1068,24 +1085,41 @@ impl MvccStore {
         let Ok(mut fresh) = self.records.fresh() else {
             return;
         };
+        // The versions below the compacted revision (at most one per key) first, then the
+        // rest in change order: the records at or after the compacted revision then lie in
+        // the order of the change log, which a snapshot's rebuild relies on.
         let mut moved: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut copy = Vec::new();
         for (key, versions) in &self.keys {
             for version in versions {
-                let length = record_bytes(key.len(), version.value_len);
-                match fresh.copy_from(&self.records, version.record, length) {
-                    Ok(at) => {
-                        moved.insert(version.record, at);
-                    }
-                    Err(error) => {
-                        let _ = self.records.fail(error);
-                        return;
-                    }
+                if version.mod_revision < self.compacted {
+                    copy.push((version.record, record_bytes(key.len(), version.value_len)));
+                }
+            }
+        }
+        for &record in &self.changes.records {
+            match self.records.record_length(record) {
+                Ok(length) => copy.push((record, length)),
+                Err(error) => {
+                    let _ = self.records.fail(error);
+                    return;
+                }
+            }
+        }
+        for (record, length) in copy {
+            match fresh.copy_from(&self.records, record, length) {
+                Ok(at) => {
+                    moved.insert(record, at);
+                }
+                Err(error) => {
+                    let _ = self.records.fail(error);
+                    return;
                 }
             }
         }
         for versions in self.keys.values_mut() {
             for version in versions {
-                version.record = moved[&version.record];
+                version.record = moved.get(&version.record).copied().unwrap_or(u64::MAX);
             }
         }
         for record in &mut self.changes.records {
@@ -1096,18 +1130,17 @@ impl MvccStore {
     }
 }
 
-/// Serializes a store like its derived encoding but with only the records' garbage count
-/// in place of the records (their bytes follow as a snapshot tail).
+/// Serializes a store as its own encoding does but with only the records' garbage count in
+/// place of the records (their bytes follow as a snapshot tail). Its size does not depend
+/// on the number of keys: this is all the node encodes when it takes a checkpoint.
 pub(crate) struct StoreHead<'a>(&'a MvccStore);
 
 impl Serialize for StoreHead<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let store = self.0;
         (
-            &store.keys,
             store.revision,
             store.compacted,
-            &store.changes,
             &store.leases,
             store.next_lease_id,
             store.max_txn_ops,
@@ -1115,6 +1148,144 @@ impl Serialize for StoreHead<'_> {
         )
             .serialize(serializer)
     }
+}
+
+impl Serialize for MvccStore {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            self.revision,
+            self.compacted,
+            &self.leases,
+            self.next_lease_id,
+            self.max_txn_ops,
+            &self.records,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MvccStore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        type Encoded = (i64, i64, BTreeMap<i64, Lease>, i64, usize, Records);
+        let (revision, compacted, leases, next_lease_id, max_txn_ops, records): Encoded =
+            Deserialize::deserialize(deserializer)?;
+        let mut store = MvccStore {
+            keys: BTreeMap::new(),
+            revision,
+            compacted,
+            changes: ChangeLog::default(),
+            leases,
+            next_lease_id,
+            max_txn_ops,
+            records,
+        };
+        store.rebuild().map_err(serde::de::Error::custom)?;
+        Ok(store)
+    }
+}
+
+impl MvccStore {
+    /// Rebuilds the index (keys, change log, lease key sets, garbage count) from the
+    /// records, which hold every version written since the records' generation began:
+    /// versions dropped by compaction are dropped again by the same rule.
+    fn rebuild(&mut self) -> Result<(), String> {
+        let (revision, compacted) = (self.revision, self.compacted);
+        let mut keys: BTreeMap<Box<[u8]>, Vec<Version>> = BTreeMap::new();
+        let mut changes = ChangeLog::default();
+        let mut inconsistent: Option<String> = None;
+        self.records.scan(|offset, key, value_len, meta| {
+            let out_of_order = meta.mod_revision > revision
+                || (meta.mod_revision >= compacted
+                    && changes
+                        .revisions
+                        .last()
+                        .is_some_and(|&last| last > meta.mod_revision));
+            let version = Version {
+                mod_revision: meta.mod_revision,
+                create_revision: meta.create_revision,
+                version: meta.version,
+                lease: meta.lease,
+                record: offset,
+                value_len,
+            };
+            if meta.mod_revision >= compacted {
+                changes.push(meta.mod_revision, offset);
+            }
+            let repeated = match keys.get_mut(key) {
+                Some(versions) => {
+                    let repeated = versions
+                        .last()
+                        .is_some_and(|last| last.mod_revision >= meta.mod_revision);
+                    push_version(versions, version);
+                    repeated
+                }
+                None => {
+                    keys.insert(Box::from(key), vec![version]);
+                    false
+                }
+            };
+            if (out_of_order || repeated) && inconsistent.is_none() {
+                inconsistent = Some(format!(
+                    "the snapshot's record at offset {offset} (revision {}) is out of order; \
+                     take the snapshot again from a healthy member",
+                    meta.mod_revision
+                ));
+            }
+        })?;
+        if let Some(error) = inconsistent {
+            return Err(error);
+        }
+        let mut garbage = 0u64;
+        keys.retain(|key, versions| {
+            let drop = compaction_cut(versions, compacted);
+            for dropped in versions.drain(..drop) {
+                garbage += record_bytes(key.len(), dropped.value_len) as u64;
+            }
+            if versions.capacity() > versions.len() {
+                versions.shrink_to_fit();
+            }
+            !versions.is_empty()
+        });
+        for lease in self.leases.values_mut() {
+            lease.keys.clear();
+        }
+        for (key, versions) in &keys {
+            let Some(newest) = versions.last() else {
+                continue;
+            };
+            if !newest.is_live() || newest.lease == 0 {
+                continue;
+            }
+            let Some(lease) = self.leases.get_mut(&newest.lease) else {
+                return Err(format!(
+                    "the snapshot's key {key:?} is attached to lease {} which it does not hold",
+                    newest.lease
+                ));
+            };
+            lease.keys.insert(key.clone());
+        }
+        changes.records.shrink_to_fit();
+        changes.revisions.shrink_to_fit();
+        self.keys = keys;
+        self.changes = changes;
+        self.records.set_garbage(garbage);
+        Ok(())
+    }
+}
+
+/// How many of a key's oldest `versions` compaction to `target` drops: every version
+/// below the target but the newest, and that one too unless it is live (a read at the
+/// target sees it).
+fn compaction_cut(versions: &[Version], target: i64) -> usize {
+    let below = versions.partition_point(|version| version.mod_revision < target);
+    let mut drop = below.saturating_sub(1);
+    if versions
+        .get(drop)
+        .is_some_and(|version| version.mod_revision < target && !version.is_live())
+    {
+        drop += 1;
+    }
+    drop
 }
 
 fn check_range_request(request: &RangeRequest) -> Result<(), MvccError> {
