@@ -717,11 +717,7 @@ fn create_segment(
     }
     file.sync_all()
         .map_err(|error| StorageError::io("fsync", &temporary, error))?;
-    fs::rename(&temporary, &path).map_err(|error| StorageError::io("rename", &temporary, error))?;
-    sync_directory(directory)?;
-    file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
-        .map_err(|error| StorageError::io("seek", &path, error))?;
-    Ok((file, path))
+    put_segment_in_place(file, &temporary, path, directory)
 }
 
 /// Makes the spare file (zeros, fsynced) the segment whose first record is `first_index`:
@@ -730,7 +726,7 @@ fn create_segment(
 fn install_spare(
     directory: &Path,
     first_index: u64,
-    mut file: File,
+    file: File,
     stop: Option<CheckpointStep>,
 ) -> Result<(File, PathBuf), StorageError> {
     let spare = directory.join(SPARE_FILE_NAME);
@@ -742,7 +738,18 @@ fn install_spare(
     }
     file.sync_data()
         .map_err(|error| StorageError::io("fsync", &spare, error))?;
-    fs::rename(&spare, &path).map_err(|error| StorageError::io("rename", &spare, error))?;
+    put_segment_in_place(file, &spare, path, directory)
+}
+
+/// The end of making a segment whose file (durable, header included) is at `from`: rename
+/// it to `path`, fsync the directory, and position the file after the header.
+fn put_segment_in_place(
+    mut file: File,
+    from: &Path,
+    path: PathBuf,
+    directory: &Path,
+) -> Result<(File, PathBuf), StorageError> {
+    fs::rename(from, &path).map_err(|error| StorageError::io("rename", from, error))?;
     sync_directory(directory)?;
     file.seek(SeekFrom::Start(SEGMENT_HEADER_BYTES as u64))
         .map_err(|error| StorageError::io("seek", &path, error))?;
