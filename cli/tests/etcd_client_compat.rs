@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{PATIENCE, ProcessCluster};
+use common::{PATIENCE, ProcessCluster, eventually};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseTimeToLiveOptions,
     LockOptions, PutOptions, ResignOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
@@ -177,11 +177,19 @@ async fn kv_txn_watch_and_compaction_work_through_etcd_client() {
         .await
         .unwrap();
     assert_eq!(past.kvs()[0].value(), b"red");
-    let serializable = client
-        .get("fruit/apple", Some(GetOptions::new().with_serializable()))
-        .await
-        .unwrap();
-    assert_eq!(serializable.kvs().len(), 1);
+    // A serializable read answers from whichever member it reaches, as far as that member
+    // has applied: a lagging follower may not have the key yet.
+    eventually("a serializable read finds the key", || {
+        let mut client = client.clone();
+        async move {
+            let serializable = client
+                .get("fruit/apple", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            (serializable.kvs().len() == 1).then_some(())
+        }
+    })
+    .await;
 
     // A watch from a past revision replays history with previous values, then sees new
     // events live.
