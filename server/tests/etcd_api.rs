@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{eventually, put};
+use common::{eventually, loopback_members, put};
 use std::time::Duration;
 use synod_server::api::etcdserverpb as pb;
 use synod_server::api::etcdserverpb::kv_client::KvClient;
@@ -27,22 +27,7 @@ struct Cluster {
 impl Cluster {
     async fn start(size: usize) -> Cluster {
         let data = tempfile::tempdir().unwrap();
-        let mut listeners = Vec::new();
-        let mut specs = Vec::new();
-        for index in 0..size {
-            let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            specs.push(MemberSpec {
-                name: format!("m{index}"),
-                peer_url: format!("http://{}", peer.local_addr().unwrap()),
-                client_url: format!("http://{}", client.local_addr().unwrap()),
-            });
-            listeners.push(Listeners {
-                peer,
-                client,
-                metrics: None,
-            });
-        }
+        let (specs, listeners) = loopback_members(size).await;
         let mut stops = Vec::new();
         for (index, listeners) in listeners.into_iter().enumerate() {
             let mut config = MemberConfig::new(

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{eventually, put};
+use common::{eventually, loopback_members, put};
 use std::time::Duration;
 use synod_server::api::etcdserverpb as pb;
 use synod_server::api::etcdserverpb::kv_client::KvClient;
-use synod_server::member::{Listeners, MemberConfig, MemberSpec, run_member};
-use tokio::net::TcpListener;
+use synod_server::member::{Listeners, MemberConfig, run_member};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -45,22 +44,7 @@ fn value_file_bytes(data: &std::path::Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_member_is_restored_from_a_snapshot_of_spilled_values() {
     let data = tempfile::tempdir().unwrap();
-    let mut listeners = Vec::new();
-    let mut specs = Vec::new();
-    for index in 0..3 {
-        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        specs.push(MemberSpec {
-            name: format!("m{index}"),
-            peer_url: format!("http://{}", peer.local_addr().unwrap()),
-            client_url: format!("http://{}", client.local_addr().unwrap()),
-        });
-        listeners.push(Listeners {
-            peer,
-            client,
-            metrics: None,
-        });
-    }
+    let (specs, mut listeners) = loopback_members(3).await;
     let mut configs: Vec<MemberConfig> = (0..3)
         .map(|index| {
             let mut config = MemberConfig::new(

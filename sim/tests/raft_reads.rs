@@ -149,8 +149,14 @@ fn a_lease_whose_bound_covers_the_drift_is_linearizable() {
 
 fn stale_reads(raft: RaftConfig) -> Vec<u64> {
     let seeds: Vec<u64> = (1..=8).collect();
-    let run_seed = |seed| run_with(raft, seed, Some(slow_leader_fast_followers()));
-    synod_sim::sweep::sweep(&seeds, 2, run_seed, |_, _| {})
+    not_linearizable(&seeds, |seed| {
+        run_with(raft, seed, Some(slow_leader_fast_followers()))
+    })
+}
+
+/// The seeds whose runs the checker found not linearizable.
+fn not_linearizable(seeds: &[u64], run_seed: impl Fn(u64) -> Vec<Finding> + Sync) -> Vec<u64> {
+    synod_sim::sweep::sweep(seeds, 2, run_seed, |_, _| {})
         .into_iter()
         .filter(|(_, findings)| {
             findings
@@ -186,15 +192,7 @@ fn a_follower_that_reads_before_applying_the_read_index_is_caught() {
     // Held-back messages make a follower learn of commits late.
     let faults = "partition,reorder";
     let run_seed = |seed| run_variant(RaftVariant::EarlyFollowerRead, raft, seed, None, faults);
-    let caught: Vec<u64> = synod_sim::sweep::sweep(&seeds, 2, run_seed, |_, _| {})
-        .into_iter()
-        .filter(|(_, findings)| {
-            findings
-                .iter()
-                .any(|finding| matches!(finding, Finding::NotLinearizable(_)))
-        })
-        .map(|(seed, _)| seed)
-        .collect();
+    let caught = not_linearizable(&seeds, run_seed);
     eprintln!(
         "stale follower reads caught in {} of {} seeds",
         caught.len(),

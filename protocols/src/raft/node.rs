@@ -395,16 +395,20 @@ impl<S> std::fmt::Debug for StateImage<S> {
     }
 }
 
+/// Two snapshot tails are the same when they are the same file, read to the same length.
+fn same_tail(left: &Option<Tail>, right: &Option<Tail>) -> bool {
+    match (left, right) {
+        (None, None) => true,
+        (Some((left, left_length)), Some((right, right_length))) => {
+            Arc::ptr_eq(left, right) && left_length == right_length
+        }
+        _ => false,
+    }
+}
+
 impl<S> PartialEq for StateImage<S> {
     fn eq(&self, other: &Self) -> bool {
-        let same_tail = match (&self.tail, &other.tail) {
-            (None, None) => true,
-            (Some((left, left_length)), Some((right, right_length))) => {
-                Arc::ptr_eq(left, right) && left_length == right_length
-            }
-            _ => false,
-        };
-        self.head == other.head && same_tail
+        self.head == other.head && same_tail(&self.tail, &other.tail)
     }
 }
 
@@ -716,14 +720,7 @@ impl ImageBytes {
 
 impl PartialEq for ImageBytes {
     fn eq(&self, other: &Self) -> bool {
-        let same_tail = match (&self.tail, &other.tail) {
-            (None, None) => true,
-            (Some((left, left_length)), Some((right, right_length))) => {
-                Arc::ptr_eq(left, right) && left_length == right_length
-            }
-            _ => false,
-        };
-        self.head == other.head && same_tail
+        self.head == other.head && same_tail(&self.tail, &other.tail)
     }
 }
 
