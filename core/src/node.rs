@@ -188,6 +188,11 @@ pub enum Effect<N: Node> {
     Checkpoint {
         /// The record.
         record: N::Record,
+        /// The records before it already determine everything it holds (the node compacted
+        /// its own log, see [`Context::compact`]). Storage may then write it in the
+        /// background: it counts as durable with the next sync like any record, and until
+        /// it is written, recovery may hand back the records it stands for instead of it.
+        derived: bool,
     },
     /// Make every record appended so far durable.
     Sync,
@@ -304,7 +309,27 @@ impl<'a, N: Node> Context<'a, N> {
     /// wait for its sync, as with [`Context::persist`].
     pub fn checkpoint(&mut self, record: N::Record) {
         self.records_appended += 1;
-        self.effects.push(Effect::Checkpoint { record });
+        self.effects.push(Effect::Checkpoint {
+            record,
+            derived: false,
+        });
+    }
+
+    /// Appends `record` as a checkpoint that the records before it already determine: a
+    /// compaction of the node's own log, never state that arrived from elsewhere (such as
+    /// a snapshot installed from a leader, which needs [`Context::checkpoint`]).
+    ///
+    /// Storage may write it in the background, so a large compaction never holds up the
+    /// records after it. Recovery hands back either it and what follows, or, when a crash
+    /// came before it was written, the records it stands for and then what follows: the
+    /// node must recover the same state from both. Outputs emitted after this wait for its
+    /// sync, as with [`Context::persist`].
+    pub fn compact(&mut self, record: N::Record) {
+        self.records_appended += 1;
+        self.effects.push(Effect::Checkpoint {
+            record,
+            derived: true,
+        });
     }
 
     /// Asks the driver to make every record appended so far durable.

@@ -35,6 +35,12 @@ pub trait RecordLog: Send + 'static {
         write(&mut payload)?;
         self.append(&payload, true)
     }
+    /// Appends a compaction (a checkpoint the earlier records already stand for, see
+    /// `synod_core::node::Context::compact`), which a log may write in the background
+    /// while later records are appended and synced. The default writes it as a checkpoint.
+    fn append_compaction_with(&mut self, mut write: Box<WriteRecord>) -> Result<(), LogError> {
+        self.append_checkpoint_with(&mut *write)
+    }
 }
 
 /// Writes a record's bytes into the given writer.
@@ -88,6 +94,9 @@ pub(crate) enum StorageJob {
     },
     /// A checkpoint serialized on the storage thread, straight into its file.
     Checkpoint(Box<WriteRecord>),
+    /// A compaction, serialized into its file by the log (in the background for the
+    /// write-ahead log).
+    Compaction(Box<WriteRecord>),
     Sync,
 }
 
@@ -118,6 +127,11 @@ pub(crate) fn spawn_storage_thread<L: RecordLog>(
                         }
                         StorageJob::Checkpoint(mut write) => {
                             log.append_checkpoint_with(&mut *write)?;
+                            *appended += 1;
+                            Ok(false)
+                        }
+                        StorageJob::Compaction(write) => {
+                            log.append_compaction_with(write)?;
                             *appended += 1;
                             Ok(false)
                         }

@@ -147,6 +147,15 @@ impl RecordLog for Wal {
             .map(|_| ())
             .map_err(|error| LogError::Other(error.to_string()))
     }
+
+    fn append_compaction_with(
+        &mut self,
+        write: Box<crate::log::WriteRecord>,
+    ) -> Result<(), LogError> {
+        Wal::append_compaction_with(self, write)
+            .map(|_| ())
+            .map_err(|error| LogError::Other(error.to_string()))
+    }
 }
 
 /// The socket address in `url` (`http://127.0.0.1:2379` or `127.0.0.1:2379`).

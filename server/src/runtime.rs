@@ -730,7 +730,7 @@ impl<N: RuntimeNode> Driver<N> {
                 self.timers.remove(&timer);
             }
             Effect::Persist { record } => self.append(&record, false),
-            Effect::Checkpoint { record } => self.append_checkpoint(record),
+            Effect::Checkpoint { record, derived } => self.append_checkpoint(record, derived),
             // One sync request per batch of inputs: the storage thread syncs once for all.
             Effect::Sync => self.sync_wanted = true,
         }
@@ -758,14 +758,21 @@ impl<N: RuntimeNode> Driver<N> {
     /// Hands a checkpoint to the storage thread, which serializes it straight into its
     /// file: a checkpoint's state can be hundreds of megabytes, and serializing it there
     /// keeps that copy out of memory and the work off the node's task.
-    fn append_checkpoint(&mut self, record: N::Record) {
+    /// A `derived` one (a compaction) goes to the log's background writer, so appends and
+    /// syncs go on while it is written.
+    fn append_checkpoint(&mut self, record: N::Record, derived: bool) {
         self.appended += 1;
         let write = move |out: &mut dyn std::io::Write| {
             postcard::to_io(&record, out)
                 .map(|_| ())
                 .map_err(std::io::Error::other)
         };
-        let _ = self.storage.send(StorageJob::Checkpoint(Box::new(write)));
+        let job = if derived {
+            StorageJob::Compaction(Box::new(write))
+        } else {
+            StorageJob::Checkpoint(Box::new(write))
+        };
+        let _ = self.storage.send(job);
     }
 
     fn emit(&mut self, output: Output<N>) {

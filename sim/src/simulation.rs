@@ -203,6 +203,18 @@ struct LifeFrame {
     frame: Vec<u8>,
     /// A checkpoint supersedes every earlier record once durable.
     checkpoint: bool,
+    /// A compaction ([`synod_core::node::Context::compact`]): written in the background,
+    /// so a crash may find it unwritten.
+    derived: bool,
+}
+
+/// A compaction that is durable as a record but not yet written in place of the records it
+/// stands for (a log writes it in the background).
+#[derive(Clone, Debug)]
+struct PendingCompaction {
+    /// Where on the disk the records it stands for end.
+    covers: usize,
+    frame: Vec<u8>,
 }
 
 struct NodeSlot<C: Client> {
@@ -217,6 +229,9 @@ struct NodeSlot<C: Client> {
     life_frames: Vec<LifeFrame>,
     /// How many of `life_frames` are durable.
     life_durable: u64,
+    /// A durable compaction not yet written over the records it stands for; a crash
+    /// drops it, and recovery gets those records instead.
+    compaction: Option<PendingCompaction>,
     gate: OutputGate<NodeOutput<C>>,
     timers: BTreeMap<<NodeOf<C> as Node>::Timer, u64>,
     clock: NodeClock,
@@ -359,6 +374,7 @@ where
                 disk: Vec::new(),
                 life_frames: Vec::new(),
                 life_durable: 0,
+                compaction: None,
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
                 clock: NodeClock {
@@ -763,8 +779,10 @@ where
             Effect::CancelTimer { timer } => {
                 self.nodes[index].timers.remove(&timer);
             }
-            Effect::Persist { record } => self.append_frame(index, &record, false),
-            Effect::Checkpoint { record } => self.append_frame(index, &record, true),
+            Effect::Persist { record } => self.append_frame(index, &record, false, false),
+            Effect::Checkpoint { record, derived } => {
+                self.append_frame(index, &record, true, derived)
+            }
             Effect::Sync => {
                 let latency = self
                     .random_duration(self.config.sync_latency_min, self.config.sync_latency_max);
@@ -785,13 +803,16 @@ where
         index: usize,
         record: &<NodeOf<C> as Node>::Record,
         checkpoint: bool,
+        derived: bool,
     ) {
         let mut frame = Vec::new();
         encode_record(record, &mut frame)
             .expect("a protocol record fits in one frame (MAX_FRAME_PAYLOAD_BYTES)");
-        self.nodes[index]
-            .life_frames
-            .push(LifeFrame { frame, checkpoint });
+        self.nodes[index].life_frames.push(LifeFrame {
+            frame,
+            checkpoint,
+            derived,
+        });
     }
 
     fn on_sync_done(&mut self, node: NodeId, life: u64, records: u64) {
@@ -799,12 +820,31 @@ where
         if slot.life != life || slot.state.is_none() || records <= slot.life_durable {
             return;
         }
-        for written in &slot.life_frames[slot.life_durable as usize..records as usize] {
+        // A compaction written in the background lands at some later sync, or never if
+        // the node crashes first.
+        if slot.compaction.is_some() && self.disk_rng.chance(0.5) {
+            land_compaction(slot);
+        }
+        let newly_durable = slot.life_durable as usize..records as usize;
+        for position in newly_durable {
+            let written = &slot.life_frames[position];
+            if written.derived {
+                let frame = written.frame.clone();
+                // A log finishes one compaction before it starts the next.
+                land_compaction(slot);
+                slot.compaction = Some(PendingCompaction {
+                    covers: slot.disk.len(),
+                    frame,
+                });
+                continue;
+            }
             if written.checkpoint {
                 // Everything before a durable checkpoint is superseded: storage drops it.
                 slot.disk.clear();
+                slot.compaction = None;
             }
-            slot.disk.extend_from_slice(&written.frame);
+            slot.disk
+                .extend_from_slice(&slot.life_frames[position].frame);
         }
         slot.life_durable = records;
         let released = slot.gate.durable(records);
@@ -1171,6 +1211,10 @@ where
         }
         slot.life_frames.clear();
         slot.life_durable = 0;
+        if slot.compaction.take().is_some() {
+            // Recovery gets the records the compaction stood for.
+            self.count_fault("unwritten-compaction");
+        }
         self.count_fault("crash");
         if torn {
             self.count_fault("torn-write");
@@ -1270,4 +1314,14 @@ fn random_between(rng: &mut Rng, min: Duration, max: Duration) -> Duration {
     let low = duration_nanos(min);
     let high = duration_nanos(max).max(low);
     Duration::from_nanos(rng.between(low, high))
+}
+
+/// Writes a pending compaction in place of the records it stands for (the log's background
+/// checkpoint finished).
+fn land_compaction<C: Client>(slot: &mut NodeSlot<C>) {
+    if let Some(PendingCompaction { covers, frame }) = slot.compaction.take() {
+        let mut disk = frame;
+        disk.extend_from_slice(&slot.disk[covers..]);
+        slot.disk = disk;
+    }
 }

@@ -92,6 +92,13 @@ pub enum StorageError {
         /// The largest record a segment accepts.
         limit: usize,
     },
+    /// Empty records are reserved: the log writes one where a compaction's snapshot is
+    /// being written in the background (see [`crate::Wal::append_compaction_with`]).
+    #[error(
+        "an empty record cannot be appended: the write-ahead log reserves empty records as \
+         placeholders for compactions; encode at least one byte"
+    )]
+    EmptyRecord,
     /// An earlier write or sync failed; the state on disk is unknown until reopened.
     #[error(
         "the write-ahead log had an I/O error earlier and refuses further work; drop it and \

@@ -112,6 +112,21 @@
 //! 5. delete the superseded segments, then the older snapshots: if interrupted, recovery
 //!    deletes what is left. Deleting is idempotent, so these need no fsync.
 //!
+//! # Compactions: checkpoints written in the background
+//!
+//! A checkpoint the earlier records already stand for (a node compacting its own log,
+//! `synod_core::node::Context::compact`) can take seconds to write when the state is large,
+//! and [`Wal::append_compaction_with`] does not make later records wait for it. At index `k`
+//! it appends an **empty placeholder record** at `k` (empty records are reserved for this;
+//! [`Wal::append`] refuses them), closes the segment after it as a full segment is closed
+//! (so invariant 3 holds for `k`), and hands the snapshot to a background thread that runs
+//! steps 1–3 and 5 above while appends and syncs go on in `wal-(k+1).log`. A crash before
+//! step 3 completes leaves the older snapshot and every segment since: recovery returns the
+//! records the compaction stands for, skips the placeholder, and goes on with the records
+//! after it, which the node recovers to the same state. After step 3 it is like any
+//! checkpoint. One compaction runs at a time; the next checkpoint or compaction waits for
+//! it, and a failure to write it fails the next [`Wal::sync`].
+//!
 //! Recovery itself is crash-safe: it only deletes superseded or temporary files, cuts a
 //! torn tail (which was never reported durable), and fsyncs the last segment and the
 //! directory before returning so a node never acts on records only the page cache held.
@@ -138,4 +153,4 @@ mod wal;
 mod wal_tests;
 
 pub use error::StorageError;
-pub use wal::{Recovered, TornTail, Wal, WalOptions};
+pub use wal::{Recovered, TornTail, Wal, WalOptions, WriteCheckpoint};

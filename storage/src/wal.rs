@@ -142,6 +142,19 @@ pub struct Wal {
     spare: Option<SpareSegment>,
     /// `segment` was preallocated (its file is full size).
     segment_preallocated: bool,
+    /// The snapshot of a compaction being written in the background.
+    compaction: Option<Compaction>,
+}
+
+/// Writes a checkpoint's bytes into the given writer (a stream into its snapshot file).
+pub type WriteCheckpoint = dyn FnMut(&mut dyn Write) -> std::io::Result<()> + Send;
+
+/// A compaction's snapshot file being written by a background thread, which then deletes
+/// the files it supersedes.
+#[derive(Debug)]
+struct Compaction {
+    worker: JoinHandle<Result<(), StorageError>>,
+    cancel: Arc<AtomicBool>,
 }
 
 /// The next segment, when preallocating.
@@ -158,6 +171,12 @@ enum SpareSegment {
 
 impl Drop for Wal {
     fn drop(&mut self) {
+        if let Some(Compaction { worker, cancel }) = self.compaction.take() {
+            // Its writer fails at its next write; the temporary file is deleted at the next
+            // open, which recovers the records the compaction stood for.
+            cancel.store(true, Ordering::Relaxed);
+            let _ = worker.join();
+        }
         if let Some(SpareSegment::Writing { worker, cancel }) = self.spare.take() {
             // The writer checks between chunks; its file is deleted at the next open.
             cancel.store(true, Ordering::Relaxed);
@@ -255,7 +274,12 @@ impl Wal {
             let scan = scan_segment(&bytes, first);
             expected = first + scan.records.len() as u64;
             for frame in &scan.records {
-                records.push(record_bytes(&bytes, frame.clone()).to_vec());
+                let record = record_bytes(&bytes, frame.clone());
+                // An empty record marks a compaction whose snapshot was not written
+                // before the crash: the records before it stand for it.
+                if !record.is_empty() {
+                    records.push(record.to_vec());
+                }
             }
             let is_last = position + 1 == live.len();
             if let Some(stop) = scan.stop {
@@ -337,6 +361,7 @@ impl Wal {
                     poisoned: false,
                     spare: None,
                     segment_preallocated: preallocated,
+                    compaction: None,
                 }
             }
             _ => {
@@ -356,6 +381,7 @@ impl Wal {
                     poisoned: false,
                     spare: None,
                     segment_preallocated: false,
+                    compaction: None,
                 }
             }
         };
@@ -370,6 +396,9 @@ impl Wal {
     /// index.
     pub fn append(&mut self, record: &[u8]) -> Result<u64, StorageError> {
         self.check_usable()?;
+        if record.is_empty() {
+            return Err(StorageError::EmptyRecord);
+        }
         if record.len() > MAX_RECORD_BYTES {
             return Err(StorageError::RecordTooLarge {
                 length: record.len(),
@@ -403,6 +432,39 @@ impl Wal {
     ) -> Result<u64, StorageError> {
         self.check_usable()?;
         let result = self.checkpoint_streamed(write, None);
+        self.poison_on_error(result)
+    }
+
+    /// Appends a compaction: a checkpoint that the records before it already stand for
+    /// (a node's `Context::compact`), whose bytes `write` streams into its snapshot file
+    /// on a background thread, so that appends and syncs go on while it is written. Returns
+    /// its index.
+    ///
+    /// Only an empty placeholder record is appended here, in place of the checkpoint, and
+    /// the segment is closed after it; like any record it is durable after the next
+    /// [`Wal::sync`], and so is the compaction in the sense of the output-commit rule:
+    /// until its snapshot is written, recovery returns the records before it (skipping the
+    /// placeholder) and what follows, which the node recovers to the same state. Once the
+    /// snapshot is durable, the background thread deletes the segments and snapshots it
+    /// supersedes. A compaction still being written when the next checkpoint or compaction
+    /// is appended is waited for first; one still being written when the log is dropped is
+    /// abandoned. A failure to write it surfaces as an error from a later call.
+    ///
+    /// Never use this for state that earlier records do not determine (a snapshot received
+    /// from elsewhere): use [`Wal::append_checkpoint_with`].
+    pub fn append_compaction_with(
+        &mut self,
+        write: Box<WriteCheckpoint>,
+    ) -> Result<u64, StorageError> {
+        self.check_usable()?;
+        let result = self.compaction_unchecked(write);
+        self.poison_on_error(result)
+    }
+
+    /// Waits until a compaction being written in the background is durable (or failed).
+    pub fn wait_for_compaction(&mut self) -> Result<(), StorageError> {
+        self.check_usable()?;
+        let result = self.finish_compaction(true);
         self.poison_on_error(result)
     }
 
@@ -473,6 +535,8 @@ impl Wal {
     }
 
     fn sync_unchecked(&mut self) -> Result<u64, StorageError> {
+        // A compaction that failed in the background fails the log here.
+        self.finish_compaction(false)?;
         self.write_pending()?;
         if self.segment_dirty {
             self.segment
@@ -628,39 +692,11 @@ impl Wal {
         write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
         stop: Option<CheckpointStep>,
     ) -> Result<u64, StorageError> {
+        self.finish_compaction(true)?;
         let index = self.next_index;
-        let path = self.directory.join(snapshot_file_name(index));
-        let temporary = temporary_path(&path);
-        let mut file = File::create(&temporary)
-            .map_err(|error| StorageError::io("create", &temporary, error))?;
-        // The header (length and checksum) is known only once the payload is written.
-        let written = (|| -> std::io::Result<()> {
-            file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])?;
-            let mut payload = ChecksummedWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
-                length: 0,
-                checksum: 0,
-            };
-            write(&mut payload)?;
-            let (length, checksum) = (payload.length, payload.checksum);
-            payload.inner.flush()?;
-            drop(payload);
-            file.seek(std::io::SeekFrom::Start(0))?;
-            file.write_all(&encode_snapshot_header_of(index, length, checksum))
-        })();
-        written.map_err(|error| StorageError::io("write", &temporary, error))?;
-        if stop == Some(CheckpointStep::TemporaryWritten) {
+        if !write_snapshot(&self.directory, index, write, stop)? {
             return Ok(index);
         }
-        file.sync_all()
-            .map_err(|error| StorageError::io("fsync", &temporary, error))?;
-        drop(file);
-        fs::rename(&temporary, &path)
-            .map_err(|error| StorageError::io("rename", &temporary, error))?;
-        if stop == Some(CheckpointStep::Renamed) {
-            return Ok(index);
-        }
-        sync_directory(&self.directory)?;
         // The checkpoint is durable: recovery returns it and nothing before it.
         self.next_index = index + 1;
         self.durable_index = self.next_index;
@@ -676,19 +712,143 @@ impl Wal {
         if stop == Some(CheckpointStep::SegmentCreated) {
             return Ok(index);
         }
-        // Deleting what the checkpoint supersedes is only housekeeping: recovery ignores
-        // and deletes these files too, so the deletions need no fsync of their own.
-        let listing = list_directory(&self.directory)?;
-        for (_, path) in listing.segments.range(..=index) {
-            remove_file(path)?;
-        }
-        if stop == Some(CheckpointStep::SegmentsDeleted) {
-            return Ok(index);
-        }
-        for (_, path) in listing.snapshots.range(..index) {
-            remove_file(path)?;
-        }
+        delete_superseded(&self.directory, index, stop)?;
         Ok(index)
+    }
+
+    fn compaction_unchecked(
+        &mut self,
+        mut write: Box<WriteCheckpoint>,
+    ) -> Result<u64, StorageError> {
+        self.finish_compaction(true)?;
+        let index = self.next_index;
+        encode_record_frame(index, &[], &mut self.pending);
+        self.next_index += 1;
+        // The segments the snapshot supersedes end with the placeholder (invariant 3).
+        self.roll_over()?;
+        let directory = self.directory.clone();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::clone(&cancel);
+        let worker = std::thread::Builder::new()
+            .name("synod-wal-compaction".into())
+            .spawn(move || {
+                let mut write = |out: &mut dyn Write| {
+                    write(&mut Cancellable {
+                        inner: out,
+                        cancel: &cancelled,
+                    })
+                };
+                write_snapshot(&directory, index, &mut write, None)?;
+                delete_superseded(&directory, index, None)
+            })
+            .map_err(|error| StorageError::io("start a thread for", &self.directory, error))?;
+        self.compaction = Some(Compaction { worker, cancel });
+        Ok(index)
+    }
+
+    /// Collects the compaction being written in the background: waits for it when `wait`,
+    /// otherwise only if it is done. Its error, if it failed, is returned.
+    fn finish_compaction(&mut self, wait: bool) -> Result<(), StorageError> {
+        match self.compaction.take() {
+            Some(Compaction { worker, .. }) if wait || worker.is_finished() => {
+                worker.join().unwrap_or_else(|_| {
+                    Err(StorageError::io(
+                        "write a compaction in",
+                        &self.directory,
+                        std::io::Error::other("the compaction thread panicked"),
+                    ))
+                })
+            }
+            running => {
+                self.compaction = running;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes the snapshot file of the checkpoint at `index` (its bytes from `write`):
+/// temporary file, fsync, rename, directory fsync. Returns whether it got that far
+/// (`false` when a test's `stop` cut it short).
+fn write_snapshot(
+    directory: &Path,
+    index: u64,
+    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    stop: Option<CheckpointStep>,
+) -> Result<bool, StorageError> {
+    let path = directory.join(snapshot_file_name(index));
+    let temporary = temporary_path(&path);
+    let mut file =
+        File::create(&temporary).map_err(|error| StorageError::io("create", &temporary, error))?;
+    // The header (length and checksum) is known only once the payload is written.
+    let written = (|| -> std::io::Result<()> {
+        file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])?;
+        let mut payload = ChecksummedWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
+            length: 0,
+            checksum: 0,
+        };
+        write(&mut payload)?;
+        let (length, checksum) = (payload.length, payload.checksum);
+        payload.inner.flush()?;
+        drop(payload);
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.write_all(&encode_snapshot_header_of(index, length, checksum))
+    })();
+    written.map_err(|error| StorageError::io("write", &temporary, error))?;
+    if stop == Some(CheckpointStep::TemporaryWritten) {
+        return Ok(false);
+    }
+    file.sync_all()
+        .map_err(|error| StorageError::io("fsync", &temporary, error))?;
+    drop(file);
+    fs::rename(&temporary, &path).map_err(|error| StorageError::io("rename", &temporary, error))?;
+    if stop == Some(CheckpointStep::Renamed) {
+        return Ok(false);
+    }
+    sync_directory(directory)?;
+    Ok(true)
+}
+
+/// Deletes the segments and older snapshots that the durable checkpoint at `index`
+/// supersedes. This is only housekeeping: recovery ignores and deletes these files too,
+/// so the deletions need no fsync of their own.
+fn delete_superseded(
+    directory: &Path,
+    index: u64,
+    stop: Option<CheckpointStep>,
+) -> Result<(), StorageError> {
+    let listing = list_directory(directory)?;
+    for (_, path) in listing.segments.range(..=index) {
+        remove_file(path)?;
+    }
+    if stop == Some(CheckpointStep::SegmentsDeleted) {
+        return Ok(());
+    }
+    for (_, path) in listing.snapshots.range(..index) {
+        remove_file(path)?;
+    }
+    Ok(())
+}
+
+/// Passes writes on until `cancel` is set, then fails them: a compaction abandoned when its
+/// log is dropped stops at its next write.
+struct Cancellable<'a> {
+    inner: &'a mut dyn Write,
+    cancel: &'a AtomicBool,
+}
+
+impl Write for Cancellable<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: `write_all` retries that.
+            return Err(std::io::Error::other("the log was closed"));
+        }
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -1,4 +1,4 @@
-//! Crash tests by proptest: random appends, syncs and checkpoints on small segments, then a
+//! Crash tests by proptest: random appends, syncs, checkpoints and compactions on small segments, then a
 //! simulated crash (the unsynced tail of the last segment cut at a random offset, its last
 //! record perhaps bit-flipped) or bit rot (a flipped bit in synced data before the end of the
 //! log), then a reopen.
@@ -66,13 +66,16 @@ enum Operation {
     Append(Vec<u8>),
     Sync,
     Checkpoint(Vec<u8>),
+    /// A compaction written in the background, waited for before the next operation.
+    Compaction(Vec<u8>),
 }
 
 fn operations() -> impl Strategy<Value = Vec<Operation>> {
     let operation = prop_oneof![
-        8 => proptest::collection::vec(any::<u8>(), 0..80).prop_map(Operation::Append),
+        8 => proptest::collection::vec(any::<u8>(), 1..80).prop_map(Operation::Append),
         3 => Just(Operation::Sync),
         1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(Operation::Checkpoint),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(Operation::Compaction),
     ];
     proptest::collection::vec(operation, 1..40)
 }
@@ -135,6 +138,19 @@ fn run(directory: &Path, options: &WalOptions, operations: &[Operation]) -> Run 
                 assert_eq!(index, appended.len() as u64);
                 appended.push((record.clone(), true));
                 assert_eq!(wal.durable_records(), appended.len() as u64);
+            }
+            Operation::Compaction(record) => {
+                let bytes = record.clone();
+                let write = move |out: &mut dyn std::io::Write| out.write_all(&bytes);
+                let index = wal
+                    .append_compaction_with(Box::new(write))
+                    .expect("compacts");
+                assert_eq!(index, appended.len() as u64);
+                appended.push((record.clone(), true));
+                // Its placeholder and everything before it were synced.
+                assert_eq!(wal.durable_records(), appended.len() as u64);
+                wal.wait_for_compaction()
+                    .expect("the compaction is written");
             }
         }
     }

@@ -50,7 +50,7 @@ impl Subject {
         handler(&mut self.node, &mut ctx);
         let effects = ctx.into_effects();
         for effect in &effects {
-            if let Effect::Persist { record } | Effect::Checkpoint { record } = effect {
+            if let Effect::Persist { record } | Effect::Checkpoint { record, .. } = effect {
                 self.records.push(record.clone());
             }
         }
@@ -134,7 +134,7 @@ fn render_effect(effect: &Effect<PbNode>) -> String {
         Effect::SetTimer { timer, .. } => format!("set-timer {timer:?}"),
         Effect::CancelTimer { timer } => format!("cancel-timer {timer:?}"),
         Effect::Persist { record } => format!("persist {}", render_record(record)),
-        Effect::Checkpoint { record } => format!("checkpoint {}", render_record(record)),
+        Effect::Checkpoint { record, .. } => format!("checkpoint {}", render_record(record)),
         Effect::Sync => "sync".to_string(),
     }
 }

@@ -131,7 +131,8 @@ impl<S: StateMachine> ChurnNode<S> {
                 } => ctx.set_timer(ChurnTimer::Raft(timer), after_min, after_max),
                 Effect::CancelTimer { timer } => ctx.cancel_timer(ChurnTimer::Raft(timer)),
                 Effect::Persist { record } => ctx.persist(record),
-                Effect::Checkpoint { record } => ctx.checkpoint(record),
+                Effect::Checkpoint { record, derived } if derived => ctx.compact(record),
+                Effect::Checkpoint { record, .. } => ctx.checkpoint(record),
                 Effect::Sync => ctx.sync(),
             }
         }

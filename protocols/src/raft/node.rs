@@ -1885,7 +1885,8 @@ impl<S: StateMachine> RaftNode<S> {
             Ok((head, tail)) => StateImage::from_parts(head.into(), tail),
             Err(_) => StateImage::of(&self.state),
         };
-        self.checkpoint(image, ctx);
+        // State from the leader: no earlier record of ours determines it.
+        self.checkpoint(image, false, ctx);
         self.answer_ready_reads(ctx);
         reply(self, ctx, chunk.total_bytes, true);
     }
@@ -2050,7 +2051,8 @@ impl<S: StateMachine> RaftNode<S> {
         self.fold_configs();
         // An image being sent may now be older than the log's start: rebuilt when needed.
         self.snapshot = None;
-        self.checkpoint(StateImage::from_parts(head.into(), tail), ctx);
+        // The applied prefix of our own log: the records before it determine it.
+        self.checkpoint(StateImage::from_parts(head.into(), tail), true, ctx);
     }
 
     /// Encodes the applied state for followers that need a snapshot.
@@ -2089,12 +2091,13 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// Writes a checkpoint of the applied index: `state` (the state there), term, vote and
     /// the log after it. Entries the log keeps before it (for catching up followers) are
-    /// not written.
-    fn checkpoint(&mut self, state: StateImage<S>, ctx: &mut Context<Self>) {
+    /// not written. A `derived` checkpoint (a compaction of records we wrote) may be
+    /// written in the background (see [`Context::compact`]).
+    fn checkpoint(&mut self, state: StateImage<S>, derived: bool, ctx: &mut Context<Self>) {
         let last_index = self.applied_index;
         let last_term = self.log.term(last_index).unwrap_or(0);
         self.checkpoint_index = last_index;
-        ctx.checkpoint(RaftRecord::Snapshot(Box::new(SnapshotRecord {
+        let record = RaftRecord::Snapshot(Box::new(SnapshotRecord {
             term: self.term,
             voted_for: self.voted_for,
             last_index,
@@ -2106,7 +2109,12 @@ impl<S: StateMachine> RaftNode<S> {
                 .log
                 .slice(last_index + 1, self.log.last_index())
                 .to_vec(),
-        })));
+        }));
+        if derived {
+            ctx.compact(record);
+        } else {
+            ctx.checkpoint(record);
+        }
         ctx.sync();
     }
 

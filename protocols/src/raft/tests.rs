@@ -83,7 +83,7 @@ impl Cluster {
                     client, response, ..
                 } => self.replies.push((id, client, response)),
                 Effect::Persist { record } => self.disks[id.0 as usize].push(record),
-                Effect::Checkpoint { record } => self.disks[id.0 as usize] = vec![record],
+                Effect::Checkpoint { record, .. } => self.disks[id.0 as usize] = vec![record],
                 Effect::SetTimer { .. } | Effect::CancelTimer { .. } | Effect::Sync => {}
             }
         }
