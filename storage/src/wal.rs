@@ -916,8 +916,38 @@ fn put_segment_in_place(
     Ok((file, path))
 }
 
+/// How many bytes of zeros may be written ahead of the spare's writeback: the writer waits
+/// for older chunks to reach the disk before it writes more, so a spare never lands on
+/// the disk as one burst (64 MiB per member at once) that the log's own fsyncs queue
+/// behind.
+const SPARE_WRITE_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Starts writeback of `length` bytes of `file` at `offset` (`SYNC_FILE_RANGE_WRITE`), and
+/// first, when `wait`, waits for the writeback of that range's earlier pages. This is only
+/// pacing: durability still comes from the final fsync.
+fn start_writeback(file: &File, offset: u64, length: u64, wait: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    let (Ok(offset), Ok(length)) = (i64::try_from(offset), i64::try_from(length)) else {
+        return Ok(());
+    };
+    // SAFETY: sync_file_range reads no memory of ours; the descriptor is open for the
+    // whole call because `file` is borrowed.
+    let result = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, length, flags) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Writes `bytes` zeros to a fresh file at `path` and fsyncs it; stops early (an error)
-/// once `cancel` is set.
+/// once `cancel` is set. Writeback is started chunk by chunk and kept at most
+/// [`SPARE_WRITE_AHEAD_BYTES`] behind, so the disk sees a steady stream, not a burst.
 fn write_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> std::io::Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -936,6 +966,11 @@ fn write_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> std::io::Result<
         }
         let chunk = (bytes - written).min(zeros.len() as u64) as usize;
         file.write_all(&zeros[..chunk])?;
+        start_writeback(&file, written, chunk as u64, false)?;
+        if written >= SPARE_WRITE_AHEAD_BYTES {
+            // Wait for the chunks written well before this one.
+            start_writeback(&file, 0, written - SPARE_WRITE_AHEAD_BYTES, true)?;
+        }
         written += chunk as u64;
     }
     file.sync_all()?;
