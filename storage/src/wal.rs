@@ -783,8 +783,13 @@ fn write_snapshot(
     // The header (length and checksum) is known only once the payload is written.
     let written = (|| -> std::io::Result<()> {
         file.write_all(&[0u8; SNAPSHOT_HEADER_BYTES])?;
+        let paced = PacedWriter {
+            file: &mut file,
+            written: SNAPSHOT_HEADER_BYTES as u64,
+            started: 0,
+        };
         let mut payload = ChecksummedWriter {
-            inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
+            inner: std::io::BufWriter::with_capacity(1 << 20, paced),
             length: 0,
             checksum: 0,
         };
@@ -829,6 +834,37 @@ fn delete_superseded(
         remove_file(path)?;
     }
     Ok(())
+}
+
+/// Writes a file front to back, starting writeback every MiB and keeping at most
+/// [`WRITE_AHEAD_BYTES`] of it unwritten to the disk: a snapshot of hundreds of
+/// megabytes then streams to the disk instead of landing in one burst at its fsync, which
+/// the log's group commits would queue behind.
+struct PacedWriter<'a> {
+    file: &'a mut File,
+    /// Bytes of the file written so far.
+    written: u64,
+    /// Writeback was started for the bytes before this offset.
+    started: u64,
+}
+
+impl Write for PacedWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let count = self.file.write(bytes)?;
+        self.written += count as u64;
+        if self.written - self.started >= PREALLOCATE_CHUNK_BYTES as u64 {
+            start_writeback(self.file, self.started, self.written - self.started, false)?;
+            self.started = self.written;
+            if self.started > WRITE_AHEAD_BYTES {
+                start_writeback(self.file, 0, self.started - WRITE_AHEAD_BYTES, true)?;
+            }
+        }
+        Ok(count)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Passes writes on until `cancel` is set, then fails them: a compaction abandoned when its
@@ -916,11 +952,11 @@ fn put_segment_in_place(
     Ok((file, path))
 }
 
-/// How many bytes of zeros may be written ahead of the spare's writeback: the writer waits
-/// for older chunks to reach the disk before it writes more, so a spare never lands on
-/// the disk as one burst (64 MiB per member at once) that the log's own fsyncs queue
-/// behind.
-const SPARE_WRITE_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
+/// How many bytes may be written ahead of the writeback of a spare segment or a snapshot:
+/// the writer waits for older chunks to reach the disk before it writes more, so neither
+/// lands on the disk as one burst (64 MiB per member for a spare, hundreds for a large
+/// snapshot) that the log's own fsyncs queue behind.
+const WRITE_AHEAD_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Starts writeback of `length` bytes of `file` at `offset` (`SYNC_FILE_RANGE_WRITE`), and
 /// first, when `wait`, waits for the writeback of that range's earlier pages. This is only
@@ -947,7 +983,7 @@ fn start_writeback(file: &File, offset: u64, length: u64, wait: bool) -> std::io
 
 /// Writes `bytes` zeros to a fresh file at `path` and fsyncs it; stops early (an error)
 /// once `cancel` is set. Writeback is started chunk by chunk and kept at most
-/// [`SPARE_WRITE_AHEAD_BYTES`] behind, so the disk sees a steady stream, not a burst.
+/// [`WRITE_AHEAD_BYTES`] behind, so the disk sees a steady stream, not a burst.
 fn write_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> std::io::Result<File> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -967,9 +1003,9 @@ fn write_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> std::io::Result<
         let chunk = (bytes - written).min(zeros.len() as u64) as usize;
         file.write_all(&zeros[..chunk])?;
         start_writeback(&file, written, chunk as u64, false)?;
-        if written >= SPARE_WRITE_AHEAD_BYTES {
+        if written >= WRITE_AHEAD_BYTES {
             // Wait for the chunks written well before this one.
-            start_writeback(&file, 0, written - SPARE_WRITE_AHEAD_BYTES, true)?;
+            start_writeback(&file, 0, written - WRITE_AHEAD_BYTES, true)?;
         }
         written += chunk as u64;
     }

@@ -418,6 +418,37 @@ fn a_failed_compaction_fails_the_next_sync_and_a_dropped_log_abandons_one() {
 }
 
 #[test]
+fn a_snapshot_larger_than_the_write_ahead_window_streams_and_reads_back() {
+    let directory = TestDirectory::new();
+    let options = small_segments();
+    let (mut wal, _) = open(&directory, &options);
+    wal.append(&record(0)).expect("appends");
+    // 9 MiB in odd-sized writes: writeback is started and waited for many times over.
+    let expected: Vec<u8> = (0..9 * 1024 * 1024 + 17).map(|i| (i % 251) as u8).collect();
+    let source = expected.clone();
+    let write = move |out: &mut dyn Write| {
+        for chunk in source.chunks(300_007) {
+            out.write_all(chunk)?;
+        }
+        Ok(())
+    };
+    assert_eq!(
+        wal.append_compaction_with(Box::new(write))
+            .expect("compacts"),
+        1
+    );
+    wal.wait_for_compaction()
+        .expect("the compaction is written");
+    drop(wal);
+    let (_, recovered) = open(&directory, &options);
+    assert_eq!(recovered.len(), 1);
+    assert!(
+        recovered[0] == expected,
+        "the snapshot reads back as written"
+    );
+}
+
+#[test]
 fn empty_records_are_reserved() {
     let directory = TestDirectory::new();
     let (mut wal, _) = open(&directory, &small_segments());
