@@ -73,6 +73,7 @@ impl LocalCluster {
                 .args(["--initial-cluster", &peers.join(",")])
                 .args(["--initial-cluster-clients", &clients.join(",")])
                 .args(["--listen-metrics-url", &cluster.metrics[index]])
+                .args(["--worker-threads", &share_of_cores(count).to_string()])
                 .stdin(Stdio::null());
             if quiet {
                 command.env("RUST_LOG", "warn");
@@ -135,4 +136,13 @@ impl Drop for LocalCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// The worker threads each of `members` processes sharing this machine gets: an equal share
+/// of its cores, at least one. More threads than cores only add context switches between
+/// members: on 2 cores, 3 members at one thread each used 17% less CPU per serializable
+/// read than at two (21.5 against 25.8-27.0 µs, cpu per op over 5 s runs).
+pub fn share_of_cores(members: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / members.max(1)).max(1)
 }

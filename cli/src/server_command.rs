@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// --initial-cluster, after the members it joins). [default: new]
     #[arg(long, env = "SYNOD_INITIAL_CLUSTER_STATE")]
     pub initial_cluster_state: Option<String>,
+    /// Threads serving clients and peers. Members sharing one machine (`synod up`) get
+    /// an equal share of its cores each. [default: one per core]
+    #[arg(long, env = "SYNOD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
 }
 
 /// The same settings read from a TOML file.
@@ -79,6 +83,7 @@ struct FileSettings {
     max_request_bytes: Option<usize>,
     snapshot_threshold: Option<u64>,
     initial_cluster_state: Option<String>,
+    worker_threads: Option<u16>,
 }
 
 /// Parses `name=url,name=url`.
@@ -94,17 +99,26 @@ fn parse_pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// The member configuration these arguments describe.
-pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
-    let file: FileSettings = match &arguments.config {
+/// Reads the TOML file given with `--config`, if any.
+fn file_settings(arguments: &ServerArgs) -> Result<FileSettings> {
+    match &arguments.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
         }
-        None => FileSettings::default(),
-    };
+        None => Ok(FileSettings::default()),
+    }
+}
+
+/// The member configuration these arguments describe, and the worker thread count
+/// (`None`: one per core).
+fn member_settings(arguments: ServerArgs) -> Result<(MemberConfig, Option<u16>)> {
+    let file = file_settings(&arguments)?;
+    if file.worker_threads == Some(0) {
+        bail!("worker_threads in the config file must be at least 1");
+    }
+    let worker_threads = arguments.worker_threads.or(file.worker_threads);
     let name = arguments
         .name
         .or(file.name)
@@ -191,7 +205,7 @@ pub fn member_config(arguments: ServerArgs) -> Result<MemberConfig> {
     if let Some(bytes) = arguments.max_request_bytes.or(file.max_request_bytes) {
         config.max_request_bytes = bytes;
     }
-    Ok(config)
+    Ok((config, worker_threads))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: info).
@@ -230,8 +244,12 @@ pub async fn termination() {
 /// Runs the member until SIGTERM or Ctrl-C.
 pub fn run(arguments: ServerArgs) -> Result<ExitCode> {
     init_logging();
-    let config = member_config(arguments)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let (config, worker_threads) = member_settings(arguments)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(usize::from(threads));
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -244,4 +262,52 @@ pub fn run(arguments: ServerArgs) -> Result<ExitCode> {
         .await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> (tempfile::TempDir, ServerArgs) {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().join("synod.toml");
+        std::fs::write(&path, text).expect("writes the config file");
+        let arguments = ServerArgs {
+            config: Some(path),
+            ..ServerArgs::default()
+        };
+        (directory, arguments)
+    }
+
+    #[test]
+    fn worker_threads_come_from_the_flag_then_the_file_else_one_per_core() {
+        let (_, worker_threads) = member_settings(ServerArgs::default()).expect("defaults");
+        assert_eq!(worker_threads, None);
+        let (_directory, mut arguments) = with_file("worker_threads = 3\n");
+        let (_, worker_threads) = member_settings(ServerArgs {
+            config: arguments.config.clone(),
+            ..ServerArgs::default()
+        })
+        .expect("file");
+        assert_eq!(worker_threads, Some(3));
+        arguments.worker_threads = Some(1);
+        let (_, worker_threads) = member_settings(arguments).expect("flag");
+        assert_eq!(worker_threads, Some(1), "the flag wins over the file");
+    }
+
+    #[test]
+    fn zero_worker_threads_in_the_file_is_refused() {
+        let (_directory, arguments) = with_file("worker_threads = 0\n");
+        let error = member_settings(arguments).expect_err("zero threads");
+        assert!(error.to_string().contains("worker_threads"), "{error}");
+    }
+
+    #[test]
+    fn members_sharing_a_machine_split_its_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(crate::local_cluster::share_of_cores(1), cores);
+        assert_eq!(crate::local_cluster::share_of_cores(3), (cores / 3).max(1));
+        assert_eq!(crate::local_cluster::share_of_cores(0), cores);
+        assert_eq!(crate::local_cluster::share_of_cores(cores + 1), 1);
+    }
 }

@@ -173,6 +173,11 @@ impl EtcdLauncher {
             let log = fs::File::create(&log_path)
                 .with_context(|| format!("cannot create {}", log_path.display()))?;
             let child = Command::new(&self.binary)
+                // The same share of the cores as the Synod members get (`synod up`).
+                .env(
+                    "GOMAXPROCS",
+                    crate::local_cluster::share_of_cores(self.members).to_string(),
+                )
                 .arg("--name")
                 .arg(&names[member])
                 .arg("--data-dir")
