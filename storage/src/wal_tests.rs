@@ -71,6 +71,14 @@ fn record(index: usize) -> Vec<u8> {
     format!("record {index}").into_bytes()
 }
 
+/// Appends `record(index)` for each index, then syncs.
+fn append_synced(wal: &mut Wal, indexes: std::ops::Range<usize>) {
+    for index in indexes {
+        wal.append(&record(index)).expect("appends");
+    }
+    wal.sync().expect("syncs");
+}
+
 fn flip_byte(path: &Path, offset: usize) {
     let mut bytes = fs::read(path).expect("readable");
     bytes[offset] ^= 0x10;
@@ -116,10 +124,7 @@ fn full_segments_roll_over_and_read_back_in_order() {
     let directory = TestDirectory::new();
     let options = small_segments();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..20 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..20);
     drop(wal);
     let names = directory.names();
     assert!(names.len() > 3, "expected several segments: {names:?}");
@@ -181,10 +186,7 @@ fn a_bad_record_followed_by_a_good_one_refuses_to_open_and_says_where() {
     let directory = TestDirectory::new();
     let options = WalOptions::default();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..3 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..3);
     drop(wal);
     let path = directory.path().join(segment_file_name(0));
     let second = SEGMENT_HEADER_BYTES + 16 + record(0).len();
@@ -212,10 +214,7 @@ fn a_bad_record_in_a_closed_segment_refuses_to_open() {
     let directory = TestDirectory::new();
     let options = small_segments();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..20 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..20);
     drop(wal);
     // The last record of the first segment: no record follows it in its own file.
     let path = directory.path().join(segment_file_name(0));
@@ -230,10 +229,7 @@ fn a_missing_segment_is_a_gap_not_a_shorter_log() {
     let directory = TestDirectory::new();
     let options = small_segments();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..20 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..20);
     drop(wal);
     let names = directory.names();
     fs::remove_file(directory.path().join(&names[1])).expect("removes");
@@ -271,10 +267,7 @@ fn checkpoints_supersede_earlier_records_and_files() {
     let directory = TestDirectory::new();
     let options = small_segments();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..10 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..10);
     assert_eq!(wal.append(b"unsynced, superseded").expect("appends"), 10);
     assert_eq!(
         wal.append_checkpoint(b"state after 11")
@@ -317,10 +310,7 @@ fn a_compaction_is_written_while_appends_and_syncs_go_on() {
     let directory = TestDirectory::new();
     let options = small_segments();
     let (mut wal, _) = open(&directory, &options);
-    for index in 0..10 {
-        wal.append(&record(index)).expect("appends");
-    }
-    wal.sync().expect("syncs");
+    append_synced(&mut wal, 0..10);
     wal.append(b"unsynced before the compaction")
         .expect("appends");
     let (write, gate) = gated_compaction(b"state after 11");
