@@ -328,6 +328,9 @@ pub struct Simulation<C: Client, W: Workload<Operation = C::Operation, Output = 
     scripted_nemesis: bool,
     blocked: BTreeSet<(Endpoint, Endpoint)>,
     faults_active: bool,
+    /// Replaying a model checker's path: compactions are written only when the path
+    /// says so, never at random.
+    replaying: bool,
     healed_at: Option<Time>,
     next_timer_generation: u64,
     network_rng: Rng,
@@ -412,6 +415,7 @@ where
             scripted_nemesis: false,
             blocked: BTreeSet::new(),
             faults_active: true,
+            replaying: false,
             healed_at: None,
             next_timer_generation: 0,
             network_rng: Rng::derive(seed, STREAM_NETWORK),
@@ -499,6 +503,7 @@ where
     pub fn replay(mut self, actions: &[ClusterAction<C>]) -> RunReport {
         let started = Instant::now();
         self.faults_active = false;
+        self.replaying = true;
         self.boot_nodes();
         self.settle_syncs();
         for action in actions {
@@ -528,6 +533,9 @@ where
                 ClusterAction::CompleteSync { .. } => {}
                 ClusterAction::Crash { node } => self.crash(node, false),
                 ClusterAction::Restart { node } => self.restart(node),
+                ClusterAction::WriteCompaction { node } => {
+                    land_compaction(&mut self.nodes[node.0 as usize]);
+                }
             }
             self.settle_syncs();
             self.check_invariants();
@@ -822,7 +830,7 @@ where
         }
         // A compaction written in the background lands at some later sync, or never if
         // the node crashes first.
-        if slot.compaction.is_some() && self.disk_rng.chance(0.5) {
+        if slot.compaction.is_some() && !self.replaying && self.disk_rng.chance(0.5) {
             land_compaction(slot);
         }
         let newly_durable = slot.life_durable as usize..records as usize;

@@ -340,3 +340,66 @@ fn a_directed_search_catches_the_figure_8_leader() {
 fn the_correct_leader_passes_the_figure_8_search() {
     assert_eq!(figure8_search(RaftVariant::Correct), None);
 }
+
+/// A snapshot after every applied entry, crashes allowed: a directed search steers to a
+/// leader whose compaction is durable but unwritten, crashes it there (it recovers from the
+/// records the compaction stood for) and restarts it; every state on the way, and every
+/// interleaving from there to a small depth, stays safe and linearizable.
+#[test]
+fn crashes_that_find_a_compaction_unwritten_stay_safe() {
+    type State = ClusterState<KvClient>;
+    let put = KvCommand::Put {
+        key: "k".to_string(),
+        value: "a".to_string(),
+    };
+    let get = KvCommand::Get {
+        key: "k".to_string(),
+    };
+    let raft = RaftConfig {
+        snapshot_threshold_entries: 1,
+        ..RaftConfig::default()
+    };
+    let model = ClusterModel::new(
+        3,
+        move |_| KvRaft::new(RaftVariant::Correct, raft),
+        NetworkSemantics::Redeliverable,
+    )
+    .client(client(0), vec![put])
+    .client(client(1), vec![get])
+    .max_crashes(1)
+    .invariant(
+        "election, log, leader-completeness and state-machine safety",
+        |state: &State| check_all(running(state)).is_ok(),
+    )
+    .invariant("the history is linearizable", |state: &State| {
+        kv_history_linearizable(&state.history)
+    })
+    .prune(|state: &State| running(state).any(|(_, node)| node.term() > TERM_MAX));
+    fn anything(_: &State) -> bool {
+        true
+    }
+    let mut milestones = election(0, 1, 1, anything);
+    milestones.extend([
+        Milestone::new(
+            "n0 holds a durable, unwritten compaction",
+            |state: &State| state.nodes[0].unwritten_compaction.is_some(),
+        ),
+        Milestone::new("a crash finds the compaction unwritten", |state: &State| {
+            state.unwritten_compactions_lost == 1
+        }),
+        Milestone::new("n0 runs again", |state: &State| {
+            state.nodes[0].state.is_some()
+        }),
+    ]);
+    let path = match through_milestones(&model, &milestones, 8, 30_000) {
+        Directed::Reached(path) => path,
+        Directed::Violation { property, .. } => panic!("{property}"),
+        Directed::Unreached { milestone, .. } => panic!("milestone {milestone:?} unreached"),
+    };
+    // The restarted leader recovered the entry its lost compaction covered.
+    let restarted = path.last_state().nodes[0].state.as_ref().unwrap();
+    assert!(restarted.log().last_index() >= 1, "n0 lost its log");
+    let from_there = StartingAt::new(&model, path.last_state().clone());
+    let report = Checker::new(&from_there).max_depth(5).threads(2).bfs();
+    assert_ne!(report.verdict(), Verdict::Violation, "{report}");
+}

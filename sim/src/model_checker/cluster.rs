@@ -23,6 +23,9 @@
 //! - **Crash** a running node (at most `max_crashes` crashes in a path) and **restart** a
 //!   crashed one from its durable records.
 //! - **Complete a sync**, only with [`SyncTiming::Deferred`].
+//! - **Write a compaction** ([`synod_core::node::Context::compact`]): a durable compaction
+//!   stays unwritten, and the records it stands for stay in its place, until this action
+//!   writes it; a crash before that drops it, and the node recovers from those records.
 //!
 //! # Durability and the output-commit rule
 //!
@@ -203,8 +206,11 @@ pub struct NodeSlot<C: Client> {
     pub state: Option<NodeOf<C>>,
     /// Records that survive a crash, oldest first, from every life.
     pub durable: Vec<<NodeOf<C> as Node>::Record>,
-    /// Records appended in this life and not yet synced, each with whether it is a checkpoint.
-    pub unsynced: Vec<(<NodeOf<C> as Node>::Record, bool)>,
+    /// Records appended in this life and not yet synced, each with its kind.
+    pub unsynced: Vec<(<NodeOf<C> as Node>::Record, RecordKind)>,
+    /// A durable compaction not yet written in place of the records it stands for: how
+    /// many of `durable` it covers, and the compaction.
+    pub unwritten_compaction: Option<(usize, <NodeOf<C> as Node>::Record)>,
     /// Records synced in this life (the gate counts within a life).
     life_durable: u64,
     /// With deferred syncs: the records (counted within this life) that a requested sync
@@ -218,6 +224,17 @@ pub struct NodeSlot<C: Client> {
     held: Vec<u64>,
     /// Pending timers.
     pub timers: BTreeSet<<NodeOf<C> as Node>::Timer>,
+}
+
+/// What an appended record is to storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// An ordinary record.
+    Plain,
+    /// A checkpoint: once durable it supersedes every earlier record.
+    Checkpoint,
+    /// A compaction: a checkpoint written some time after it is durable.
+    Compaction,
 }
 
 /// One client's part of the global state.
@@ -266,6 +283,8 @@ pub struct ClusterState<C: Client, G = ()> {
     pub history: Vec<HistoryEvent<C>>,
     /// Crashes so far on this path.
     pub crashes: u32,
+    /// Crashes on this path that found a compaction unwritten.
+    pub unwritten_compactions_lost: u32,
     /// Ghost state: not part of any node, updated by the model's observer after every step
     /// (for properties about the path rather than one state, e.g. "a view number always
     /// names the same view").
@@ -322,6 +341,11 @@ pub enum ClusterAction<C: Client> {
     },
     /// A crashed node restarts from its durable records.
     Restart {
+        /// The node.
+        node: NodeId,
+    },
+    /// A node's durable compaction is written in place of the records it stands for.
+    WriteCompaction {
         /// The node.
         node: NodeId,
     },
@@ -610,6 +634,9 @@ impl<C: CheckableClient, G: Ghost> ClusterModel<C, G> {
                 assert!(slot.state.is_some(), "only a running node crashes");
                 slot.state = None;
                 slot.unsynced.clear();
+                if slot.unwritten_compaction.take().is_some() {
+                    state.unwritten_compactions_lost += 1;
+                }
                 slot.life_durable = 0;
                 slot.sync_requested = 0;
                 slot.gate.crash();
@@ -624,6 +651,9 @@ impl<C: CheckableClient, G: Ghost> ClusterModel<C, G> {
                 slot.state = Some((self.make_node)(node));
                 let records = slot.durable.clone();
                 self.with_node(state, node, |node, ctx| node.on_recover(records, ctx));
+            }
+            ClusterAction::WriteCompaction { node } => {
+                write_compaction(&mut state.nodes[node.0 as usize]);
             }
         }
     }
@@ -668,10 +698,15 @@ fn apply_node_effect<C: Client, G>(
         Effect::CancelTimer { timer } => {
             slot.timers.remove(&timer);
         }
-        Effect::Persist { record } => slot.unsynced.push((record, false)),
-        // A compaction is explored as written at once: the model checker does not search
-        // the crashes that find it still unwritten (the simulator does).
-        Effect::Checkpoint { record, .. } => slot.unsynced.push((record, true)),
+        Effect::Persist { record } => slot.unsynced.push((record, RecordKind::Plain)),
+        Effect::Checkpoint { record, derived } => {
+            let kind = if derived {
+                RecordKind::Compaction
+            } else {
+                RecordKind::Checkpoint
+            };
+            slot.unsynced.push((record, kind));
+        }
         Effect::Sync => {
             let appended = slot.life_durable + slot.unsynced.len() as u64;
             match sync_timing {
@@ -688,12 +723,22 @@ fn apply_node_effect<C: Client, G>(
 fn make_durable<C: Client>(slot: &mut NodeSlot<C>, network: &mut Network<C>, records: u64) {
     assert!(records >= slot.life_durable, "durability never goes back");
     let newly_durable = (records - slot.life_durable) as usize;
-    for (record, checkpoint) in slot.unsynced.drain(..newly_durable) {
-        if checkpoint {
-            // A durable checkpoint supersedes every earlier record.
-            slot.durable.clear();
+    let newly: Vec<_> = slot.unsynced.drain(..newly_durable).collect();
+    for (record, kind) in newly {
+        match kind {
+            RecordKind::Plain => slot.durable.push(record),
+            RecordKind::Checkpoint => {
+                // A durable checkpoint supersedes every earlier record.
+                slot.durable.clear();
+                slot.unwritten_compaction = None;
+                slot.durable.push(record);
+            }
+            RecordKind::Compaction => {
+                // Storage finishes one compaction before it starts the next.
+                write_compaction(slot);
+                slot.unwritten_compaction = Some((slot.durable.len(), record));
+            }
         }
-        slot.durable.push(record);
     }
     slot.life_durable = records;
     let released = slot.gate.durable(records);
@@ -707,6 +752,14 @@ fn make_durable<C: Client>(slot: &mut NodeSlot<C>, network: &mut Network<C>, rec
         network.send(packet);
     }
     slot.held.sort_unstable();
+}
+
+/// Writes a node's durable compaction in place of the records it stands for.
+fn write_compaction<C: Client>(slot: &mut NodeSlot<C>) {
+    if let Some((covers, record)) = slot.unwritten_compaction.take() {
+        slot.durable.drain(..covers);
+        slot.durable.insert(0, record);
+    }
 }
 
 /// Offers an output to a node's gate; sends it if nothing it depends on is unsynced.
@@ -748,6 +801,7 @@ impl<C: CheckableClient, G: Ghost> Model for ClusterModel<C, G> {
                     state: Some((self.make_node)(node)),
                     durable: Vec::new(),
                     unsynced: Vec::new(),
+                    unwritten_compaction: None,
                     life_durable: 0,
                     sync_requested: 0,
                     gate: OutputGate::new(0),
@@ -769,6 +823,7 @@ impl<C: CheckableClient, G: Ghost> Model for ClusterModel<C, G> {
             network: Network::new(self.network),
             history: Vec::new(),
             crashes: 0,
+            unwritten_compactions_lost: 0,
             ghost: G::default(),
         };
         for &node in &self.members {
@@ -805,6 +860,9 @@ impl<C: CheckableClient, G: Ghost> Model for ClusterModel<C, G> {
             if slot.state.is_some() {
                 if slot.sync_requested > slot.life_durable {
                     actions.push(ClusterAction::CompleteSync { node });
+                }
+                if slot.unwritten_compaction.is_some() {
+                    actions.push(ClusterAction::WriteCompaction { node });
                 }
                 for timer in &slot.timers {
                     actions.push(ClusterAction::NodeTimer {
