@@ -122,6 +122,7 @@ pub(crate) fn spawn_storage_thread<L: RecordLog>(
                             checkpoint,
                         } => {
                             log.append(&payload, checkpoint)?;
+                            crate::metrics::record_wal_append(payload.len());
                             *appended += 1;
                             Ok(false)
                         }

@@ -109,7 +109,7 @@ impl Metrics {
         let wal_bytes = Counter::default();
         registry.register(
             "wal_bytes",
-            "Bytes appended to the write-ahead log",
+            "Payload bytes of the records appended to the write-ahead log",
             wal_bytes.clone(),
         );
         let reads_local = Counter::default();
@@ -210,6 +210,12 @@ where
             result
         })
     }
+}
+
+/// Records one record of `bytes` appended to the write-ahead log (its payload; checkpoints,
+/// which go to snapshot files, are not counted).
+pub fn record_wal_append(bytes: usize) {
+    metrics().wal_bytes.inc_by(bytes as u64);
 }
 
 /// Records one fsync.

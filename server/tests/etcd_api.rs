@@ -380,6 +380,13 @@ async fn metrics_and_health_over_http() {
     ] {
         assert!(body.contains(expected), "missing {expected} in:\n{body}");
     }
+    // The put above went through this member's write-ahead log.
+    let wal_bytes: u64 = body
+        .lines()
+        .find_map(|line| line.strip_prefix("synod_wal_bytes_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("synod_wal_bytes_total has a value");
+    assert!(wal_bytes > 0, "no WAL bytes counted:\n{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
