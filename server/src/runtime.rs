@@ -264,6 +264,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
                 sync_wanted: false,
+                storage_jobs: Vec::new(),
                 next_generation: 0,
                 waiters: BTreeMap::new(),
                 storage,
@@ -511,9 +512,11 @@ struct Driver<N: Node> {
     timers: BTreeMap<N::Timer, Armed>,
     /// A handler asked for a sync that was not requested from the storage thread yet.
     sync_wanted: bool,
+    /// Storage jobs of this batch of inputs, sent to the storage thread together at its end.
+    storage_jobs: Vec<StorageJob>,
     next_generation: u64,
     waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
-    storage: std_mpsc::Sender<StorageJob>,
+    storage: std_mpsc::Sender<Vec<StorageJob>>,
     peers: PeerSender<N::Message>,
     inbox: mpsc::Sender<Input<N>>,
     observe: Box<dyn FnMut(&N) + Send>,
@@ -531,7 +534,7 @@ impl<N: RuntimeNode> Driver<N> {
             None => node.on_start(ctx),
             Some(records) => node.on_recover(records, ctx),
         });
-        self.request_sync();
+        self.flush_storage();
     }
 
     /// Handles inputs until the node stops. The node is locked for writing while a batch
@@ -558,17 +561,21 @@ impl<N: RuntimeNode> Driver<N> {
                     Step::Unchanged => {}
                 }
             }
-            self.request_sync();
+            self.flush_storage();
             if changed {
                 (self.observe)(&node);
             }
         }
     }
 
-    /// Asks the storage thread for a sync if a handler asked for one since the last request.
-    fn request_sync(&mut self) {
+    /// Sends this batch's storage jobs to the storage thread, ending with a sync if a
+    /// handler asked for one since the last request.
+    fn flush_storage(&mut self) {
         if std::mem::take(&mut self.sync_wanted) {
-            let _ = self.storage.send(StorageJob::Sync);
+            self.storage_jobs.push(StorageJob::Sync);
+        }
+        if !self.storage_jobs.is_empty() {
+            let _ = self.storage.send(std::mem::take(&mut self.storage_jobs));
         }
     }
 
@@ -740,7 +747,7 @@ impl<N: RuntimeNode> Driver<N> {
         self.appended += 1;
         match postcard::to_stdvec(record) {
             Ok(payload) => {
-                let _ = self.storage.send(StorageJob::Append {
+                self.storage_jobs.push(StorageJob::Append {
                     payload,
                     checkpoint,
                 });
@@ -751,6 +758,7 @@ impl<N: RuntimeNode> Driver<N> {
                 tracing::error!(%error, "cannot encode a record; the node will stop");
                 let (closed, _) = std_mpsc::channel();
                 self.storage = closed;
+                self.storage_jobs.clear();
             }
         }
     }
@@ -772,7 +780,7 @@ impl<N: RuntimeNode> Driver<N> {
         } else {
             StorageJob::Checkpoint(Box::new(write))
         };
-        let _ = self.storage.send(job);
+        self.storage_jobs.push(job);
     }
 
     fn emit(&mut self, output: Output<N>) {
