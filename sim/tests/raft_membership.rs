@@ -262,7 +262,8 @@ fn lease_reads_stay_linearizable_through_transfers_and_changes() {
 
 #[test]
 fn the_single_step_change_elects_two_leaders_in_one_term() {
-    let count = seeds(40);
+    // About 1.5% of seeds elect two leaders in one term (4 of the first 150, 5 of 300).
+    let count = seeds(150);
     let seeds: Vec<u64> = (1..=count).collect();
     let faults: FaultSet = "partition,crash".parse().expect("valid fault list");
     let results = synod_sim::sweep::sweep(

@@ -275,6 +275,58 @@ fn votes_and_acknowledgements_leave_only_after_their_records() {
     assert_eq!(vote_required, persisted, "the vote waits for every record");
 }
 
+/// Section 10.2.1 of Ongaro's thesis: a leader sends a new entry to its followers without
+/// waiting for its own record of it, but counts itself toward the commit only through an
+/// acknowledgement to itself that waits for that record.
+#[test]
+fn a_leader_replicates_a_new_entry_before_its_own_record_is_durable() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    let request = KvRequest {
+        sequence: 1,
+        acknowledged_below: 1,
+        command: put("a"),
+    };
+    let effects = cluster.handle(NodeId(0), |node, ctx| {
+        node.on_request(ClientId(9), request, ctx)
+    });
+    let appended = effects
+        .iter()
+        .filter(|effect| matches!(effect, Effect::Persist { .. }))
+        .count();
+    assert_eq!(appended, 1, "{effects:?}");
+    let mut to_followers = Vec::new();
+    let mut to_itself = Vec::new();
+    for effect in &effects {
+        if let Effect::Send {
+            to,
+            message,
+            records_required,
+        } = effect
+        {
+            match message {
+                RaftMessage::AppendEntries { entries, .. } if !entries.is_empty() => {
+                    to_followers.push(*records_required)
+                }
+                RaftMessage::AppendReply { .. } if *to == NodeId(0) => {
+                    to_itself.push(*records_required)
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(to_followers.len(), 2, "{effects:?}");
+    assert_eq!(to_itself.len(), 1, "{effects:?}");
+    assert!(
+        to_followers.iter().all(|&required| required < to_itself[0]),
+        "the appends wait for the entry's record: {effects:?}"
+    );
+    // Nothing is committed before the followers or the leader's own record answer.
+    let before = cluster.node(0).commit_index();
+    cluster.deliver_all();
+    assert_eq!(cluster.node(0).commit_index(), before + 1);
+}
+
 /// Elects n0, lets it append an entry alone, deposes it, then elects it again with
 /// one-entry messages and reports every commit index it reached with the entry's term.
 fn commits_of_a_reelected_leader(variant: RaftVariant) -> Vec<(u64, Option<u64>)> {
