@@ -264,6 +264,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 gate: OutputGate::new(0),
                 timers: BTreeMap::new(),
                 sync_wanted: false,
+                sync_requested: 0,
                 storage_jobs: Vec::new(),
                 next_generation: 0,
                 waiters: BTreeMap::new(),
@@ -512,6 +513,8 @@ struct Driver<N: Node> {
     timers: BTreeMap<N::Timer, Armed>,
     /// A handler asked for a sync that was not requested from the storage thread yet.
     sync_wanted: bool,
+    /// Records appended (in this life) when the last sync was requested.
+    sync_requested: u64,
     /// Storage jobs of this batch of inputs, sent to the storage thread together at its end.
     storage_jobs: Vec<StorageJob>,
     next_generation: u64,
@@ -571,8 +574,11 @@ impl<N: RuntimeNode> Driver<N> {
     /// Sends this batch's storage jobs to the storage thread, ending with a sync if a
     /// handler asked for one since the last request.
     fn flush_storage(&mut self) {
-        if std::mem::take(&mut self.sync_wanted) {
+        // A sync covers every record appended before it: a request with no record appended
+        // since the last one would only wake the storage thread to report the same count.
+        if std::mem::take(&mut self.sync_wanted) && self.appended > self.sync_requested {
             self.storage_jobs.push(StorageJob::Sync);
+            self.sync_requested = self.appended;
         }
         if !self.storage_jobs.is_empty() {
             let _ = self.storage.send(std::mem::take(&mut self.storage_jobs));

@@ -1,33 +1,31 @@
-//! One HTTP/2 connection the benchmark's clients share, as a gRPC transport.
+//! One HTTP/2 connection the benchmark's clients share, and unary gRPC calls over it.
 //!
-//! tonic's `Channel` puts a buffer task between its callers and the connection: every request
-//! is handed to that task over a channel and its answer handed back, so each call pays two
-//! extra task wake-ups on top of hyper's own hand-off to the connection task. On the 2-core
-//! machines the benchmark runs on, where the client shares the CPU with the cluster it
-//! measures, that overhead is taken from the servers. This transport is hyper's HTTP/2
-//! client connection used directly: requests go straight into hyper's dispatch, and the
-//! connection's flow control, framing and multiplexing are hyper's and h2's, as in `Channel`.
-//! Both sides of a `--compare-etcd` run use it, so it changes no ratio's fairness.
+//! Written on `h2` rather than tonic's client because the benchmark's client shares the
+//! machine's cores with the cluster it measures, and every microsecond it spends per call is
+//! taken from the servers. tonic's `Channel` hands each call to a buffer task and back (two
+//! task wake-ups), and hyper's HTTP/2 client, even used directly, spawns a task per call to
+//! await the response (and another to send the body when the stream has no send capacity
+//! yet). Here the calling task sends the request, its one DATA frame and awaits the response
+//! itself; `h2` still does the framing, flow control and multiplexing. This module adds only
+//! gRPC's message framing (a flag byte and a 4-byte length) and reads `grpc-status` from the
+//! trailers. Both sides of a `--compare-etcd` run use it, so it changes no ratio's fairness.
 
 use anyhow::{Context, Result};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Poll, ready};
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
 use std::time::Duration;
-use synod_server::api::etcdserverpb::kv_client::KvClient;
 use tokio::net::TcpStream;
-use tonic::body::Body;
+use tonic::{Code, Status};
+
+/// gRPC's message prefix: a compression flag byte and a big-endian 4-byte length.
+const PREFIX: usize = 5;
 
 /// A cheap handle to one HTTP/2 connection; clones share the connection.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    sender: SendRequest<Body>,
+    sender: SendRequest<Bytes>,
     /// Scheme and authority every request names (HTTP/2 needs them in each request).
-    origin: http::Uri,
+    origin: String,
 }
 
 impl Connection {
@@ -46,8 +44,7 @@ impl Connection {
             .with_context(|| format!("connecting to {url} took longer than {timeout:?}"))?
             .with_context(|| format!("cannot connect to {url}: is the server running there?"))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
+        let (sender, connection) = h2::client::handshake(stream)
             .await
             .with_context(|| format!("HTTP/2 handshake with {url} failed"))?;
         tokio::spawn(async move {
@@ -57,27 +54,146 @@ impl Connection {
         });
         Ok(Connection {
             sender,
-            origin: uri,
+            origin: format!("http://{authority}"),
         })
     }
 
-    /// A KV client on this connection.
-    pub fn kv(&self) -> KvClient<Connection> {
-        KvClient::with_origin(self.clone(), self.origin.clone())
+    /// Calls the unary method at `path` (`/package.Service/Method`) with `request`.
+    pub async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, Status> {
+        let length = request.encoded_len();
+        let mut body = BytesMut::with_capacity(PREFIX + length);
+        body.put_u8(0);
+        body.put_u32(u32::try_from(length).map_err(|_| Status::internal("request too large"))?);
+        request
+            .encode(&mut body)
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let head = http::Request::post(format!("{}{path}", self.origin))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .map_err(|error| Status::internal(error.to_string()))?;
+        let mut sender = self.sender.clone().ready().await.map_err(transport)?;
+        let (response, mut send) = sender.send_request(head, false).map_err(transport)?;
+        // Buffered by h2 until the stream has send capacity: no waiting here.
+        send.send_data(body.freeze(), true).map_err(transport)?;
+        let response = response.await.map_err(transport)?;
+        let (head, mut received) = response.into_parts();
+        // A trailers-only response (an error before any message) carries its status in
+        // the headers.
+        if let Some(status) = status_of(&head.headers) {
+            return Err(status);
+        }
+        if head.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!("HTTP status {}", head.status)));
+        }
+        let mut message = BytesMut::new();
+        while let Some(chunk) = received.data().await {
+            let chunk = chunk.map_err(transport)?;
+            let _ = received.flow_control().release_capacity(chunk.len());
+            message.extend_from_slice(&chunk);
+        }
+        let trailers = received.trailers().await.map_err(transport)?;
+        match trailers.as_ref().and_then(status_of) {
+            Some(status) => return Err(status),
+            None if trailers.is_none() => {
+                return Err(Status::internal("the response ended without grpc-status"));
+            }
+            None => {}
+        }
+        if message.len() < PREFIX {
+            return Err(Status::internal("the response has no message"));
+        }
+        if message[0] != 0 {
+            return Err(Status::internal("the response is compressed"));
+        }
+        let declared = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
+        let payload = &message[PREFIX..];
+        if payload.len() != declared as usize {
+            return Err(Status::internal(format!(
+                "the response's message is {} bytes, its prefix says {declared}",
+                payload.len()
+            )));
+        }
+        Resp::decode(payload).map_err(|error| Status::internal(error.to_string()))
     }
 }
 
-impl tower::Service<Request<Body>> for Connection {
-    type Response = Response<Incoming>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+/// The gRPC status in `headers`, if it names one other than OK; OK maps to `None`.
+fn status_of(headers: &http::HeaderMap) -> Option<Status> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    if code == 0 {
+        return None;
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|value| value.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    Some(Status::new(Code::from_i32(code), message))
+}
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
-        ready!(self.sender.poll_ready(cx))?;
-        Poll::Ready(Ok(()))
+/// Undoes gRPC's percent-encoding of `grpc-message`.
+fn percent_decode(text: &str) -> String {
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = match bytes.get(index..index + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)),
+            _ => None,
+        };
+        match escaped {
+            Some((high, low)) => {
+                out.push((high * 16 + low) as u8);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connection-level failure as a gRPC status (as tonic reports them).
+fn transport(error: h2::Error) -> Status {
+    Status::unavailable(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(
+            percent_decode("etcdserver:%20no%20leader"),
+            "etcdserver: no leader"
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        Box::pin(self.sender.send_request(request))
+    #[test]
+    fn a_status_in_headers_is_read_and_ok_is_none() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", "0".parse().unwrap());
+        assert!(status_of(&headers).is_none());
+        headers.insert("grpc-status", "14".parse().unwrap());
+        headers.insert("grpc-message", "etcdserver:%20no%20leader".parse().unwrap());
+        let status = status_of(&headers).unwrap();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "etcdserver: no leader");
     }
 }

@@ -10,10 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use synod_server::api::etcdserverpb::kv_client::KvClient;
 use synod_server::api::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
+    Compare, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    TxnResponse, compare, request_op,
 };
+
+/// The etcd KV methods the benchmark calls.
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
 
 /// How keys are chosen.
 #[derive(Clone, Copy, Debug)]
@@ -174,7 +179,7 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
 
     let mut tasks = Vec::with_capacity(workload.clients);
     for client in 0..workload.clients {
-        let kv = channels[client % channels.len()].kv();
+        let kv = channels[client % channels.len()].clone();
         tasks.push(tokio::spawn(run_client(
             kv,
             workload.clone(),
@@ -209,7 +214,7 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
 }
 
 async fn run_client(
-    mut kv: KvClient<Connection>,
+    kv: Connection,
     workload: Workload,
     client: u64,
     shared: Arc<Shared>,
@@ -245,7 +250,7 @@ async fn run_client(
         };
         let key = key_bytes(key_index, workload.key_size);
         let outcome =
-            tokio::time::timeout(workload.request_timeout, issue(&mut kv, kind, key, &value)).await;
+            tokio::time::timeout(workload.request_timeout, issue(&kv, kind, key, &value)).await;
         let completed_at = Instant::now();
         shared.completed_all.fetch_add(1, Ordering::Relaxed);
         let failure = match outcome {
@@ -285,7 +290,7 @@ async fn run_client(
 
 /// Sends one request; an error is (kind, message).
 async fn issue(
-    kv: &mut KvClient<Connection>,
+    kv: &Connection,
     kind: OpKind,
     key: Vec<u8>,
     value: &[u8],
@@ -299,7 +304,7 @@ async fn issue(
                 value: value.to_vec(),
                 ..Default::default()
             };
-            kv.put(request).await.map_err(status_error)?;
+            let _: PutResponse = kv.unary(PUT, &request).await.map_err(status_error)?;
         }
         OpKind::Get | OpKind::GetSerializable => {
             let request = RangeRequest {
@@ -307,7 +312,7 @@ async fn issue(
                 serializable: kind == OpKind::GetSerializable,
                 ..Default::default()
             };
-            kv.range(request).await.map_err(status_error)?;
+            let _: RangeResponse = kv.unary(RANGE, &request).await.map_err(status_error)?;
         }
         OpKind::Txn => {
             // Compare-and-put: the compare (mod revision below the largest revision) always
@@ -331,7 +336,7 @@ async fn issue(
                 }],
                 failure: Vec::new(),
             };
-            let response = kv.txn(request).await.map_err(status_error)?.into_inner();
+            let response: TxnResponse = kv.unary(TXN, &request).await.map_err(status_error)?;
             if !response.succeeded {
                 return Err((
                     "txn compare failed".to_string(),
