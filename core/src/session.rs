@@ -109,8 +109,13 @@ impl<R: Clone> SessionTable<R> {
         let session = self.sessions.entry(client).or_default();
         if acknowledged_below > session.acknowledged_below {
             session.acknowledged_below = acknowledged_below;
-            // Keep only results the client may still retry.
-            session.results = session.results.split_off(&acknowledged_below);
+            // Keep only results the client may still retry (usually one goes, the last;
+            // `split_off` would build a new tree for what stays).
+            while let Some(entry) = session.results.first_entry()
+                && *entry.key() < acknowledged_below
+            {
+                entry.remove();
+            }
         }
         if sequence < session.acknowledged_below {
             return Ok(Admission::Stale);
@@ -171,6 +176,21 @@ mod tests {
         // The acknowledgement released the first result and makes its copies stale.
         assert_eq!(table.result_count(), 0);
         assert_eq!(table.admit(client, 0, 0), Ok(Admission::Stale));
+    }
+
+    #[test]
+    fn an_acknowledgement_releases_exactly_the_results_below_it() {
+        let mut table = SessionTable::new(1);
+        let client = ClientId(3);
+        for sequence in 0..4 {
+            assert_eq!(table.admit(client, sequence, 0), Ok(Admission::Execute));
+            table.record(client, sequence, sequence);
+        }
+        assert_eq!(table.admit(client, 4, 2), Ok(Admission::Execute));
+        assert_eq!(table.result_count(), 2);
+        assert_eq!(table.admit(client, 1, 2), Ok(Admission::Stale));
+        assert_eq!(table.admit(client, 2, 2), Ok(Admission::Duplicate(2)));
+        assert_eq!(table.admit(client, 3, 2), Ok(Admission::Duplicate(3)));
     }
 
     #[test]

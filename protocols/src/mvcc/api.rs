@@ -18,6 +18,7 @@ pub struct ResponseHeader {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The revision that last created the key (after it was absent).
     pub create_revision: i64,
@@ -26,6 +27,7 @@ pub struct KeyValue {
     /// Writes since the key was created (1 after the create; 0 for a deletion event).
     pub version: i64,
     /// The value (empty in `keys_only` reads and in deletion events).
+    #[serde(with = "crate::bytes::field")]
     pub value: Vec<u8>,
     /// The lease the key is attached to, 0 if none.
     pub lease: i64,
@@ -66,8 +68,10 @@ pub enum SortTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// The first key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The end of the range (see the type's doc).
+    #[serde(with = "crate::bytes::field")]
     pub range_end: Vec<u8>,
     /// At most this many keys are returned; 0 is no limit.
     pub limit: i64,
@@ -129,8 +133,10 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "crate::bytes::field")]
     pub value: Vec<u8>,
     /// Attach the key to this lease (0: none; it is detached from any earlier lease).
     pub lease: i64,
@@ -166,8 +172,10 @@ pub struct PutResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// The first key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The end of the range.
+    #[serde(with = "crate::bytes::field")]
     pub range_end: Vec<u8>,
     /// Return the deleted keys.
     pub prev_kv: bool,
@@ -218,7 +226,7 @@ pub enum CompareTarget {
     /// The mod revision (0 for an absent key).
     Mod(i64),
     /// The value, bytewise (a compare on an absent key's value is false).
-    Value(Vec<u8>),
+    Value(#[serde(with = "crate::bytes::field")] Vec<u8>),
     /// The lease (0 for an absent key or no lease).
     Lease(i64),
 }
@@ -231,8 +239,10 @@ pub struct Compare {
     /// The field and operand.
     pub target: CompareTarget,
     /// The key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The end of the range (as in [`RangeRequest`]); empty compares `key` alone.
+    #[serde(with = "crate::bytes::field")]
     pub range_end: Vec<u8>,
 }
 

@@ -63,7 +63,7 @@ pub const INITIAL_REVISION: i64 = 1;
 
 /// One version of a key. Its value lives in the store's records (see
 /// [`crate::mvcc::records`]), at `record`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Version {
     mod_revision: i64,
     create_revision: i64,
@@ -86,6 +86,21 @@ fn visible(versions: &[Version], revision: i64) -> Option<&Version> {
     let index = versions.partition_point(|version| version.mod_revision <= revision);
     let version = versions.get(index.checked_sub(1)?)?;
     version.is_live().then_some(version)
+}
+
+/// The value `version` of `key` points at in the value file.
+fn read_value(records: &Records, key: &[u8], version: &Version) -> Result<Vec<u8>, MvccError> {
+    let record = records
+        .read(version.record, Some(key.len()), Some(version.value_len))
+        .map_err(MvccError::Storage)?;
+    if record.key != key {
+        let error = format!(
+            "the value file's record at offset {} holds another key",
+            version.record
+        );
+        return Err(MvccError::Storage(records.fail(error)));
+    }
+    Ok(record.value.unwrap_or_default())
 }
 
 /// Appends without the default growth to four slots: keys usually have one version.
@@ -305,18 +320,7 @@ impl MvccStore {
 
     /// The value of a live `version` of `key`.
     fn value_of(&self, key: &[u8], version: &Version) -> Result<Vec<u8>, MvccError> {
-        let record = self
-            .records
-            .read(version.record, Some(key.len()), Some(version.value_len))
-            .map_err(MvccError::Storage)?;
-        if record.key != key {
-            let error = format!(
-                "the value file's record at offset {} holds another key",
-                version.record
-            );
-            return Err(MvccError::Storage(self.records.fail(error)));
-        }
-        Ok(record.value.unwrap_or_default())
+        read_value(&self.records, key, version)
     }
 
     /// `version` of `key` as a read shows it.
@@ -502,7 +506,13 @@ impl MvccStore {
     /// A validated put at `revision` (the write revision of the current batch).
     fn put_at(&mut self, request: &PutRequest, revision: i64) -> PutResponse {
         let key: &[u8] = &request.key;
-        let previous = self.live(key).cloned();
+        // One descent of the key index finds both the live version and where the new one
+        // goes (a put's largest cost after the value file's append is comparing keys).
+        let mut versions = self.keys.get_mut(key);
+        let previous = versions
+            .as_deref()
+            .and_then(|versions| visible(versions, self.revision))
+            .copied();
         let (create_revision, version) = match &previous {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (revision, 1),
@@ -512,7 +522,7 @@ impl MvccStore {
         let kept;
         let value: &[u8] = match (&previous, request.ignore_value) {
             (Some(previous), true) => {
-                kept = self.value_of(key, previous).unwrap_or_default();
+                kept = read_value(&self.records, key, previous).unwrap_or_default();
                 &kept
             }
             _ => &request.value,
@@ -534,7 +544,11 @@ impl MvccStore {
         let value_len = u32::try_from(value.len()).unwrap_or(DELETION - 1);
         let old_lease = previous.as_ref().map_or(0, |previous| previous.lease);
         if old_lease != lease {
-            self.detach(old_lease, key);
+            if old_lease != 0
+                && let Some(attached) = self.leases.get_mut(&old_lease)
+            {
+                attached.keys.remove(key);
+            }
             if let Some(attached) = self.leases.get_mut(&lease) {
                 attached.keys.insert(Box::from(key));
             }
@@ -547,7 +561,7 @@ impl MvccStore {
             record,
             value_len,
         };
-        match self.keys.get_mut(key) {
+        match versions.take() {
             Some(versions) => {
                 let last = versions.last().map_or(0, |last| last.mod_revision);
                 assert!(last < revision, "a key written twice in one revision");

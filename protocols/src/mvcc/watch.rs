@@ -47,8 +47,10 @@ pub struct WatchEvent {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WatchFilter {
     /// The first key.
+    #[serde(with = "crate::bytes::field")]
     pub key: Vec<u8>,
     /// The end of the range, with [`crate::mvcc::api::RangeRequest`]'s rules.
+    #[serde(with = "crate::bytes::field")]
     pub range_end: Vec<u8>,
     /// Leave out put events (etcd's `NOPUT` filter).
     pub no_put: bool,
