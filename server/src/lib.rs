@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod etcd;
+pub mod grpc;
 pub mod log;
 pub mod member;
 pub mod metrics;

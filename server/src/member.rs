@@ -616,49 +616,42 @@ async fn serve_grpc<N: Consensus>(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tonic::transport::Server::builder()
-        .layer(crate::metrics::RpcMetricsLayer)
-        .add_service(
-            pb::kv_server::KvServer::new(KvService(shared.clone()))
-                .max_decoding_message_size(decode_limit),
-        )
-        .add_service(
-            pb::lease_server::LeaseServer::new(LeaseService(shared.clone()))
-                .max_decoding_message_size(decode_limit),
-        )
-        .add_service(
-            pb::watch_server::WatchServer::new(WatchService(shared.clone()))
-                .max_decoding_message_size(decode_limit),
-        )
-        .add_service(pb::maintenance_server::MaintenanceServer::new(
-            MaintenanceService(shared.clone()),
-        ))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(
-            shared.clone(),
-        )))
-        .add_service(crate::api::v3lockpb::lock_server::LockServer::new(
-            crate::etcd::recipes::LockService(shared.clone()),
-        ))
-        .add_service(
-            crate::api::v3electionpb::election_server::ElectionServer::new(
-                crate::etcd::recipes::ElectionService(shared.clone()),
-            ),
-        )
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            // Small request/response exchanges must not wait for Nagle's algorithm and
-            // delayed ACKs (a 40 ms stall per exchange otherwise).
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |stream| {
-                    if let Ok(stream) = &stream {
-                        let _ = stream.set_nodelay(true);
-                    }
-                    stream
-                },
-            ),
-            shutdown,
-        )
-        .await
-        .map_err(|error| MemberError::Network(format!("gRPC server: {error}")))
+    let routes = tonic::service::Routes::new(
+        pb::kv_server::KvServer::new(KvService(shared.clone()))
+            .max_decoding_message_size(decode_limit),
+    )
+    .add_service(
+        pb::lease_server::LeaseServer::new(LeaseService(shared.clone()))
+            .max_decoding_message_size(decode_limit),
+    )
+    .add_service(
+        pb::watch_server::WatchServer::new(WatchService(shared.clone()))
+            .max_decoding_message_size(decode_limit),
+    )
+    .add_service(pb::maintenance_server::MaintenanceServer::new(
+        MaintenanceService(shared.clone()),
+    ))
+    .add_service(pb::cluster_server::ClusterServer::new(ClusterService(
+        shared.clone(),
+    )))
+    .add_service(crate::api::v3lockpb::lock_server::LockServer::new(
+        crate::etcd::recipes::LockService(shared.clone()),
+    ))
+    .add_service(
+        crate::api::v3electionpb::election_server::ElectionServer::new(
+            crate::etcd::recipes::ElectionService(shared.clone()),
+        ),
+    )
+    .add_service(health_service)
+    .prepare();
+    let routes = tower::Layer::layer(&crate::metrics::RpcMetricsLayer, routes);
+    crate::grpc::serve(
+        listener,
+        Arc::new(KvService(shared)),
+        routes,
+        decode_limit,
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

@@ -168,6 +168,7 @@ pub struct SnapshotChunk {
     /// Where this chunk starts.
     pub offset: u64,
     /// The chunk's bytes.
+    #[serde(with = "crate::bytes::field")]
     pub data: Vec<u8>,
     /// The leader's heartbeat round when sent.
     pub round: u64,
