@@ -681,3 +681,140 @@ async fn serializable_reads_answer_every_member_from_its_applied_state() {
         "only {local} of {reads} serializable reads were answered off the node's task"
     );
 }
+
+/// One gRPC call over a bare HTTP/2 connection: the response's headers, body and trailers.
+async fn raw_call(
+    endpoint: &str,
+    path: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (http::HeaderMap, Vec<u8>, Option<http::HeaderMap>) {
+    let address = endpoint.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{endpoint}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(encoding) = encoding {
+        request = request.header("grpc-encoding", encoding);
+    }
+    let (response, mut send) = client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    send.send_data(body.into(), true).unwrap();
+    let (head, mut recv) = response.await.unwrap().into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = recv.trailers().await.unwrap();
+    (head.headers, data, trailers)
+}
+
+/// The gRPC status of a response: in its trailers, or in its headers if it has none.
+fn grpc_status(headers: &http::HeaderMap, trailers: &Option<http::HeaderMap>) -> (i32, String) {
+    let source = trailers.as_ref().unwrap_or(headers);
+    let code = source["grpc-status"].to_str().unwrap().parse().unwrap();
+    let message = source
+        .get("grpc-message")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (code, message)
+}
+
+fn framed(compressed: u8, message: &impl prost::Message) -> Vec<u8> {
+    let encoded = message.encode_to_vec();
+    let mut body = vec![compressed];
+    body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    body.extend_from_slice(&encoded);
+    body
+}
+
+/// KV calls answered on the connection's task, and the unusual ones that take tonic's
+/// path instead, over a client that shows the raw frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_calls_answer_in_grpc_framing_and_unusual_ones_get_tonics_answers() {
+    let cluster = Cluster::start(1).await;
+    let endpoint = &cluster.endpoints[0];
+    let kv = KvClient::new(cluster.channel(0).await);
+    eventually(|| {
+        let mut kv = kv.clone();
+        async move { kv.put(put("greeting", "hello")).await }
+    })
+    .await;
+    let range = pb::RangeRequest {
+        key: b"greeting".to_vec(),
+        ..Default::default()
+    };
+
+    // A plain call: 200, one framed message, then trailers with status 0.
+    let (headers, body, trailers) =
+        raw_call(endpoint, "/etcdserverpb.KV/Range", None, framed(0, &range)).await;
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(grpc_status(&headers, &trailers).0, 0);
+    assert_eq!(body[0], 0);
+    let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(body.len(), 5 + length);
+    let response: pb::RangeResponse = prost::Message::decode(&body[5..]).unwrap();
+    assert_eq!(response.kvs[0].value, b"hello");
+    assert!(response.header.unwrap().revision >= 2);
+
+    // A handler's error is a trailers-only response with etcd's text.
+    let empty = pb::PutRequest::default();
+    let (headers, body, trailers) =
+        raw_call(endpoint, "/etcdserverpb.KV/Put", None, framed(0, &empty)).await;
+    assert!(body.is_empty());
+    let (code, message) = grpc_status(&headers, &trailers);
+    assert_eq!(code, tonic::Code::InvalidArgument as i32);
+    assert_eq!(message, "etcdserver:%20key%20is%20not%20provided");
+
+    // A compressed-flag message without an encoding is refused.
+    let (headers, _, trailers) =
+        raw_call(endpoint, "/etcdserverpb.KV/Range", None, framed(1, &range)).await;
+    assert_eq!(
+        grpc_status(&headers, &trailers).0,
+        tonic::Code::Internal as i32
+    );
+
+    // An encoding this server does not speak, and a method the KV does not have, go to
+    // tonic, which answers them as unimplemented.
+    let (headers, _, trailers) = raw_call(
+        endpoint,
+        "/etcdserverpb.KV/Range",
+        Some("gzip"),
+        framed(1, &range),
+    )
+    .await;
+    assert_eq!(
+        grpc_status(&headers, &trailers).0,
+        tonic::Code::Unimplemented as i32
+    );
+    let (headers, _, trailers) =
+        raw_call(endpoint, "/etcdserverpb.KV/Nope", None, framed(0, &range)).await;
+    assert_eq!(
+        grpc_status(&headers, &trailers).0,
+        tonic::Code::Unimplemented as i32
+    );
+
+    // Past the decoding limit (twice the 1.5 MiB request limit, at least 4 MiB), the
+    // message is refused before it is decoded.
+    let huge = pb::PutRequest {
+        key: b"huge".to_vec(),
+        value: vec![b'x'; 5 << 20],
+        ..Default::default()
+    };
+    let (headers, _, trailers) =
+        raw_call(endpoint, "/etcdserverpb.KV/Put", None, framed(0, &huge)).await;
+    let (code, message) = grpc_status(&headers, &trailers);
+    assert_eq!(code, tonic::Code::OutOfRange as i32);
+    assert!(message.contains("too%20large"), "{message}");
+    for stop in cluster.stops {
+        let _ = stop.send(());
+    }
+}
