@@ -12,7 +12,7 @@
 //! behaviour stays tonic's.
 
 use crate::api::etcdserverpb as pb;
-use crate::metrics::{MethodLabel, metrics};
+use crate::metrics::{MethodLabel, RpcMetrics, RpcMetricsLayer, metrics};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
@@ -20,7 +20,6 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use pb::kv_server::Kv;
-use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tower::{Service, ServiceExt};
+use tonic::service::Routes;
+use tower::ServiceExt;
 
 /// How long connections may take to finish their calls after shutdown begins (a watch
 /// stream never finishes by itself).
@@ -117,22 +117,19 @@ impl Body for IncomingBody {
     }
 }
 
+/// tonic's router, timed per method like the calls answered here.
+type Router = RpcMetrics<Routes>;
+
 /// Serves gRPC on `listener` until `shutdown` completes: the KV's unary calls by `kv`,
 /// everything else by `routes`. Requests decode up to `decode_limit` bytes.
-pub async fn serve<K, R>(
+pub async fn serve<K: Kv>(
     listener: TcpListener,
     kv: Arc<K>,
-    routes: R,
+    routes: Routes,
     decode_limit: usize,
     shutdown: impl Future<Output = ()>,
-) where
-    K: Kv,
-    R: Service<Request<IncomingBody>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    R::Future: Send,
-{
+) {
+    let routes: Router = tower::Layer::layer(&RpcMetricsLayer, routes);
     let (stop, _) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -167,20 +164,13 @@ pub async fn serve<K, R>(
     // Dropping the set aborts what is left.
 }
 
-async fn connection<K, R>(
+async fn connection<K: Kv>(
     stream: TcpStream,
     kv: Arc<K>,
-    routes: R,
+    routes: Router,
     decode_limit: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) where
-    K: Kv,
-    R: Service<Request<IncomingBody>, Response = Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    R::Future: Send,
-{
+) {
     let mut builder = h2::server::Builder::new();
     builder
         .initial_window_size(STREAM_WINDOW)
@@ -381,10 +371,7 @@ fn too_large(length: usize, limit: usize) -> Status {
 
 /// Runs a call through tonic's router and streams its response back. A client's reset
 /// cancels the call, as under hyper.
-async fn bridge<R>(routes: R, request: Request<RecvStream>, mut respond: SendResponse<Bytes>)
-where
-    R: Service<Request<IncomingBody>, Response = Response<tonic::body::Body>, Error = Infallible>,
-{
+async fn bridge(routes: Router, request: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
     let request = request.map(|recv| IncomingBody {
         recv,
         data_done: false,

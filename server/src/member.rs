@@ -644,7 +644,6 @@ async fn serve_grpc<N: Consensus>(
     )
     .add_service(health_service)
     .prepare();
-    let routes = tower::Layer::layer(&crate::metrics::RpcMetricsLayer, routes);
     crate::grpc::serve(
         listener,
         Arc::new(KvService(shared)),
