@@ -318,11 +318,6 @@ impl MvccStore {
         self.records.tail()
     }
 
-    /// The value of a live `version` of `key`.
-    fn value_of(&self, key: &[u8], version: &Version) -> Result<Vec<u8>, MvccError> {
-        read_value(&self.records, key, version)
-    }
-
     /// `version` of `key` as a read shows it.
     fn key_value(
         &self,
@@ -331,7 +326,7 @@ impl MvccStore {
         with_value: bool,
     ) -> Result<KeyValue, MvccError> {
         let value = if with_value && version.is_live() {
-            self.value_of(key, version)?
+            read_value(&self.records, key, version)?
         } else {
             Vec::new()
         };
@@ -820,7 +815,7 @@ impl MvccStore {
         match &compare.target {
             CompareTarget::Value(operand) => {
                 // A failed read marks the records failed; the node stops before answering.
-                let value = self.value_of(key, version).unwrap_or_default();
+                let value = read_value(&self.records, key, version).unwrap_or_default();
                 holds(compare.result, value.as_slice().cmp(operand.as_slice()))
             }
             CompareTarget::Version(operand) => {
@@ -1087,7 +1082,7 @@ impl MvccStore {
             .iter()
             .filter_map(|(key, versions)| {
                 let version = visible(versions, self.revision)?;
-                Some((key.to_vec(), self.value_of(key, version).ok()?))
+                Some((key.to_vec(), read_value(&self.records, key, version).ok()?))
             })
             .collect()
     }
