@@ -13,7 +13,9 @@
 //!   commit ([`crate::log`]);
 //! - `Send` and `Reply` pass through an [`OutputGate`]: each waits until the records it
 //!   depends on are durable (the output-commit rule), then leaves through the peer
-//!   transport or to the waiting caller;
+//!   transport or to the waiting caller. The gate sits in an [`Outlet`] shared with the
+//!   storage thread, which releases what waited for a sync as soon as the sync returns:
+//!   a follower's acknowledgement leaves without first waking the node's task;
 //! - timers are tokio sleeps tagged with a generation, so a cancelled timer, or one whose
 //!   sleep was replaced by an earlier one, is ignored when it reports; a timer re-armed for
 //!   later keeps its sleep, which sleeps the rest on waking.
@@ -26,7 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
 use synod_core::rng::Rng;
@@ -102,7 +104,6 @@ enum Input<N: Node> {
         timer: N::Timer,
         generation: u64,
     },
-    Durable(u64),
     StorageFailed(String),
     Inspect(Box<dyn FnOnce(&N) + Send>),
     /// Runs a handler of the caller's (e.g. a membership change) with a context.
@@ -117,6 +118,60 @@ enum Input<N: Node> {
 enum Output<N: Node> {
     Send(NodeId, N::Message),
     Reply(ClientId, N::Response),
+}
+
+/// Where the node's sends and replies leave: the output gate, the peer transport and the
+/// callers waiting for answers. The node's task submits outputs; the storage thread
+/// reports each completed sync and sends what it released itself.
+struct Outlet<N: Node> {
+    id: NodeId,
+    gate: OutputGate<Output<N>>,
+    peers: PeerSender<N::Message>,
+    waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
+    /// The node's own inbox, for messages it sends itself.
+    inbox: mpsc::Sender<Input<N>>,
+}
+
+impl<N: RuntimeNode> Outlet<N> {
+    /// Sends `output` now, or holds it until `records_required` records are durable.
+    fn submit(&mut self, records_required: u64, output: Output<N>) {
+        if let Some(output) = self.gate.submit(records_required, output) {
+            self.emit(output);
+        }
+    }
+
+    /// The first `count` records of this life are durable: sends what waited for them.
+    fn durable(&mut self, count: u64) {
+        for output in self.gate.durable(count) {
+            self.emit(output);
+        }
+        self.peers.flush();
+    }
+
+    fn emit(&mut self, output: Output<N>) {
+        match output {
+            Output::Send(to, message) if to == self.id => {
+                let _ = self.inbox.try_send(Input::Message {
+                    from: self.id,
+                    message,
+                });
+            }
+            Output::Send(to, message) => self.peers.send(to, message),
+            Output::Reply(client, response) => {
+                if let Some(waiter) = self.waiters.remove(&client) {
+                    let _ = waiter.send(response);
+                }
+            }
+        }
+    }
+}
+
+/// Locks the outlet; a panic while it was held leaves it usable (at worst an output lost,
+/// which the protocols tolerate like a lost message).
+fn lock_outlet<N: Node>(outlet: &Mutex<Outlet<N>>) -> MutexGuard<'_, Outlet<N>> {
+    outlet
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The node task has not finished booting the node: nothing may read it yet.
@@ -232,18 +287,22 @@ impl<N: RuntimeNode> NodeHandle<N> {
             // A full inbox drops the message, like a lossy network.
             let _ = deliver_inbox.try_send(Input::Message { from, message });
         });
-        let durable_inbox = inbox.clone();
+        let outlet = Arc::new(Mutex::new(Outlet {
+            id: config.id,
+            gate: OutputGate::new(0),
+            peers: PeerSender::start(config.id, &config.peers),
+            waiters: BTreeMap::new(),
+            inbox: inbox.clone(),
+        }));
+        let durable_outlet = outlet.clone();
         let error_inbox = inbox.clone();
         let storage = spawn_storage_thread(
             log,
-            move |count| {
-                let _ = durable_inbox.blocking_send(Input::Durable(count));
-            },
+            move |count| lock_outlet(&durable_outlet).durable(count),
             move |error| {
                 let _ = error_inbox.blocking_send(Input::StorageFailed(error.to_string()));
             },
         );
-        let peers = PeerSender::start(config.id, &config.peers);
         let members: Vec<NodeId> = config.peers.keys().copied().collect();
         let seed = random_u64() ^ u64::from(config.id.0);
         let own_inbox = inbox.clone();
@@ -261,15 +320,13 @@ impl<N: RuntimeNode> NodeHandle<N> {
                 epoch: Instant::now(),
                 rng: Rng::new(seed),
                 appended: 0,
-                gate: OutputGate::new(0),
+                outlet,
                 timers: BTreeMap::new(),
                 sync_wanted: false,
                 sync_requested: 0,
                 storage_jobs: Vec::new(),
                 next_generation: 0,
-                waiters: BTreeMap::new(),
                 storage,
-                peers,
                 inbox: own_inbox,
                 observe: Box::new(observe),
                 halted: false,
@@ -509,7 +566,7 @@ struct Driver<N: Node> {
     epoch: Instant,
     rng: Rng,
     appended: u64,
-    gate: OutputGate<Output<N>>,
+    outlet: Arc<Mutex<Outlet<N>>>,
     timers: BTreeMap<N::Timer, Armed>,
     /// A handler asked for a sync that was not requested from the storage thread yet.
     sync_wanted: bool,
@@ -518,9 +575,7 @@ struct Driver<N: Node> {
     /// Storage jobs of this batch of inputs, sent to the storage thread together at its end.
     storage_jobs: Vec<StorageJob>,
     next_generation: u64,
-    waiters: BTreeMap<ClientId, oneshot::Sender<N::Response>>,
     storage: std_mpsc::Sender<Vec<StorageJob>>,
-    peers: PeerSender<N::Message>,
     inbox: mpsc::Sender<Input<N>>,
     observe: Box<dyn FnMut(&N) + Send>,
     /// The node halted (see [`Node::halted`]): the task ends.
@@ -537,7 +592,7 @@ impl<N: RuntimeNode> Driver<N> {
             None => node.on_start(ctx),
             Some(records) => node.on_recover(records, ctx),
         });
-        self.flush_storage();
+        self.flush_outputs();
     }
 
     /// Handles inputs until the node stops. The node is locked for writing while a batch
@@ -564,11 +619,19 @@ impl<N: RuntimeNode> Driver<N> {
                     Step::Unchanged => {}
                 }
             }
-            self.flush_storage();
+            self.flush_outputs();
             if changed {
                 (self.observe)(&node);
             }
         }
+    }
+
+    /// Sends this batch's messages to the peers, then its storage jobs to the storage
+    /// thread: followers start on their copies first (the leader's own sync is seldom
+    /// the last one a commit waits for).
+    fn flush_outputs(&mut self) {
+        lock_outlet(&self.outlet).peers.flush();
+        self.flush_storage();
     }
 
     /// Sends this batch's storage jobs to the storage thread, ending with a sync if a
@@ -596,7 +659,7 @@ impl<N: RuntimeNode> Driver<N> {
                 request,
                 answer,
             } => {
-                self.waiters.insert(client, answer);
+                lock_outlet(&self.outlet).waiters.insert(client, answer);
                 self.handle(node, |node, ctx| node.on_request(client, request, ctx));
             }
             Input::Timer { timer, generation } => {
@@ -616,11 +679,6 @@ impl<N: RuntimeNode> Driver<N> {
                 self.timers.remove(&timer);
                 self.handle(node, |node, ctx| node.on_timer(timer, ctx));
             }
-            Input::Durable(count) => {
-                for output in self.gate.durable(count) {
-                    self.emit(output);
-                }
-            }
             Input::StorageFailed(error) => {
                 tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
                 return Step::Stop;
@@ -635,11 +693,11 @@ impl<N: RuntimeNode> Driver<N> {
             }
             Input::Act(act) => self.handle(node, act),
             Input::AddPeer(peer, address) => {
-                self.peers.add(self.id, peer, address);
+                lock_outlet(&self.outlet).peers.add(self.id, peer, address);
                 return Step::Unchanged;
             }
             Input::RemovePeer(peer) => {
-                self.peers.remove(peer);
+                lock_outlet(&self.outlet).peers.remove(peer);
                 return Step::Unchanged;
             }
             Input::Stop => return Step::Stop,
@@ -684,31 +742,20 @@ impl<N: RuntimeNode> Driver<N> {
         }
     }
 
+    /// Carries out one effect; sends and replies go through the outlet.
     fn apply(&mut self, effect: Effect<N>) {
         match effect {
             Effect::Send {
                 to,
                 message,
                 records_required,
-            } => {
-                if let Some(output) = self
-                    .gate
-                    .submit(records_required, Output::Send(to, message))
-                {
-                    self.emit(output);
-                }
-            }
+            } => lock_outlet(&self.outlet).submit(records_required, Output::Send(to, message)),
             Effect::Reply {
                 client,
                 response,
                 records_required,
             } => {
-                if let Some(output) = self
-                    .gate
-                    .submit(records_required, Output::Reply(client, response))
-                {
-                    self.emit(output);
-                }
+                lock_outlet(&self.outlet).submit(records_required, Output::Reply(client, response))
             }
             Effect::SetTimer {
                 timer,
@@ -787,22 +834,5 @@ impl<N: RuntimeNode> Driver<N> {
             StorageJob::Checkpoint(Box::new(write))
         };
         self.storage_jobs.push(job);
-    }
-
-    fn emit(&mut self, output: Output<N>) {
-        match output {
-            Output::Send(to, message) if to == self.id => {
-                let _ = self.inbox.try_send(Input::Message {
-                    from: self.id,
-                    message,
-                });
-            }
-            Output::Send(to, message) => self.peers.send(to, message),
-            Output::Reply(client, response) => {
-                if let Some(waiter) = self.waiters.remove(&client) {
-                    let _ = waiter.send(response);
-                }
-            }
-        }
     }
 }
