@@ -185,6 +185,18 @@ impl Link {
     }
 }
 
+#[cfg(test)]
+impl<M> PeerSender<M> {
+    /// The connection to `peer` is open and the senders own writing (tests use it to take
+    /// the direct path on purpose).
+    fn writes_directly(&self, peer: NodeId) -> bool {
+        self.links.get(&peer).is_some_and(|link| {
+            let state = link.state();
+            !state.writer_busy && state.stream.is_some()
+        })
+    }
+}
+
 impl<M> Drop for PeerSender<M> {
     fn drop(&mut self) {
         for task in self.tasks.values() {
@@ -403,15 +415,28 @@ mod tests {
         }
     }
 
+    /// Waits (yielding, at most 10 s) until `sender` writes to peer 2 itself.
+    async fn until_direct(sender: &PeerSender<Numbered>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !sender.writes_directly(NodeId(2)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection never opened"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
         let (address, _listener, mut received) = receiver().await;
         let mut sender = sender_to(address);
-        // Once connected, flushes write straight to the socket until it is full; the
-        // writer task takes over the rest, and later sends queue behind it.
         sender.send(NodeId(2), (0, Vec::new()));
         sender.flush();
         assert_eq!(received.recv().await.expect("first").1.0, 0);
+        // Flushes write straight to the socket until it is full; the writer task takes
+        // over the rest, and later sends queue behind it.
+        until_direct(&sender).await;
         let count = 2_000u64;
         for number in 1..=count {
             sender.send(NodeId(2), (number, vec![number as u8; 16 * 1024]));
@@ -425,6 +450,63 @@ mod tests {
             assert_eq!(got, number);
             assert_eq!(payload, vec![number as u8; 16 * 1024]);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_a_stalled_peer_cannot_take_wait_and_arrive_in_order_once_it_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut sender = sender_to(address);
+        let (mut peer, _) = listener.accept().await.expect("connection");
+        until_direct(&sender).await;
+        // Nobody reads yet. One message larger than any socket buffer: the direct write
+        // takes part of it, and the writer task must take over the rest at once.
+        let size = 16 * 1024;
+        let big = 8 << 20;
+        sender.send(NodeId(2), (0, vec![0; big]));
+        sender.flush();
+        assert!(
+            !sender.writes_directly(NodeId(2)),
+            "the rest of a partial write was not handed to the writer task"
+        );
+        // Later messages queue behind it, in order.
+        let count = 500u64;
+        for number in 1..count {
+            sender.send(NodeId(2), (number, vec![number as u8; size]));
+            sender.flush();
+        }
+        // Now read everything: the hello, then every message once, in order.
+        let mut bytes = Vec::new();
+        let mut next = 0u64;
+        let mut hello = None;
+        let read_all = async {
+            while next < count {
+                let mut consumed = 0;
+                while let Ok((payload, used)) = decode_frame(&bytes[consumed..]) {
+                    if hello.is_none() {
+                        hello = Some(postcard::from_bytes::<u32>(payload).expect("hello"));
+                    } else {
+                        let (got, payload): Numbered =
+                            postcard::from_bytes(payload).expect("a message");
+                        assert_eq!(got, next);
+                        let expected = if next == 0 { big } else { size };
+                        assert_eq!(payload, vec![next as u8; expected]);
+                        next += 1;
+                    }
+                    consumed += used;
+                }
+                bytes.drain(..consumed);
+                if next < count {
+                    let read = peer.read_buf(&mut bytes).await.expect("read");
+                    assert!(read > 0, "the connection closed after {next} messages");
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), read_all)
+            .await
+            .expect("every message within 30 s");
+        assert_eq!(hello, Some(1));
+        assert!(bytes.is_empty(), "bytes after the last message");
     }
 
     #[tokio::test]
