@@ -223,10 +223,8 @@ async fn connection<K: Kv>(
 /// 1 KiB into its write buffer instead of chaining them (with vectored writes it chains any
 /// payload of 256 bytes or more, and writes one chained frame per system call), so the
 /// frames queued since the last flush leave in one write instead of a `writev` each (a
-/// serializable read of a 256-byte value answers about 300 bytes). Interleaved with the
-/// previous binary, Synod alone: serializable get 64,877 to 69,690/s against 51,415 to
-/// 52,823 (member CPU 15 against 20.5 µs/op); linearizable get 49,133 and 53,256 against
-/// 41,784 and 45,225.
+/// serializable read of a 256-byte value answers about 300 bytes; figures in BENCHMARKS.md,
+/// session 8).
 struct UnvectoredWrites<S>(S);
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for UnvectoredWrites<S> {

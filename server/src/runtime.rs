@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
 use synod_core::rng::Rng;
@@ -166,14 +166,6 @@ impl<N: RuntimeNode> Outlet<N> {
     }
 }
 
-/// Locks the outlet; a panic while it was held leaves it usable (at worst an output lost,
-/// which the protocols tolerate like a lost message).
-fn lock_outlet<N: Node>(outlet: &Mutex<Outlet<N>>) -> MutexGuard<'_, Outlet<N>> {
-    outlet
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The node task has not finished booting the node: nothing may read it yet.
 const BOOTING: u8 = 0;
 /// The node task runs: the node may be read between batches.
@@ -298,7 +290,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
         let error_inbox = inbox.clone();
         let storage = spawn_storage_thread(
             log,
-            move |count| lock_outlet(&durable_outlet).durable(count),
+            move |count| crate::lock(&durable_outlet).durable(count),
             move |error| {
                 let _ = error_inbox.blocking_send(Input::StorageFailed(error.to_string()));
             },
@@ -630,7 +622,7 @@ impl<N: RuntimeNode> Driver<N> {
     /// thread: followers start on their copies first (the leader's own sync is seldom
     /// the last one a commit waits for).
     fn flush_outputs(&mut self) {
-        lock_outlet(&self.outlet).peers.flush();
+        crate::lock(&self.outlet).peers.flush();
         self.flush_storage();
     }
 
@@ -659,7 +651,7 @@ impl<N: RuntimeNode> Driver<N> {
                 request,
                 answer,
             } => {
-                lock_outlet(&self.outlet).waiters.insert(client, answer);
+                crate::lock(&self.outlet).waiters.insert(client, answer);
                 self.handle(node, |node, ctx| node.on_request(client, request, ctx));
             }
             Input::Timer { timer, generation } => {
@@ -693,11 +685,11 @@ impl<N: RuntimeNode> Driver<N> {
             }
             Input::Act(act) => self.handle(node, act),
             Input::AddPeer(peer, address) => {
-                lock_outlet(&self.outlet).peers.add(self.id, peer, address);
+                crate::lock(&self.outlet).peers.add(self.id, peer, address);
                 return Step::Unchanged;
             }
             Input::RemovePeer(peer) => {
-                lock_outlet(&self.outlet).peers.remove(peer);
+                crate::lock(&self.outlet).peers.remove(peer);
                 return Step::Unchanged;
             }
             Input::Stop => return Step::Stop,
@@ -749,13 +741,13 @@ impl<N: RuntimeNode> Driver<N> {
                 to,
                 message,
                 records_required,
-            } => lock_outlet(&self.outlet).submit(records_required, Output::Send(to, message)),
+            } => crate::lock(&self.outlet).submit(records_required, Output::Send(to, message)),
             Effect::Reply {
                 client,
                 response,
                 records_required,
             } => {
-                lock_outlet(&self.outlet).submit(records_required, Output::Reply(client, response))
+                crate::lock(&self.outlet).submit(records_required, Output::Reply(client, response))
             }
             Effect::SetTimer {
                 timer,

@@ -10,9 +10,9 @@
 //! non-blocking write per peer that the kernel takes whole unless the socket's buffer is
 //! full. Only what the socket does not take waits for a writer task, which also opens and
 //! reopens the connection. Handing every message to that task instead cost a task switch
-//! on the path of each write's quorum round trip. Queues are bounded: when a peer is slow or unreachable, messages beyond the
-//! bound are dropped, which the protocols already tolerate (they run over a network that
-//! loses messages in simulation).
+//! on the path of each write's quorum round trip. Queues are bounded: when a peer is slow
+//! or unreachable, messages beyond the bound are dropped, which the protocols already
+//! tolerate (they run over a network that loses messages in simulation).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,10 +67,7 @@ struct LinkState {
 
 impl Link {
     fn state(&self) -> MutexGuard<'_, LinkState> {
-        // A panic while holding the lock leaves bytes, not broken invariants: go on.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 }
 

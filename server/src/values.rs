@@ -79,12 +79,9 @@ impl ValueFile {
         }))
     }
 
-    /// The buffered tail; a panic elsewhere while holding it leaves it consistent (every
-    /// change to it is a single step), so a poisoned lock is simply taken over.
+    /// The buffered tail (every change to it is a single step: see [`crate::lock`]).
     fn tail(&self) -> MutexGuard<'_, Tail> {
-        self.tail
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.tail)
     }
 
     /// Where this generation lives.
