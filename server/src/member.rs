@@ -517,11 +517,13 @@ async fn run_node<N: Consensus>(
         ))
     })?;
     // Segments are preallocated (the next one is written full of zeros in the background),
-    // so group commits flush data without a journal commit for the file's size.
+    // so group commits flush data without a journal commit for the file's size, and records
+    // are written with direct I/O, each write durable on return without an fsync.
     let (wal, recovered) = Wal::open(
         config.data_dir.join("wal"),
         WalOptions {
             preallocate: true,
+            direct_io: true,
             ..WalOptions::default()
         },
     )?;

@@ -144,6 +144,7 @@
 //! dirty pages, so only reopening can tell what is durable. One process at a time may
 //! use a directory; nothing enforces this.
 
+mod direct;
 mod error;
 pub mod segment;
 pub mod snapshot;

