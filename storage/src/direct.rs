@@ -19,6 +19,14 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+/// When a write reaches past the zeros already in the file, it carries on with zeros up to
+/// the next multiple of this many bytes. The writes in between then overwrite allocated
+/// blocks and leave the file's size alone, so each is durable without a journal commit for
+/// the size: on this project's disk an appending direct write takes about 320 µs where an
+/// overwrite takes 175 µs (three members writing at once). A 256 KiB write of zeros costs
+/// about 0.3–0.7 ms once per 256 KiB of log, some 700 records of a small put.
+pub(crate) const ZERO_AHEAD_BYTES: u64 = 256 * 1024;
+
 /// The alignment of the file offsets, lengths and buffer addresses of direct writes. Devices
 /// ask for their logical block size (512 or 4096 bytes); 4096 satisfies both.
 pub(crate) const DIRECT_BLOCK_BYTES: usize = 4096;
@@ -30,6 +38,10 @@ pub(crate) struct DirectWriter {
     file: File,
     /// The file offset of the segment's last, partial block: where the next write starts.
     block_start: u64,
+    /// The file holds zeros (or records) up to here: writes before it change no size.
+    zeroed_end: u64,
+    /// Zeros are written ahead no further than here (the segment's size limit).
+    zero_ahead_limit: u64,
     /// The bytes from `block_start` to the segment's end, in an aligned buffer with room
     /// for more.
     buffer: AlignedBuffer,
@@ -38,20 +50,29 @@ pub(crate) struct DirectWriter {
 impl DirectWriter {
     /// Opens the segment at `path` for direct writes after its first `end` bytes; `tail`
     /// must be those bytes from the start of the block holding byte `end` (the bytes of
-    /// `[end - end % DIRECT_BLOCK_BYTES, end)`). Fails where the file system has no
-    /// direct I/O (the caller then writes through the page cache).
-    pub(crate) fn open(path: &Path, end: u64, tail: &[u8]) -> std::io::Result<DirectWriter> {
+    /// `[end - end % DIRECT_BLOCK_BYTES, end)`); `segment_bytes` bounds the zeros written
+    /// ahead ([`ZERO_AHEAD_BYTES`]). Fails where the file system has no direct I/O (the
+    /// caller then writes through the page cache).
+    pub(crate) fn open(
+        path: &Path,
+        end: u64,
+        tail: &[u8],
+        segment_bytes: u64,
+    ) -> std::io::Result<DirectWriter> {
         let block_start = end - end % DIRECT_BLOCK_BYTES as u64;
         debug_assert_eq!(tail.len() as u64, end - block_start);
         let file = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
             .open(path)?;
+        let zeroed_end = file.metadata()?.len();
         let mut buffer = AlignedBuffer::with_capacity(DIRECT_BLOCK_BYTES);
         buffer.extend(tail);
         Ok(DirectWriter {
             file,
             block_start,
+            zeroed_end,
+            zero_ahead_limit: segment_bytes.next_multiple_of(DIRECT_BLOCK_BYTES as u64),
             buffer,
         })
     }
@@ -60,13 +81,22 @@ impl DirectWriter {
     pub(crate) fn write(&mut self, frames: &[u8]) -> std::io::Result<()> {
         self.buffer.extend(frames);
         let end = self.buffer.len();
-        let padded = end.next_multiple_of(DIRECT_BLOCK_BYTES);
+        let mut padded = end.next_multiple_of(DIRECT_BLOCK_BYTES);
+        let write_end = self.block_start + padded as u64;
+        if write_end > self.zeroed_end {
+            let ahead = write_end
+                .next_multiple_of(ZERO_AHEAD_BYTES)
+                .min(self.zero_ahead_limit)
+                .max(write_end);
+            padded = (ahead - self.block_start) as usize;
+        }
         let result = self
             .file
             .write_all_at(self.buffer.padded(padded), self.block_start);
         // Whatever happened, keep the buffer equal to the segment's intended bytes from
         // `block_start`: the caller poisons the log on an error, so nothing writes again.
         result?;
+        self.zeroed_end = self.zeroed_end.max(self.block_start + padded as u64);
         let whole_blocks = end - end % DIRECT_BLOCK_BYTES;
         self.buffer.drop_front(whole_blocks);
         self.block_start += whole_blocks as u64;
@@ -125,8 +155,9 @@ impl AlignedBuffer {
         self.length += bytes.len();
     }
 
-    /// The contents followed by zeros up to `padded` bytes (reserved by `extend`).
+    /// The contents followed by zeros up to `padded` bytes, a multiple of the block size.
     fn padded(&mut self, padded: usize) -> &[u8] {
+        self.reserve(padded);
         let from = self.start + self.length;
         let to = self.start + padded;
         self.storage[from..to].fill(0);

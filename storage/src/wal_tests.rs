@@ -971,25 +971,51 @@ mod direct_io {
     }
 
     #[test]
-    fn an_unbuffered_direct_append_writes_one_padded_block() {
+    fn direct_writes_zero_fill_ahead_in_steps_and_need_no_spare() {
+        use crate::direct::ZERO_AHEAD_BYTES;
         let directory = TestDirectory::new();
         let options = WalOptions {
+            segment_bytes: 600 * 1024,
+            preallocate: true,
             write_buffer_bytes: 0,
             direct_io: true,
-            ..WalOptions::default()
         };
         let (mut wal, _) = open(&directory, &options);
         assert!(wal.writes_directly());
+        let length = || {
+            fs::metadata(directory.path().join(segment_file_name(0)))
+                .expect("exists")
+                .len()
+        };
         wal.append(b"first").expect("appends");
-        let (name, bytes) = segments(&directory).pop().expect("a segment");
-        assert_eq!(name, segment_file_name(0));
+        let (_, bytes) = segments(&directory).pop().expect("a segment");
         assert_eq!(
-            bytes.len(),
-            crate::direct::DIRECT_BLOCK_BYTES,
-            "one padded block"
+            bytes.len() as u64,
+            ZERO_AHEAD_BYTES,
+            "one step of zeros ahead"
         );
         let end = SEGMENT_HEADER_BYTES + crate::segment::RECORD_OVERHEAD_BYTES + 5;
         assert_eq!(&bytes[end - 5..end], b"first");
-        assert_eq!(wal.sync().expect("syncs"), 1);
+        assert!(bytes[end..].iter().all(|&byte| byte == 0));
+        // Records inside the zeroed part leave the size alone; the first one past it adds
+        // another step, and the last step stops at the segment's size.
+        let record = vec![9u8; 50 * 1024];
+        let mut lengths = Vec::new();
+        for _ in 0..11 {
+            wal.append(&record).expect("appends");
+            lengths.push(length() / 1024);
+        }
+        assert_eq!(
+            lengths,
+            [256, 256, 256, 256, 256, 512, 512, 512, 512, 512, 600]
+        );
+        assert_eq!(wal.sync().expect("syncs"), 12);
+        assert!(
+            !wal.wait_for_spare(),
+            "no spare segment beside a direct writer"
+        );
+        drop(wal);
+        let (_, records) = open(&directory, &options);
+        assert_eq!(records.len(), 12);
     }
 }
