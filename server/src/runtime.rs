@@ -20,14 +20,13 @@
 //!   sleep was replaced by an earlier one, is ignored when it reports; a timer re-armed for
 //!   later keeps its sleep, which sleeps the rest on waking.
 
-use crate::log::{RecordLog, StorageJob, spawn_storage_thread};
+use crate::log::{RecordLog, Storage, StorageJob};
 use crate::transport::{PeerSender, start_listener};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard, TryLockError};
 use std::time::{Duration, Instant};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId, OutputGate};
@@ -288,7 +287,7 @@ impl<N: RuntimeNode> NodeHandle<N> {
         }));
         let durable_outlet = outlet.clone();
         let error_inbox = inbox.clone();
-        let storage = spawn_storage_thread(
+        let storage = Storage::spawn(
             log,
             move |count| crate::lock(&durable_outlet).durable(count),
             move |error| {
@@ -567,7 +566,7 @@ struct Driver<N: Node> {
     /// Storage jobs of this batch of inputs, sent to the storage thread together at its end.
     storage_jobs: Vec<StorageJob>,
     next_generation: u64,
-    storage: std_mpsc::Sender<Vec<StorageJob>>,
+    storage: Storage,
     inbox: mpsc::Sender<Input<N>>,
     observe: Box<dyn FnMut(&N) + Send>,
     /// The node halted (see [`Node::halted`]): the task ends.
@@ -612,6 +611,9 @@ impl<N: RuntimeNode> Driver<N> {
                 }
             }
             self.flush_outputs();
+            if self.halted {
+                return shared.end();
+            }
             if changed {
                 (self.observe)(&node);
             }
@@ -635,8 +637,11 @@ impl<N: RuntimeNode> Driver<N> {
             self.storage_jobs.push(StorageJob::Sync);
             self.sync_requested = self.appended;
         }
-        if !self.storage_jobs.is_empty() {
-            let _ = self.storage.send(std::mem::take(&mut self.storage_jobs));
+        if !self.storage_jobs.is_empty()
+            && let Err(error) = self.storage.submit(std::mem::take(&mut self.storage_jobs))
+        {
+            tracing::error!(node = self.id.0, %error, "storage failed: stopping the node");
+            self.halted = true;
         }
     }
 
@@ -801,8 +806,7 @@ impl<N: RuntimeNode> Driver<N> {
                 // Never acknowledge what was not written: stop the storage thread, which
                 // leaves every output that depends on this record held forever.
                 tracing::error!(%error, "cannot encode a record; the node will stop");
-                let (closed, _) = std_mpsc::channel();
-                self.storage = closed;
+                self.storage.close();
                 self.storage_jobs.clear();
             }
         }
