@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 /// Why storage failed. A node whose storage fails stops: it can no longer promise
 /// durability, and nothing it acknowledged depends on records that were not synced.
@@ -111,6 +112,11 @@ pub(crate) enum StorageJob {
 const INLINE_MAX_RECORDS: usize = 4;
 /// The most record bytes a batch run on the node's task may carry.
 const INLINE_MAX_BYTES: usize = 16 * 1024;
+/// A batch run on the node's task blocks it (its timers, its peers, its clients) for as long
+/// as the disk takes. Once one takes longer than this, the disk is having a bad spell: the
+/// node's task stops running batches for [`INLINE_PAUSE`] and the thread takes them all.
+const INLINE_SLOW: Duration = Duration::from_millis(20);
+const INLINE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Where the node's storage jobs go: a dedicated thread that runs them in order and makes
 /// them durable with group commit, or, for a small batch while that thread is idle, the
@@ -124,6 +130,8 @@ pub(crate) struct Storage {
     core: Arc<StorageCore>,
     /// `None` once closed (or failed): jobs are dropped, and what waits for them stays held.
     sender: Option<mpsc::Sender<Vec<StorageJob>>>,
+    /// No batch runs on the caller before this (after a slow one, see [`INLINE_SLOW`]).
+    inline_paused_until: Option<Instant>,
 }
 
 /// What the storage thread and the node's task share.
@@ -274,6 +282,7 @@ impl Storage {
         Storage {
             core,
             sender: Some(sender),
+            inline_paused_until: None,
         }
     }
 
@@ -284,13 +293,23 @@ impl Storage {
         let Some(sender) = &self.sender else {
             return Ok(());
         };
+        let now = Instant::now();
         if runs_inline(&jobs)
+            && self.inline_paused_until.is_none_or(|until| now >= until)
             && self.core.queued.load(Ordering::Acquire) == 0
             && let Ok(mut state) = self.core.state.try_lock()
         {
             let result = self.core.commit(&mut state, jobs, || None);
             if result.is_err() {
                 self.sender = None;
+            }
+            let took = now.elapsed();
+            if took > INLINE_SLOW {
+                tracing::warn!(
+                    ?took,
+                    "a small write took long: the storage thread takes every write for {INLINE_PAUSE:?}"
+                );
+                self.inline_paused_until = Some(now + took + INLINE_PAUSE);
             }
             return result;
         }
@@ -378,6 +397,8 @@ mod tests {
         appended: Witnessed,
         gate: Option<mpsc::Receiver<()>>,
         fail: bool,
+        /// How long each sync takes (a slow disk).
+        delay: Duration,
     }
 
     impl RecordLog for WitnessLog {
@@ -394,6 +415,7 @@ mod tests {
             if let Some(gate) = &self.gate {
                 gate.recv().unwrap();
             }
+            std::thread::sleep(self.delay);
             if self.fail {
                 return Err(LogError::Other("the disk is gone".into()));
             }
@@ -424,6 +446,7 @@ mod tests {
                 appended: appended.clone(),
                 gate: Some(gate),
                 fail: false,
+                delay: Duration::ZERO,
             },
             move |count| report.lock().unwrap().send(count).unwrap(),
             |error| panic!("{error}"),
@@ -486,6 +509,7 @@ mod tests {
                 appended: appended.clone(),
                 gate: None,
                 fail: true,
+                delay: Duration::ZERO,
             },
             |_| panic!("nothing becomes durable"),
             |error| panic!("the thread ran nothing: {error}"),
@@ -502,5 +526,34 @@ mod tests {
             .map(|(payload, _)| payload.clone())
             .collect();
         assert_eq!(order, [b"a".to_vec()]);
+    }
+
+    #[test]
+    fn after_a_slow_write_on_the_caller_the_thread_takes_every_batch() {
+        let appended = Witnessed::default();
+        let (report, reports) = mpsc::channel();
+        let report = Mutex::new(report);
+        let mut storage = Storage::spawn(
+            WitnessLog {
+                appended: appended.clone(),
+                gate: None,
+                fail: false,
+                delay: INLINE_SLOW + Duration::from_millis(5),
+            },
+            move |count| report.lock().unwrap().send(count).unwrap(),
+            |error| panic!("{error}"),
+        );
+        storage.submit(appends(&[b"slow"])).unwrap();
+        assert_eq!(reports.try_recv(), Ok(1), "ran on the caller");
+        storage.submit(appends(&[b"next"])).unwrap();
+        assert_eq!(reports.recv(), Ok(2));
+        let caller = std::thread::current().id();
+        let threads: Vec<bool> = appended
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, thread)| *thread == caller)
+            .collect();
+        assert_eq!(threads, [true, false]);
     }
 }
