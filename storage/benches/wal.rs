@@ -12,6 +12,9 @@
 //! `recover` times `Wal::open` over a log of 200,000 such records (52 MiB in one segment,
 //! all in the page cache): reading, verifying every CRC32C and copying the records out.
 //!
+//! `wal direct` is the same log with `WalOptions::direct_io` (what the server uses): each
+//! write is `O_DIRECT | O_DSYNC`, so a sync costs one write and no `fdatasync`.
+//!
 //! The baseline beside each N, `raw file`, appends the same bytes (framed records cost 16
 //! more each) to a plain file with `write` and `fdatasync` and nothing else: the floor the
 //! disk sets, so the ratio shows what the log itself costs.
@@ -55,37 +58,46 @@ fn append_and_sync(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("wal append 256 B, sync every N");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(5));
+    let direct = WalOptions {
+        direct_io: true,
+        ..WalOptions::default()
+    };
     for every in SYNC_EVERY {
-        let directory = BenchDirectory::new(&every.to_string());
-        let (mut wal, _) = Wal::open(&directory.0, WalOptions::default()).expect("opens");
-        let mut records_total = 0u64;
-        let mut syncs_total = 0u64;
-        let mut elapsed_total = Duration::ZERO;
         group.throughput(Throughput::Elements(every));
-        group.bench_function(BenchmarkId::new("wal", every), |bencher| {
-            bencher.iter_custom(|iterations| {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    for _ in 0..every {
-                        black_box(wal.append(&record).expect("appends"));
+        for (label, options) in [
+            ("wal", WalOptions::default()),
+            ("wal direct", direct.clone()),
+        ] {
+            let directory = BenchDirectory::new(&format!("{}-{every}", label.replace(' ', "-")));
+            let (mut wal, _) = Wal::open(&directory.0, options).expect("opens");
+            let mut records_total = 0u64;
+            let mut syncs_total = 0u64;
+            let mut elapsed_total = Duration::ZERO;
+            group.bench_function(BenchmarkId::new(label, every), |bencher| {
+                bencher.iter_custom(|iterations| {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        for _ in 0..every {
+                            black_box(wal.append(&record).expect("appends"));
+                        }
+                        black_box(wal.sync().expect("syncs"));
                     }
-                    black_box(wal.sync().expect("syncs"));
-                }
-                let elapsed = start.elapsed();
-                records_total += iterations * every;
-                syncs_total += iterations;
-                elapsed_total += elapsed;
-                elapsed
+                    let elapsed = start.elapsed();
+                    records_total += iterations * every;
+                    syncs_total += iterations;
+                    elapsed_total += elapsed;
+                    elapsed
+                });
             });
-        });
-        report(
-            "wal",
-            every,
-            records_total,
-            syncs_total,
-            elapsed_total,
-            &directory,
-        );
+            report(
+                label,
+                every,
+                records_total,
+                syncs_total,
+                elapsed_total,
+                &directory,
+            );
+        }
 
         let baseline = BenchDirectory::new(&format!("raw-{every}"));
         fs::create_dir_all(&baseline.0).expect("creates");
