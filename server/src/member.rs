@@ -516,9 +516,10 @@ async fn run_node<N: Consensus>(
             config.data_dir.display()
         ))
     })?;
-    // Segments are preallocated (the next one is written full of zeros in the background),
-    // so group commits flush data without a journal commit for the file's size, and records
-    // are written with direct I/O, each write durable on return without an fsync.
+    // Records are written with direct I/O, each group commit one write that is durable on
+    // return, with zeros written ahead so that most writes need no journal commit for the
+    // file's size. Where the file system has no direct I/O, segments are preallocated
+    // instead (the next one written full of zeros in the background) for the same reason.
     let (wal, recovered) = Wal::open(
         config.data_dir.join("wal"),
         WalOptions {

@@ -103,7 +103,7 @@ impl Metrics {
         let fsync_latency = latency_histogram();
         registry.register(
             "wal_fsync_duration_seconds",
-            "Duration of each group-commit fsync of the write-ahead log",
+            "Duration of each group commit of the write-ahead log: its write and fsync, or its one direct synchronous write",
             fsync_latency.clone(),
         );
         let wal_bytes = Counter::default();

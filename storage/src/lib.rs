@@ -61,8 +61,8 @@
 //! 4. The segments after the newest snapshot start at its index + 1 (or 0 without one) and
 //!    continue one another without gaps.
 //! 5. `sync` (and `append_checkpoint`) report records durable only after the fsync that
-//!    covers them returned, so [`Wal::durable_records`] never counts a record a crash can
-//!    take back.
+//!    covers them returned (with [`WalOptions::direct_io`], the `O_DSYNC` write that carried
+//!    them), so [`Wal::durable_records`] never counts a record a crash can take back.
 //!
 //! # Fault model and recovery
 //!
