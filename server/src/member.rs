@@ -537,6 +537,12 @@ async fn run_node<N: Consensus>(
             "recovery cut off a torn write at the end of the log"
         );
     }
+    if !wal.writes_directly() {
+        tracing::info!(
+            directory = %config.data_dir.join("wal").display(),
+            "the file system refuses direct I/O: the log writes through the page cache and fsyncs"
+        );
+    }
     let boot = if recovered.records.is_empty() {
         Boot::Fresh
     } else {

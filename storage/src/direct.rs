@@ -192,4 +192,18 @@ mod tests {
         assert_eq!(buffer.contents(), &pattern[8192..]);
         assert_eq!(buffer.contents().as_ptr() as usize % DIRECT_BLOCK_BYTES, 0);
     }
+
+    #[test]
+    fn the_writer_opens_its_file_direct_and_synchronous() {
+        use std::os::fd::AsRawFd;
+        let path = std::env::temp_dir().join(format!("synod-direct-flags-{}", std::process::id()));
+        std::fs::write(&path, [0u8; 24]).expect("writes");
+        let writer = DirectWriter::open(&path, 24, &[0u8; 24], 1 << 20).expect("opens");
+        // SAFETY: F_GETFL reads no memory of ours; the descriptor is open while `writer` is.
+        let flags = unsafe { libc::fcntl(writer.file.as_raw_fd(), libc::F_GETFL) };
+        std::fs::remove_file(&path).expect("removes");
+        assert_ne!(flags & libc::O_DIRECT, 0, "bypasses the page cache");
+        // Without O_DSYNC a write would sit in the disk's cache while the log counts it durable.
+        assert_eq!(flags & libc::O_DSYNC, libc::O_DSYNC, "durable on return");
+    }
 }
