@@ -610,12 +610,15 @@ impl<N: RuntimeNode> Driver<N> {
                     Step::Unchanged => {}
                 }
             }
+            if changed {
+                (self.observe)(&node);
+            }
+            // Outputs leave after the lock is released: a small batch of storage jobs may
+            // run on this task (see `Storage`), and readers need not wait for the disk.
+            drop(node);
             self.flush_outputs();
             if self.halted {
                 return shared.end();
-            }
-            if changed {
-                (self.observe)(&node);
             }
         }
     }
