@@ -556,4 +556,39 @@ mod tests {
             .collect();
         assert_eq!(threads, [true, false]);
     }
+
+    #[test]
+    fn a_group_commit_syncs_and_reports_only_when_asked() {
+        let (report, reports) = mpsc::channel();
+        let report = Mutex::new(report);
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let core = StorageCore {
+            state: Mutex::new(StorageState {
+                log: Box::new(MemoryLog::new(durable.clone())),
+                appended: 0,
+                durable: 0,
+                failed: false,
+            }),
+            queued: AtomicUsize::new(0),
+            on_durable: Box::new(move |count| report.lock().unwrap().send(count).unwrap()),
+        };
+        let mut state = crate::lock(&core.state);
+        let mut jobs = appends(&[b"a", b"b"]);
+        jobs.pop(); // no sync
+        core.commit(&mut state, jobs, || None).unwrap();
+        assert!(
+            reports.try_recv().is_err(),
+            "nothing reported without a sync"
+        );
+        assert!(durable.lock().unwrap().is_empty(), "nothing synced");
+        let mut more = vec![appends(&[b"c"])];
+        core.commit(&mut state, vec![StorageJob::Sync], || more.pop())
+            .unwrap();
+        assert_eq!(reports.try_recv(), Ok(3), "one sync for the three");
+        assert_eq!(durable.lock().unwrap().len(), 3);
+        // A sync with nothing new still answers (the node may wait on the count).
+        core.commit(&mut state, vec![StorageJob::Sync], || None)
+            .unwrap();
+        assert_eq!(reports.try_recv(), Ok(3));
+    }
 }

@@ -181,8 +181,9 @@ mod tests {
     fn the_buffer_stays_aligned_as_it_grows_and_shifts() {
         let mut buffer = AlignedBuffer::with_capacity(16);
         let pattern: Vec<u8> = (0..10_000u32).map(|value| value as u8).collect();
-        buffer.extend(&pattern[..100]);
-        buffer.extend(&pattern[100..]);
+        // More than the initial capacity at once, from empty, then more again.
+        buffer.extend(&pattern[..5000]);
+        buffer.extend(&pattern[5000..]);
         assert_eq!(buffer.contents(), &pattern[..]);
         let padded = buffer.padded(12_288);
         assert_eq!(padded.as_ptr() as usize % DIRECT_BLOCK_BYTES, 0);

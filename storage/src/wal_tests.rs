@@ -913,6 +913,7 @@ mod direct_io {
             };
             let (mut buffered, _) = open(&buffered_directory, &options(false));
             let (mut direct, _) = open(&direct_directory, &options(true));
+            prop_assert!(!buffered.writes_directly());
             prop_assert!(
                 direct.writes_directly(),
                 "no direct I/O in {}: this test needs a file system that has it (ext4, xfs, btrfs)",
