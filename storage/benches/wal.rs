@@ -70,62 +70,34 @@ fn append_and_sync(criterion: &mut Criterion) {
         ] {
             let directory = BenchDirectory::new(&format!("{}-{every}", label.replace(' ', "-")));
             let (mut wal, _) = Wal::open(&directory.0, options).expect("opens");
-            let mut records_total = 0u64;
-            let mut syncs_total = 0u64;
-            let mut elapsed_total = Duration::ZERO;
+            let mut totals = Totals::default();
             group.bench_function(BenchmarkId::new(label, every), |bencher| {
                 bencher.iter_custom(|iterations| {
-                    let start = Instant::now();
-                    for _ in 0..iterations {
+                    totals.time(iterations, every, || {
                         for _ in 0..every {
                             black_box(wal.append(&record).expect("appends"));
                         }
                         black_box(wal.sync().expect("syncs"));
-                    }
-                    let elapsed = start.elapsed();
-                    records_total += iterations * every;
-                    syncs_total += iterations;
-                    elapsed_total += elapsed;
-                    elapsed
+                    })
                 });
             });
-            report(
-                label,
-                every,
-                records_total,
-                syncs_total,
-                elapsed_total,
-                &directory,
-            );
+            totals.report(label, every, &directory);
         }
 
         let baseline = BenchDirectory::new(&format!("raw-{every}"));
         fs::create_dir_all(&baseline.0).expect("creates");
         let mut file = File::create(baseline.0.join("raw")).expect("creates");
         let batch = vec![0xA5u8; RECORD_BYTES * every as usize];
-        let (mut records_total, mut syncs_total, mut elapsed_total) = (0, 0, Duration::ZERO);
+        let mut totals = Totals::default();
         group.bench_function(BenchmarkId::new("raw file", every), |bencher| {
             bencher.iter_custom(|iterations| {
-                let start = Instant::now();
-                for _ in 0..iterations {
+                totals.time(iterations, every, || {
                     file.write_all(black_box(&batch)).expect("writes");
                     file.sync_data().expect("syncs");
-                }
-                let elapsed = start.elapsed();
-                records_total += iterations * every;
-                syncs_total += iterations;
-                elapsed_total += elapsed;
-                elapsed
+                })
             });
         });
-        report(
-            "raw file",
-            every,
-            records_total,
-            syncs_total,
-            elapsed_total,
-            &baseline,
-        );
+        totals.report("raw file", every, &baseline);
     }
     group.finish();
 }
@@ -155,23 +127,44 @@ fn recover(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// Prints records/s and fsyncs/s over every timed iteration of one benchmark.
-fn report(
-    label: &str,
-    every: u64,
+/// Records, syncs and time over every timed iteration of one benchmark.
+#[derive(Default)]
+struct Totals {
     records: u64,
     syncs: u64,
     elapsed: Duration,
-    directory: &BenchDirectory,
-) {
-    let seconds = elapsed.as_secs_f64();
-    println!(
-        "{label}, sync every {every}: {:.0} records/s, {:.0} fsyncs/s ({records} records, \
-         {syncs} syncs in {seconds:.2} s, in {})",
-        records as f64 / seconds,
-        syncs as f64 / seconds,
-        directory.0.display(),
-    );
+}
+
+impl Totals {
+    /// Runs `sync_once` (`every` records and one sync) `iterations` times; returns the time.
+    fn time(&mut self, iterations: u64, every: u64, mut sync_once: impl FnMut()) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            sync_once();
+        }
+        let elapsed = start.elapsed();
+        self.records += iterations * every;
+        self.syncs += iterations;
+        self.elapsed += elapsed;
+        elapsed
+    }
+
+    /// Prints records/s and fsyncs/s (nothing for a benchmark the filter skipped).
+    fn report(&self, label: &str, every: u64, directory: &BenchDirectory) {
+        if self.syncs == 0 {
+            return;
+        }
+        let seconds = self.elapsed.as_secs_f64();
+        println!(
+            "{label}, sync every {every}: {:.0} records/s, {:.0} fsyncs/s ({} records, \
+             {} syncs in {seconds:.2} s, in {})",
+            self.records as f64 / seconds,
+            self.syncs as f64 / seconds,
+            self.records,
+            self.syncs,
+            directory.0.display(),
+        );
+    }
 }
 
 criterion_group!(benches, append_and_sync, recover);
