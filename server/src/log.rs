@@ -591,4 +591,32 @@ mod tests {
             .unwrap();
         assert_eq!(reports.try_recv(), Ok(3));
     }
+
+    #[test]
+    fn checkpoints_and_compactions_count_as_records() {
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let (report, reports) = mpsc::channel();
+        let report = Mutex::new(report);
+        let mut storage = Storage::spawn(
+            MemoryLog::new(durable.clone()),
+            move |count| report.lock().unwrap().send(count).unwrap(),
+            |error| panic!("{error}"),
+        );
+        let writer = |bytes: &'static [u8]| -> Box<WriteRecord> {
+            Box::new(move |out: &mut dyn std::io::Write| out.write_all(bytes))
+        };
+        storage
+            .submit(vec![
+                StorageJob::Checkpoint(writer(b"state")),
+                StorageJob::Append {
+                    payload: b"e".to_vec(),
+                    checkpoint: false,
+                },
+                StorageJob::Compaction(writer(b"compacted")),
+                StorageJob::Sync,
+            ])
+            .unwrap();
+        assert_eq!(reports.recv(), Ok(3));
+        assert_eq!(*durable.lock().unwrap(), [b"compacted".to_vec()]);
+    }
 }
