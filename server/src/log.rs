@@ -619,4 +619,24 @@ mod tests {
         assert_eq!(reports.recv(), Ok(3));
         assert_eq!(*durable.lock().unwrap(), [b"compacted".to_vec()]);
     }
+
+    #[test]
+    fn a_closed_storage_drops_every_later_job() {
+        let appended = Witnessed::default();
+        let mut storage = Storage::spawn(
+            WitnessLog {
+                appended: appended.clone(),
+                gate: None,
+                fail: false,
+                delay: Duration::ZERO,
+            },
+            |_| panic!("nothing becomes durable"),
+            |error| panic!("{error}"),
+        );
+        storage.close();
+        storage.submit(appends(&[b"small"])).unwrap();
+        storage.submit(appends(&[b"x".as_slice(); 8])).unwrap();
+        drop(storage);
+        assert!(appended.lock().unwrap().is_empty());
+    }
 }
