@@ -132,6 +132,8 @@ pub(crate) struct Storage {
     sender: Option<mpsc::Sender<Vec<StorageJob>>>,
     /// No batch runs on the caller before this (after a slow one, see [`INLINE_SLOW`]).
     inline_paused_until: Option<Instant>,
+    /// [`INLINE_SLOW`], which tests lower to make any write slow.
+    inline_slow: Duration,
 }
 
 /// What the storage thread and the node's task share.
@@ -283,6 +285,7 @@ impl Storage {
             core,
             sender: Some(sender),
             inline_paused_until: None,
+            inline_slow: INLINE_SLOW,
         }
     }
 
@@ -304,7 +307,7 @@ impl Storage {
                 self.sender = None;
             }
             let took = now.elapsed();
-            if took > INLINE_SLOW {
+            if took > self.inline_slow {
                 tracing::warn!(
                     ?took,
                     "a small write took long: the storage thread takes every write for {INLINE_PAUSE:?}"
@@ -349,13 +352,7 @@ mod tests {
     #[test]
     fn storage_thread_reports_every_record_durable_after_sync() {
         let durable = Arc::new(Mutex::new(Vec::new()));
-        let (report, reports) = mpsc::channel();
-        let report = Mutex::new(report);
-        let mut storage = Storage::spawn(
-            MemoryLog::new(durable.clone()),
-            move |count| report.lock().unwrap().send(count).unwrap(),
-            |error| panic!("{error}"),
-        );
+        let (mut storage, reports) = reporting(MemoryLog::new(durable.clone()));
         for payload in [b"x", b"y", b"z"] {
             storage
                 .submit(vec![StorageJob::Append {
@@ -388,6 +385,18 @@ mod tests {
         );
     }
 
+    /// Storage for `log` that sends each durable count it reports to the receiver.
+    fn reporting(log: impl RecordLog) -> (Storage, mpsc::Receiver<u64>) {
+        let (report, reports) = mpsc::channel();
+        let report = Mutex::new(report);
+        let storage = Storage::spawn(
+            log,
+            move |count| report.lock().unwrap().send(count).unwrap(),
+            |error| panic!("{error}"),
+        );
+        (storage, reports)
+    }
+
     /// Each record appended, with the thread that appended it.
     type Witnessed = Arc<Mutex<Vec<(Vec<u8>, std::thread::ThreadId)>>>;
 
@@ -397,8 +406,6 @@ mod tests {
         appended: Witnessed,
         gate: Option<mpsc::Receiver<()>>,
         fail: bool,
-        /// How long each sync takes (a slow disk).
-        delay: Duration,
     }
 
     impl RecordLog for WitnessLog {
@@ -415,7 +422,6 @@ mod tests {
             if let Some(gate) = &self.gate {
                 gate.recv().unwrap();
             }
-            std::thread::sleep(self.delay);
             if self.fail {
                 return Err(LogError::Other("the disk is gone".into()));
             }
@@ -439,18 +445,11 @@ mod tests {
     fn a_small_batch_runs_on_the_caller_only_while_the_thread_is_idle() {
         let appended = Arc::new(Mutex::new(Vec::new()));
         let (permit, gate) = mpsc::channel();
-        let (report, reports) = mpsc::channel();
-        let report = Mutex::new(report);
-        let mut storage = Storage::spawn(
-            WitnessLog {
-                appended: appended.clone(),
-                gate: Some(gate),
-                fail: false,
-                delay: Duration::ZERO,
-            },
-            move |count| report.lock().unwrap().send(count).unwrap(),
-            |error| panic!("{error}"),
-        );
+        let (mut storage, reports) = reporting(WitnessLog {
+            appended: appended.clone(),
+            gate: Some(gate),
+            fail: false,
+        });
         let caller = std::thread::current().id();
         // Five records are too many for the caller: the thread takes them and waits in
         // its sync for a permit.
@@ -509,7 +508,6 @@ mod tests {
                 appended: appended.clone(),
                 gate: None,
                 fail: true,
-                delay: Duration::ZERO,
             },
             |_| panic!("nothing becomes durable"),
             |error| panic!("the thread ran nothing: {error}"),
@@ -531,18 +529,13 @@ mod tests {
     #[test]
     fn after_a_slow_write_on_the_caller_the_thread_takes_every_batch() {
         let appended = Witnessed::default();
-        let (report, reports) = mpsc::channel();
-        let report = Mutex::new(report);
-        let mut storage = Storage::spawn(
-            WitnessLog {
-                appended: appended.clone(),
-                gate: None,
-                fail: false,
-                delay: INLINE_SLOW + Duration::from_millis(5),
-            },
-            move |count| report.lock().unwrap().send(count).unwrap(),
-            |error| panic!("{error}"),
-        );
+        let (mut storage, reports) = reporting(WitnessLog {
+            appended: appended.clone(),
+            gate: None,
+            fail: false,
+        });
+        // Every write counts as slow.
+        storage.inline_slow = Duration::ZERO;
         storage.submit(appends(&[b"slow"])).unwrap();
         assert_eq!(reports.try_recv(), Ok(1), "ran on the caller");
         storage.submit(appends(&[b"next"])).unwrap();
@@ -595,13 +588,7 @@ mod tests {
     #[test]
     fn checkpoints_and_compactions_count_as_records() {
         let durable = Arc::new(Mutex::new(Vec::new()));
-        let (report, reports) = mpsc::channel();
-        let report = Mutex::new(report);
-        let mut storage = Storage::spawn(
-            MemoryLog::new(durable.clone()),
-            move |count| report.lock().unwrap().send(count).unwrap(),
-            |error| panic!("{error}"),
-        );
+        let (mut storage, reports) = reporting(MemoryLog::new(durable.clone()));
         let writer = |bytes: &'static [u8]| -> Box<WriteRecord> {
             Box::new(move |out: &mut dyn std::io::Write| out.write_all(bytes))
         };
@@ -628,7 +615,6 @@ mod tests {
                 appended: appended.clone(),
                 gate: None,
                 fail: false,
-                delay: Duration::ZERO,
             },
             |_| panic!("nothing becomes durable"),
             |error| panic!("{error}"),
