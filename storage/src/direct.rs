@@ -61,10 +61,7 @@ impl DirectWriter {
     ) -> std::io::Result<DirectWriter> {
         let block_start = end - end % DIRECT_BLOCK_BYTES as u64;
         debug_assert_eq!(tail.len() as u64, end - block_start);
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-            .open(path)?;
+        let file = direct_options().open(path)?;
         let zeroed_end = file.metadata()?.len();
         let mut buffer = AlignedBuffer::with_capacity(DIRECT_BLOCK_BYTES);
         buffer.extend(tail);
@@ -104,16 +101,23 @@ impl DirectWriter {
     }
 }
 
+/// Opens for direct, synchronous writes.
+fn direct_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC);
+    options
+}
+
 /// Whether the file system holding `directory` takes direct I/O (tests on a file system
 /// without it, such as tmpfs before Linux 6.6, check the fallback instead).
 #[cfg(test)]
 pub(crate) fn available_in(directory: &Path) -> bool {
     let probe = directory.join(format!("synod-direct-probe-{}", std::process::id()));
-    let opened = OpenOptions::new()
-        .write(true)
+    let opened = direct_options()
         .create(true)
         .truncate(true)
-        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
         .open(&probe)
         .is_ok();
     let _ = std::fs::remove_file(&probe);
