@@ -71,8 +71,9 @@ pub struct RaftSetup {
 impl RaftSetup {
     /// Every `raft-kv` variant: ReadIndex reads, lease reads, reads through the log, the
     /// broken figure-8 leader, the broken lease expiry, and the broken follower that reads
-    /// before applying the leader's read index.
-    pub const ALL: [RaftSetup; 6] = [
+    /// before applying the leader's read index, and the broken leader whose lease reads
+    /// miss writes followers committed on its durable hints.
+    pub const ALL: [RaftSetup; 7] = [
         RaftSetup {
             variant: RaftVariant::Correct,
             read_mode: ReadMode::ReadIndex,
@@ -103,6 +104,11 @@ impl RaftSetup {
             read_mode: ReadMode::ReadIndex,
             half_ttl_leases: false,
         },
+        RaftSetup {
+            variant: RaftVariant::HintBlindReads,
+            read_mode: ReadMode::Lease,
+            half_ttl_leases: false,
+        },
     ];
 
     /// The `--variant` name.
@@ -111,6 +117,7 @@ impl RaftSetup {
             (true, _, _) => "half-ttl-leases",
             (false, RaftVariant::Figure8, _) => "figure8",
             (false, RaftVariant::EarlyFollowerRead, _) => "early-follower-read",
+            (false, RaftVariant::HintBlindReads, _) => "hint-blind-reads",
             (false, RaftVariant::Correct, ReadMode::Lease) => "lease-reads",
             (false, RaftVariant::Correct, ReadMode::Log) => "log-reads",
             (false, RaftVariant::Correct, ReadMode::ReadIndex) => "correct",

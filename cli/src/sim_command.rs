@@ -41,7 +41,9 @@ pub struct SimArgs {
     /// amo-kv `no-dedup`, `reply-before-durable`; paxos-kv `forget-accepted-values`; raft-kv
     /// `figure8`, `half-ttl-leases` (a leader expiring leases at half their TTL; with the
     /// mvcc workload), `early-follower-read` (a follower answering a read before applying
-    /// the leader's read index) and the read modes `lease-reads`, `log-reads`; pb-kv
+    /// the leader's read index), `hint-blind-reads` (a leader whose lease reads miss writes
+    /// a follower committed on its durable hint) and the read modes `lease-reads`,
+    /// `log-reads`; pb-kv
     /// `reply-before-backup-ack`, `backup-accepts-any-primary`, `view-service-skips-ack`,
     /// `volatile-view-service`. An unknown name lists the protocol's variants.
     #[arg(long, default_value = "correct")]

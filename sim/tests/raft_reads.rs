@@ -2,7 +2,8 @@
 //! faults far beyond what real clocks do (rates off by up to 90 % and forward jumps):
 //! ReadIndex never depends on clocks; a lease whose drift bound covers the injected drift
 //! stays linearizable; a lease that assumes perfect clocks serves stale reads that the
-//! checker catches.
+//! checker catches, and so does a leader whose reads ignore the writes followers committed
+//! on its durable hints.
 //!
 //! `SYNOD_RAFT_SEEDS=<n>` widens the sweeps.
 
@@ -199,4 +200,75 @@ fn a_follower_that_reads_before_applying_the_read_index_is_caught() {
         seeds.len()
     );
     assert!(!caught.is_empty(), "no stale follower read caught");
+}
+
+/// n0 leads (n1 and n2 run slow, so they do not campaign), and every 200 ms the followers'
+/// messages to it are lost for 100 ms: it cannot count a majority, while they still
+/// receive its appends and its durable hints.
+fn followers_unheard() -> Vec<(Duration, NemesisAction)> {
+    let slow = -(INJECTED_DRIFT_PPM as i32);
+    let mut steps = vec![
+        (
+            Duration::ZERO,
+            NemesisAction::ClockDrift {
+                node: NodeId(1),
+                parts_per_million: slow,
+            },
+        ),
+        (
+            Duration::ZERO,
+            NemesisAction::ClockDrift {
+                node: NodeId(2),
+                parts_per_million: slow,
+            },
+        ),
+    ];
+    let blocked: BTreeSet<_> = [1, 2]
+        .into_iter()
+        .map(|follower| (Endpoint::Node(NodeId(follower)), Endpoint::Node(NodeId(0))))
+        .collect();
+    for round in 0..20 {
+        let at = Duration::from_millis(400 + 200 * round);
+        steps.push((
+            at,
+            NemesisAction::Partition {
+                blocked: blocked.clone(),
+            },
+        ));
+        steps.push((
+            at + Duration::from_millis(100),
+            NemesisAction::HealPartition,
+        ));
+    }
+    steps
+}
+
+/// Clients start at every member, so followers pass writes on and commit them on the
+/// leader's durable hint, here before the leader can count a majority; a leader whose
+/// lease reads ignore that serves stale reads, which the checker catches. The correct
+/// leader passes the same seeds.
+#[test]
+fn a_leader_whose_reads_ignore_its_durable_hints_is_caught() {
+    let seeds = seeds(16);
+    // Slow followers keep their promises longer, which leaves the lease safe at the
+    // default bound (the leader's own clock keeps time).
+    let raft = reads(ReadMode::Lease, RaftConfig::default().clock_drift_bound_ppm);
+    let run = |variant, seed| {
+        run_variant(
+            variant,
+            raft,
+            seed,
+            Some(followers_unheard()),
+            "partition,clock",
+        )
+    };
+    let caught = not_linearizable(&seeds, |seed| run(RaftVariant::HintBlindReads, seed));
+    eprintln!(
+        "stale leader reads caught in {} of {} seeds",
+        caught.len(),
+        seeds.len()
+    );
+    assert!(!caught.is_empty(), "no stale leader read caught");
+    let correct = not_linearizable(&seeds, |seed| run(RaftVariant::Correct, seed));
+    assert_eq!(correct, Vec::<u64>::new());
 }

@@ -36,6 +36,16 @@
 //!   [`RaftConfig::lease_duration`]. The lease assumes that clocks never jump backward and
 //!   that their rates differ from real time by at most [`RaftConfig::clock_drift_bound_ppm`].
 //!   Serializable reads are answered by any replica from its applied state.
+//! - **Followers serve clients** ([`RaftConfig::follower_serve`]): a follower passes a
+//!   write to the leader and answers it once applied; the leader announces each commit at
+//!   once. With at most three voters a follower need not wait for that announcement
+//!   ([`RaftConfig::durable_hints`]): the leader tells it when its own copy is durable
+//!   (`Durable`, sent when the leader's acknowledgement to itself comes back), the
+//!   follower tells itself the same of its copy (a message the gate releases once its
+//!   records are durable), and two durable copies of an entry of the current term are a
+//!   majority, so it commits and answers one round trip earlier. A follower may then have
+//!   answered a write the leader has not yet counted committed, so the leader's read index
+//!   (and its lease reads) cover every index it named in a `Durable`.
 //!
 //! - **Membership**: the cluster's configuration ([`Membership`]: voters and learners) is a
 //!   log entry, in effect on a node as soon as its log holds it, and part of every

@@ -38,14 +38,20 @@ pub enum RaftVariant {
     /// Broken: a follower answers a linearizable read as soon as the leader names its read
     /// index, without waiting until it has applied that far (a stale read).
     EarlyFollowerRead,
+    /// Broken: the leader's read index (and its lease reads) ignore the writes a follower
+    /// committed on the leader's durable hint before the leader counted a majority, so a
+    /// read on the leader can miss a write already acknowledged (see
+    /// [`RaftConfig::durable_hints`]).
+    HintBlindReads,
 }
 
 impl RaftVariant {
     /// Every variant, correct first.
-    pub const ALL: [RaftVariant; 3] = [
+    pub const ALL: [RaftVariant; 4] = [
         RaftVariant::Correct,
         RaftVariant::Figure8,
         RaftVariant::EarlyFollowerRead,
+        RaftVariant::HintBlindReads,
     ];
 
     /// The variant's command-line name.
@@ -54,6 +60,7 @@ impl RaftVariant {
             RaftVariant::Correct => "correct",
             RaftVariant::Figure8 => "figure8",
             RaftVariant::EarlyFollowerRead => "early-follower-read",
+            RaftVariant::HintBlindReads => "hint-blind-reads",
         }
     }
 }
@@ -111,6 +118,12 @@ pub struct RaftConfig {
     /// the simulator's state-machine safety check compares between replicas. Off, the
     /// digest stays 0 and applying an entry does not hash it (a server needs no digest).
     pub applied_digests: bool,
+    /// In a cluster of at most three voters, a follower waiting for writes it passed on
+    /// commits them once its own copy and the leader's are durable (two of three: a
+    /// majority), which the leader tells it with [`RaftMessage::Durable`] as soon as its
+    /// own write returns. Off, the follower waits for the leader to count the
+    /// acknowledgements and announce the commit: one round trip later.
+    pub durable_hints: bool,
 }
 
 impl Default for RaftConfig {
@@ -131,6 +144,7 @@ impl Default for RaftConfig {
             inflight_bytes_max: 256 * 1024,
             follower_serve: true,
             applied_digests: true,
+            durable_hints: true,
         }
     }
 }
@@ -260,6 +274,17 @@ pub enum RaftMessage<S: StateMachine> {
         /// The batch answered.
         id: u64,
         /// The read index.
+        index: u64,
+    },
+    /// The sender holds the leader of `term`'s log up to `index` durably. A leader sends
+    /// it to a follower waiting for writes it passed on, as soon as its own write returns;
+    /// a follower sends it to itself once its own copy is durable (the output gate holds
+    /// the message until then). With at most three voters the two copies are a majority:
+    /// see [`RaftConfig::durable_hints`].
+    Durable {
+        /// The leader's term.
+        term: u64,
+        /// The last index held.
         index: u64,
     },
     /// The answer to a chunk.
@@ -630,6 +655,35 @@ struct Leader<S: StateMachine> {
     /// Set once this leader asked another node to campaign: voters may then ignore their
     /// promise to it, so it serves no lease read for the rest of its term.
     lease_void: bool,
+    /// Per follower, the last index proposed for a write it passed on: it learns with
+    /// [`RaftMessage::Durable`] once the leader's own copy is durable.
+    forwarded_up_to: BTreeMap<NodeId, u64>,
+    /// The highest index named in a [`RaftMessage::Durable`] this term. A follower may
+    /// commit up to it (and answer a client) before this leader counts a majority, so a
+    /// linearizable read here must see at least that far.
+    hinted: u64,
+}
+
+impl<S: StateMachine> Leader<S> {
+    /// The least index a linearizable read must see: everything committed, or
+    /// acknowledged to a client by a follower, before the read arrived (and at least the
+    /// term's first entry).
+    fn read_floor(&self, commit: u64, variant: RaftVariant) -> u64 {
+        let floor = commit.max(self.term_start_index);
+        if variant == RaftVariant::HintBlindReads {
+            return floor; // Broken on purpose.
+        }
+        floor.max(self.hinted)
+    }
+}
+
+/// How far a follower's own log and the leader's are durable in `term` (each an index up to
+/// which the log matches the leader's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct DurableHints {
+    term: u64,
+    own: u64,
+    leader: u64,
 }
 
 /// A leadership transfer: the leader takes no proposals, brings the target up to date and
@@ -773,6 +827,8 @@ pub struct RaftNode<S: StateMachine> {
     checkpoint_index: u64,
     /// Requests this follower passed to the leader, by client: answered here once applied.
     forwarded: BTreeMap<ClientId, S::Request>,
+    /// What this follower knows durable on itself and on the leader in the current term.
+    durable: DurableHints,
     /// Linearizable reads this follower serves with the leader's read index.
     follower_reads: FollowerReads<S>,
     /// The first safety violation this node noticed itself (e.g. asked to overwrite a
@@ -806,6 +862,7 @@ impl<S: StateMachine> RaftNode<S> {
             incoming: None,
             checkpoint_index: 0,
             forwarded: BTreeMap::new(),
+            durable: DurableHints::default(),
             follower_reads: FollowerReads::default(),
             violation: None,
         }
@@ -1376,10 +1433,12 @@ impl<S: StateMachine> RaftNode<S> {
             due_fence: 0,
             transfer: None,
             lease_void: false,
+            forwarded_up_to: BTreeMap::new(),
+            hinted: 0,
         }));
         ctx.cancel_timer(RaftTimer::Election);
         match self.variant {
-            RaftVariant::Correct | RaftVariant::EarlyFollowerRead => {
+            RaftVariant::Correct | RaftVariant::EarlyFollowerRead | RaftVariant::HintBlindReads => {
                 self.append_local(Payload::Noop, ctx);
             }
             RaftVariant::Figure8 => {
@@ -1415,7 +1474,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Role::Leader(leader) = &mut self.role else {
             return;
         };
-        let read_index = read_index.max(leader.term_start_index);
+        let read_index = leader.read_floor(read_index, self.variant);
         for (client, request) in unasked {
             leader.reads.push(PendingRead {
                 reader: Reader::Client(client, request),
@@ -1738,6 +1797,24 @@ impl<S: StateMachine> RaftNode<S> {
             self.commit_index = new_commit;
             self.apply_committed(ctx);
         }
+        let own = if self.durable.term == self.term {
+            self.durable.own
+        } else {
+            0
+        };
+        if self.config.durable_hints
+            && !self.forwarded.is_empty()
+            && match_index > own.max(self.commit_index)
+        {
+            // Released once this node's copy is durable; see `on_durable`.
+            ctx.send(
+                ctx.id(),
+                RaftMessage::Durable {
+                    term: self.term,
+                    index: match_index,
+                },
+            );
+        }
         ctx.send(
             from,
             RaftMessage::AppendReply {
@@ -1785,6 +1862,7 @@ impl<S: StateMachine> RaftNode<S> {
             if reply.success {
                 leader.self_match = leader.self_match.max(reply.match_index);
                 self.advance_commit(ctx);
+                self.send_durable_hints(ctx);
             }
             return;
         }
@@ -1987,7 +2065,7 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let counts = match self.variant {
-            RaftVariant::Correct | RaftVariant::EarlyFollowerRead => {
+            RaftVariant::Correct | RaftVariant::EarlyFollowerRead | RaftVariant::HintBlindReads => {
                 self.log.term(majority) == Some(self.term)
             }
             RaftVariant::Figure8 => true,
@@ -2309,7 +2387,13 @@ impl<S: StateMachine> RaftNode<S> {
 
     /// The leader proposes a request a follower passed on (dropped unless it leads and
     /// takes proposals: the follower passes it on again to the next leader).
-    fn on_forward(&mut self, client: ClientId, request: S::Request, ctx: &mut Context<Self>) {
+    fn on_forward(
+        &mut self,
+        from: NodeId,
+        client: ClientId,
+        request: S::Request,
+        ctx: &mut Context<Self>,
+    ) {
         let Role::Leader(leader) = &self.role else {
             return;
         };
@@ -2318,6 +2402,100 @@ impl<S: StateMachine> RaftNode<S> {
         }
         let command = S::command(client, request, ctx.now());
         self.append_and_replicate(command, ctx);
+        let index = self.log.last_index();
+        if self.config.durable_hints
+            && let Role::Leader(leader) = &mut self.role
+        {
+            leader.forwarded_up_to.insert(from, index);
+        }
+    }
+
+    /// True if `a` and `b` are two voters of a configuration (not joint) of at most three
+    /// voters: copies on both are a majority.
+    fn pair_is_quorum(&self, a: NodeId, b: NodeId) -> bool {
+        let membership = self.membership();
+        a != b
+            && !membership.is_joint()
+            && membership.voters.len() <= 3
+            && membership.voters.contains(&a)
+            && membership.voters.contains(&b)
+    }
+
+    /// The leader's own copy became durable up to `self_match`: tells each follower whose
+    /// passed-on writes that covers and that are not yet committed (the commit
+    /// announcement told the others).
+    fn send_durable_hints(&mut self, ctx: &mut Context<Self>) {
+        let id = ctx.id();
+        let (term, commit) = (self.term, self.commit_index);
+        let Role::Leader(leader) = &self.role else {
+            return;
+        };
+        let durable = leader.self_match;
+        let due: Vec<(NodeId, u64)> = leader
+            .forwarded_up_to
+            .iter()
+            .filter(|(_, index)| **index <= durable)
+            .map(|(peer, index)| (*peer, *index))
+            .collect();
+        let hints: Vec<NodeId> = due
+            .iter()
+            .filter(|(peer, index)| *index > commit && self.pair_is_quorum(id, *peer))
+            .map(|(peer, _)| *peer)
+            .collect();
+        if let Role::Leader(leader) = &mut self.role {
+            for (peer, _) in &due {
+                leader.forwarded_up_to.remove(peer);
+            }
+            if !hints.is_empty() {
+                leader.hinted = leader.hinted.max(durable);
+            }
+        }
+        for peer in hints {
+            ctx.send(
+                peer,
+                RaftMessage::Durable {
+                    term,
+                    index: durable,
+                },
+            );
+        }
+    }
+
+    /// A follower learns how far its own log (`from` itself) or the leader's is durable,
+    /// and commits what both hold in the current term when the two make a majority.
+    fn on_durable(&mut self, from: NodeId, term: u64, index: u64, ctx: &mut Context<Self>) {
+        let id = ctx.id();
+        if term != self.term || !matches!(self.role, Role::Follower) {
+            return;
+        }
+        let Some(leader) = self.leader else {
+            return;
+        };
+        if self.durable.term != term {
+            self.durable = DurableHints {
+                term,
+                ..DurableHints::default()
+            };
+        }
+        if from == id {
+            self.durable.own = self.durable.own.max(index);
+        } else if from == leader {
+            self.durable.leader = self.durable.leader.max(index);
+        } else {
+            return;
+        }
+        let both = self
+            .durable
+            .own
+            .min(self.durable.leader)
+            .min(self.log.last_index());
+        if both > self.commit_index
+            && self.log.term(both) == Some(self.term)
+            && self.pair_is_quorum(id, leader)
+        {
+            self.commit_index = both;
+            self.apply_committed(ctx);
+        }
     }
 
     /// The leader confirms its leadership for a follower's batch of reads.
@@ -2332,13 +2510,20 @@ impl<S: StateMachine> RaftNode<S> {
             return;
         }
         let leased = leader.lease_until.is_some_and(|until| ctx.now() < until);
+        let read_index = leader.read_floor(commit, self.variant);
         if mode == ReadMode::Lease && leased && caught_up >= leader.term_start_index {
-            ctx.send(from, RaftMessage::ReadIndexReply { id, index: commit });
+            ctx.send(
+                from,
+                RaftMessage::ReadIndexReply {
+                    id,
+                    index: read_index,
+                },
+            );
             return;
         }
         leader.reads.push(PendingRead {
             reader: Reader::Follower(from, id),
-            read_index: commit.max(leader.term_start_index),
+            read_index,
             round: leader.round + 1,
         });
         self.confirm_reads(ctx);
@@ -2386,7 +2571,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
         let mode = self.config.read_mode;
         if consistency == Some(ReadConsistency::Linearizable) && mode != ReadMode::Log {
-            let caught_up = self.applied_index >= leader.term_start_index;
+            let read_index = leader.read_floor(self.commit_index, self.variant);
+            let caught_up = self.applied_index >= read_index;
             let leased = leader.lease_until.is_some_and(|until| ctx.now() < until);
             if mode == ReadMode::Lease && caught_up && leased {
                 ctx.reply(client, self.state.query(client, &request));
@@ -2396,7 +2582,6 @@ impl<S: StateMachine> RaftNode<S> {
                 ctx.reply(client, S::redirect(&request, None));
                 return;
             }
-            let read_index = self.commit_index.max(leader.term_start_index);
             leader.reads.push(PendingRead {
                 reader: Reader::Client(client, request),
                 read_index,
@@ -2626,7 +2811,8 @@ impl<S: StateMachine> Node for RaftNode<S> {
                 ctx,
             ),
             RaftMessage::InstallSnapshot(chunk) => self.on_install_snapshot(from, *chunk, ctx),
-            RaftMessage::Forward { client, request } => self.on_forward(client, request, ctx),
+            RaftMessage::Forward { client, request } => self.on_forward(from, client, request, ctx),
+            RaftMessage::Durable { term, index } => self.on_durable(from, term, index, ctx),
             RaftMessage::ReadIndex { id } => self.on_read_index(from, id, ctx),
             RaftMessage::ReadIndexReply { id, index } => self.on_read_index_reply(id, index, ctx),
             RaftMessage::SnapshotReply {

@@ -31,7 +31,12 @@ struct Cluster {
     chunks_delivered: usize,
     /// Flip a byte of the next snapshot chunk delivered after the first.
     corrupt_next_chunk: bool,
+    /// Messages between two different nodes for which this returns true are dropped.
+    drop_if: Option<DropIf>,
 }
+
+/// Decides whether a message (from, to) is lost.
+type DropIf = fn(NodeId, NodeId, &RaftMessage<SessionKv>) -> bool;
 
 impl Cluster {
     fn new(size: u32, make: fn() -> KvRaft) -> Cluster {
@@ -49,6 +54,7 @@ impl Cluster {
             checked: true,
             chunks_delivered: 0,
             corrupt_next_chunk: false,
+            drop_if: None,
         };
         for id in 0..size {
             cluster.handle(NodeId(id), |node, ctx| node.on_start(ctx));
@@ -95,6 +101,9 @@ impl Cluster {
         let mut delivered = 0;
         while let Some((from, to, mut message)) = self.network.pop_front() {
             if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                continue;
+            }
+            if from != to && self.drop_if.is_some_and(|drop| drop(from, to, &message)) {
                 continue;
             }
             if let RaftMessage::InstallSnapshot(chunk) = &mut message {
@@ -350,7 +359,9 @@ fn commits_of_a_reelected_leader(variant: RaftVariant) -> Vec<(u64, Option<u64>)
     }
     let make = match variant {
         RaftVariant::Figure8 => make_broken,
-        RaftVariant::Correct | RaftVariant::EarlyFollowerRead => make_correct,
+        RaftVariant::Correct | RaftVariant::EarlyFollowerRead | RaftVariant::HintBlindReads => {
+            make_correct
+        }
     };
     let mut cluster = Cluster::new(3, make);
     cluster.elect(0);
@@ -716,6 +727,90 @@ fn a_follower_passes_a_write_to_the_leader_and_answers_it_once_applied() {
             result: Ok(KvOutput::Done),
         }]
     );
+}
+
+/// Followers' acknowledgements to the leader are lost.
+fn acknowledgement(from: NodeId, _: NodeId, message: &RaftMessage<SessionKv>) -> bool {
+    from != NodeId(0) && matches!(message, RaftMessage::AppendReply { .. })
+}
+
+fn answers_to(cluster: &Cluster, node: u32, client: u64) -> Vec<Result<KvOutput, KvError>> {
+    cluster
+        .replies
+        .iter()
+        .filter(|(from, to, _)| *from == NodeId(node) && *to == ClientId(client))
+        .map(|(_, _, response)| response.result.clone())
+        .collect()
+}
+
+fn durable_hints(enabled: bool, read_mode: ReadMode) -> KvRaft {
+    KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            read_mode,
+            durable_hints: enabled,
+            ..RaftConfig::default()
+        },
+    )
+}
+
+#[test]
+fn a_follower_commits_a_write_it_passed_on_once_it_and_the_leader_hold_it() {
+    for enabled in [true, false] {
+        let make = if enabled {
+            || durable_hints(true, ReadMode::ReadIndex)
+        } else {
+            || durable_hints(false, ReadMode::ReadIndex)
+        };
+        let mut cluster = Cluster::new(3, make);
+        cluster.elect(0);
+        // The leader never hears that a follower holds the write, so it cannot count a
+        // majority; n1 and the leader together are one.
+        cluster.drop_if = Some(acknowledgement);
+        cluster.request(1, 4, 0, put("a"));
+        assert_eq!(cluster.node(0).commit_index(), 1);
+        assert_eq!(cluster.node(2).commit_index(), 1, "n2 passed nothing on");
+        if enabled {
+            assert_eq!(cluster.node(1).commit_index(), 2);
+            assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+        } else {
+            assert_eq!(cluster.node(1).commit_index(), 1);
+            assert!(answers_to(&cluster, 1, 4).is_empty());
+        }
+    }
+}
+
+#[test]
+fn no_durable_hint_in_a_cluster_of_five() {
+    let mut cluster = Cluster::new(5, Cluster::correct);
+    cluster.elect(0);
+    cluster.drop_if = Some(acknowledgement);
+    cluster.request(1, 4, 0, put("a"));
+    // Two copies of five are no majority.
+    assert_eq!(cluster.node(1).commit_index(), 1);
+    assert!(answers_to(&cluster, 1, 4).is_empty());
+}
+
+#[test]
+fn a_lease_read_on_the_leader_sees_a_write_a_follower_committed_first() {
+    let mut cluster = Cluster::new(3, || durable_hints(true, ReadMode::Lease));
+    cluster.elect(0);
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert!(cluster.node(0).lease_until().is_some());
+    cluster.drop_if = Some(acknowledgement);
+    cluster.request(1, 4, 0, put("a"));
+    assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+    // The leader still holds its lease but has not committed the write n1 answered: a
+    // read it served from its own state now would miss that write.
+    assert_eq!(cluster.node(0).commit_index(), 1);
+    cluster.request(0, 5, 0, get());
+    assert!(
+        answers_to(&cluster, 0, 5).is_empty(),
+        "answered a stale read"
+    );
+    cluster.drop_if = None;
+    cluster.fire(0, RaftTimer::Heartbeat);
+    assert_eq!(answers_to(&cluster, 0, 5), vec![value("a")]);
 }
 
 #[test]
