@@ -33,6 +33,8 @@ struct Cluster {
     corrupt_next_chunk: bool,
     /// Messages between two different nodes for which this returns true are dropped.
     drop_if: Option<DropIf>,
+    /// `Durable` messages a leader sent to a follower, delivered or not.
+    hints_sent: usize,
 }
 
 /// Decides whether a message (from, to) is lost.
@@ -55,6 +57,7 @@ impl Cluster {
             chunks_delivered: 0,
             corrupt_next_chunk: false,
             drop_if: None,
+            hints_sent: 0,
         };
         for id in 0..size {
             cluster.handle(NodeId(id), |node, ctx| node.on_start(ctx));
@@ -100,6 +103,9 @@ impl Cluster {
     fn deliver_all(&mut self) -> usize {
         let mut delivered = 0;
         while let Some((from, to, mut message)) = self.network.pop_front() {
+            if from != to && matches!(message, RaftMessage::Durable { .. }) {
+                self.hints_sent += 1;
+            }
             if self.isolated.contains(&from) || self.isolated.contains(&to) {
                 continue;
             }
@@ -773,6 +779,7 @@ fn a_follower_commits_a_write_it_passed_on_once_it_and_the_leader_hold_it() {
         if enabled {
             assert_eq!(cluster.node(1).commit_index(), 2);
             assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+            assert_eq!(cluster.hints_sent, 1);
         } else {
             assert_eq!(cluster.node(1).commit_index(), 1);
             assert!(answers_to(&cluster, 1, 4).is_empty());
@@ -786,9 +793,123 @@ fn no_durable_hint_in_a_cluster_of_five() {
     cluster.elect(0);
     cluster.drop_if = Some(acknowledgement);
     cluster.request(1, 4, 0, put("a"));
-    // Two copies of five are no majority.
+    // Two copies of five are no majority: the leader sends no hint, and the follower
+    // would not count one.
+    assert_eq!(cluster.hints_sent, 0);
     assert_eq!(cluster.node(1).commit_index(), 1);
     assert!(answers_to(&cluster, 1, 4).is_empty());
+}
+
+#[test]
+fn no_durable_hint_once_the_commit_covers_the_write() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    // The followers' acknowledgements arrive before the leader's own: the announcement
+    // tells n1 of the commit, and a hint would say nothing new.
+    let mut held = Vec::new();
+    cluster.handle(NodeId(1), |node, ctx| {
+        node.on_request(
+            ClientId(4),
+            KvRequest {
+                sequence: 0,
+                acknowledged_below: 0,
+                command: put("a"),
+            },
+            ctx,
+        )
+    });
+    while let Some((from, to, message)) = cluster.network.pop_front() {
+        if from == NodeId(0) && to == NodeId(0) {
+            held.push(message); // The leader's acknowledgement to itself, held back.
+            continue;
+        }
+        cluster.handle(to, |node, ctx| node.on_message(from, message, ctx));
+    }
+    assert_eq!(cluster.node(1).commit_index(), 2);
+    for message in held {
+        cluster.network.push_back((NodeId(0), NodeId(0), message));
+    }
+    cluster.deliver_all();
+    assert_eq!(cluster.hints_sent, 0);
+    assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+}
+
+/// A follower n1 of a three-node cluster; returns it after `steps` (sender, message),
+/// each handled in a context of its own.
+fn follower_after(steps: Vec<(u32, RaftMessage<SessionKv>)>) -> KvRaft {
+    let members = [NodeId(0), NodeId(1), NodeId(2)];
+    let mut rng = Rng::new(5);
+    let mut follower = Cluster::correct();
+    let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+    follower.on_start(&mut ctx);
+    for (from, message) in steps {
+        let mut ctx = Context::new(NodeId(1), &members, Time::ZERO, &mut rng);
+        follower.on_message(NodeId(from), message, &mut ctx);
+    }
+    follower
+}
+
+fn appends(term: u64, prev: (u64, u64), terms: &[u64], commit: u64) -> RaftMessage<SessionKv> {
+    RaftMessage::AppendEntries {
+        term,
+        prev_index: prev.0,
+        prev_term: prev.1,
+        entries: terms
+            .iter()
+            .map(|&term| Entry {
+                term,
+                payload: Payload::Noop,
+            })
+            .collect(),
+        commit,
+        round: 0,
+    }
+}
+
+fn durable(term: u64, index: u64) -> RaftMessage<SessionKv> {
+    RaftMessage::Durable { term, index }
+}
+
+#[test]
+fn durable_hints_count_only_entries_of_the_current_term_held_in_it() {
+    // Both copies durable in term 1: index 2 commits.
+    let follower = follower_after(vec![
+        (0, appends(1, (0, 0), &[1, 1], 0)),
+        (1, durable(1, 2)),
+        (0, durable(1, 2)),
+    ]);
+    assert_eq!(follower.commit_index(), 2);
+    // Its own copy was durable in term 1, but n2, leading term 2, replaced index 2: the
+    // new entry's own copy is not known durable, so the hint commits nothing.
+    let follower = follower_after(vec![
+        (0, appends(1, (0, 0), &[1, 1], 0)),
+        (1, durable(1, 2)),
+        (2, appends(2, (1, 1), &[2], 0)),
+        (2, durable(2, 2)),
+    ]);
+    assert_eq!(follower.commit_index(), 0);
+    // Entries of an earlier term are never committed by counting copies (section 5.4.2).
+    let follower = follower_after(vec![
+        (0, appends(1, (0, 0), &[1, 1], 0)),
+        (2, appends(2, (2, 1), &[], 0)),
+        (1, durable(2, 2)),
+        (2, durable(2, 2)),
+    ]);
+    assert_eq!(follower.commit_index(), 0);
+    // A hint below the commit index leaves it where it is.
+    let follower = follower_after(vec![
+        (0, appends(1, (0, 0), &[1, 1, 1], 3)),
+        (1, durable(1, 2)),
+        (0, durable(1, 2)),
+    ]);
+    assert_eq!(follower.commit_index(), 3);
+    // A hint from a node that does not lead counts for nothing.
+    let follower = follower_after(vec![
+        (0, appends(1, (0, 0), &[1, 1], 0)),
+        (1, durable(1, 2)),
+        (2, durable(1, 2)),
+    ]);
+    assert_eq!(follower.commit_index(), 0);
 }
 
 #[test]
