@@ -760,6 +760,15 @@ fn durable_hints(enabled: bool, read_mode: ReadMode) -> KvRaft {
     )
 }
 
+/// n1 passes a write to the leader n0, which hears no follower's acknowledgement.
+fn write_passed_on_unacknowledged(size: u32, make: fn() -> KvRaft) -> Cluster {
+    let mut cluster = Cluster::new(size, make);
+    cluster.elect(0);
+    cluster.drop_if = Some(acknowledgement);
+    cluster.request(1, 4, 0, put("a"));
+    cluster
+}
+
 #[test]
 fn a_follower_commits_a_write_it_passed_on_once_it_and_the_leader_hold_it() {
     for enabled in [true, false] {
@@ -768,12 +777,9 @@ fn a_follower_commits_a_write_it_passed_on_once_it_and_the_leader_hold_it() {
         } else {
             || durable_hints(false, ReadMode::ReadIndex)
         };
-        let mut cluster = Cluster::new(3, make);
-        cluster.elect(0);
         // The leader never hears that a follower holds the write, so it cannot count a
         // majority; n1 and the leader together are one.
-        cluster.drop_if = Some(acknowledgement);
-        cluster.request(1, 4, 0, put("a"));
+        let cluster = write_passed_on_unacknowledged(3, make);
         assert_eq!(cluster.node(0).commit_index(), 1);
         assert_eq!(cluster.node(2).commit_index(), 1, "n2 passed nothing on");
         if enabled {
@@ -789,10 +795,7 @@ fn a_follower_commits_a_write_it_passed_on_once_it_and_the_leader_hold_it() {
 
 #[test]
 fn no_durable_hint_in_a_cluster_of_five() {
-    let mut cluster = Cluster::new(5, Cluster::correct);
-    cluster.elect(0);
-    cluster.drop_if = Some(acknowledgement);
-    cluster.request(1, 4, 0, put("a"));
+    let cluster = write_passed_on_unacknowledged(5, Cluster::correct);
     // Two copies of five are no majority: the leader sends no hint, and the follower
     // would not count one.
     assert_eq!(cluster.hints_sent, 0);
