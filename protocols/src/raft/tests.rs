@@ -875,44 +875,59 @@ fn durable(term: u64, index: u64) -> RaftMessage<SessionKv> {
 
 #[test]
 fn durable_hints_count_only_entries_of_the_current_term_held_in_it() {
-    // Both copies durable in term 1: index 2 commits.
-    let follower = follower_after(vec![
-        (0, appends(1, (0, 0), &[1, 1], 0)),
-        (1, durable(1, 2)),
-        (0, durable(1, 2)),
-    ]);
-    assert_eq!(follower.commit_index(), 2);
-    // Its own copy was durable in term 1, but n2, leading term 2, replaced index 2: the
-    // new entry's own copy is not known durable, so the hint commits nothing.
-    let follower = follower_after(vec![
-        (0, appends(1, (0, 0), &[1, 1], 0)),
-        (1, durable(1, 2)),
-        (2, appends(2, (1, 1), &[2], 0)),
-        (2, durable(2, 2)),
-    ]);
-    assert_eq!(follower.commit_index(), 0);
-    // Entries of an earlier term are never committed by counting copies (section 5.4.2).
-    let follower = follower_after(vec![
-        (0, appends(1, (0, 0), &[1, 1], 0)),
-        (2, appends(2, (2, 1), &[], 0)),
-        (1, durable(2, 2)),
-        (2, durable(2, 2)),
-    ]);
-    assert_eq!(follower.commit_index(), 0);
-    // A hint below the commit index leaves it where it is.
-    let follower = follower_after(vec![
-        (0, appends(1, (0, 0), &[1, 1, 1], 3)),
-        (1, durable(1, 2)),
-        (0, durable(1, 2)),
-    ]);
-    assert_eq!(follower.commit_index(), 3);
-    // A hint from a node that does not lead counts for nothing.
-    let follower = follower_after(vec![
-        (0, appends(1, (0, 0), &[1, 1], 0)),
-        (1, durable(1, 2)),
-        (2, durable(1, 2)),
-    ]);
-    assert_eq!(follower.commit_index(), 0);
+    let cases = [
+        (
+            "both copies durable in term 1: index 2 commits",
+            vec![
+                (0, appends(1, (0, 0), &[1, 1], 0)),
+                (1, durable(1, 2)),
+                (0, durable(1, 2)),
+            ],
+            2,
+        ),
+        (
+            "its own copy was durable in term 1, but n2, leading term 2, replaced index 2: \
+             the new entry's own copy is not known durable",
+            vec![
+                (0, appends(1, (0, 0), &[1, 1], 0)),
+                (1, durable(1, 2)),
+                (2, appends(2, (1, 1), &[2], 0)),
+                (2, durable(2, 2)),
+            ],
+            0,
+        ),
+        (
+            "entries of an earlier term are never committed by counting copies (5.4.2)",
+            vec![
+                (0, appends(1, (0, 0), &[1, 1], 0)),
+                (2, appends(2, (2, 1), &[], 0)),
+                (1, durable(2, 2)),
+                (2, durable(2, 2)),
+            ],
+            0,
+        ),
+        (
+            "a hint below the commit index leaves it where it is",
+            vec![
+                (0, appends(1, (0, 0), &[1, 1, 1], 3)),
+                (1, durable(1, 2)),
+                (0, durable(1, 2)),
+            ],
+            3,
+        ),
+        (
+            "a hint from a node that does not lead counts for nothing",
+            vec![
+                (0, appends(1, (0, 0), &[1, 1], 0)),
+                (1, durable(1, 2)),
+                (2, durable(1, 2)),
+            ],
+            0,
+        ),
+    ];
+    for (case, steps, commit) in cases {
+        assert_eq!(follower_after(steps).commit_index(), commit, "{case}");
+    }
 }
 
 #[test]
