@@ -397,6 +397,20 @@ mod tests {
         (storage, reports)
     }
 
+    /// Storage over a [`WitnessLog`] (failing every append if `fail`) for tests in which no
+    /// job may become durable and the storage thread may not fail.
+    fn never_durable(appended: &Witnessed, fail: bool) -> Storage {
+        Storage::spawn(
+            WitnessLog {
+                appended: appended.clone(),
+                gate: None,
+                fail,
+            },
+            |_| panic!("nothing becomes durable"),
+            |error| panic!("the storage thread failed: {error}"),
+        )
+    }
+
     /// Each record appended, with the thread that appended it.
     type Witnessed = Arc<Mutex<Vec<(Vec<u8>, std::thread::ThreadId)>>>;
 
@@ -503,15 +517,7 @@ mod tests {
     #[test]
     fn a_failure_on_the_caller_is_returned_and_later_jobs_are_dropped() {
         let appended = Arc::new(Mutex::new(Vec::new()));
-        let mut storage = Storage::spawn(
-            WitnessLog {
-                appended: appended.clone(),
-                gate: None,
-                fail: true,
-            },
-            |_| panic!("nothing becomes durable"),
-            |error| panic!("the thread ran nothing: {error}"),
-        );
+        let mut storage = never_durable(&appended, true);
         let error = storage.submit(appends(&[b"a"])).unwrap_err();
         assert!(error.to_string().contains("the disk is gone"), "{error}");
         storage.submit(appends(&[b"b"])).unwrap();
@@ -610,15 +616,7 @@ mod tests {
     #[test]
     fn a_closed_storage_drops_every_later_job() {
         let appended = Witnessed::default();
-        let mut storage = Storage::spawn(
-            WitnessLog {
-                appended: appended.clone(),
-                gate: None,
-                fail: false,
-            },
-            |_| panic!("nothing becomes durable"),
-            |error| panic!("{error}"),
-        );
+        let mut storage = never_durable(&appended, false);
         storage.close();
         storage.submit(appends(&[b"small"])).unwrap();
         storage.submit(appends(&[b"x".as_slice(); 8])).unwrap();
