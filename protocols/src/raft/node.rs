@@ -686,6 +686,20 @@ struct DurableHints {
     leader: u64,
 }
 
+impl DurableHints {
+    /// What is known in `term`: nothing if the record is of another term.
+    fn in_term(self, term: u64) -> DurableHints {
+        if self.term == term {
+            self
+        } else {
+            DurableHints {
+                term,
+                ..DurableHints::default()
+            }
+        }
+    }
+}
+
 /// A leadership transfer: the leader takes no proposals, brings the target up to date and
 /// sends it `TimeoutNow`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -1797,11 +1811,7 @@ impl<S: StateMachine> RaftNode<S> {
             self.commit_index = new_commit;
             self.apply_committed(ctx);
         }
-        let own = if self.durable.term == self.term {
-            self.durable.own
-        } else {
-            0
-        };
+        let own = self.durable.in_term(self.term).own;
         if self.config.durable_hints
             && !self.forwarded.is_empty()
             && match_index > own.max(self.commit_index)
@@ -2471,12 +2481,7 @@ impl<S: StateMachine> RaftNode<S> {
         let Some(leader) = self.leader else {
             return;
         };
-        if self.durable.term != term {
-            self.durable = DurableHints {
-                term,
-                ..DurableHints::default()
-            };
-        }
+        self.durable = self.durable.in_term(term);
         if from == id {
             self.durable.own = self.durable.own.max(index);
         } else if from == leader {
