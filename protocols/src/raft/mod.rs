@@ -37,8 +37,12 @@
 //!   that their rates differ from real time by at most [`RaftConfig::clock_drift_bound_ppm`].
 //!   Serializable reads are answered by any replica from its applied state.
 //! - **Followers serve clients** ([`RaftConfig::follower_serve`]): a follower passes a
-//!   write to the leader and answers it once applied; the leader announces each commit at
-//!   once. With at most three voters a follower need not wait for that announcement
+//!   write to the leader and answers it once applied; the leader tells it the commit at
+//!   once. Other followers learn a new commit index from the next append, or from an
+//!   announcement once [`RaftConfig::commit_announce_delay`] (1 ms) passed without one: a
+//!   steady stream of writes then costs no extra message (and no reply) per commit. A
+//!   follower given a read index is told at once too. With at most three voters a
+//!   follower need not wait for the leader's announcement
 //!   ([`RaftConfig::durable_hints`]): the leader tells it when its own copy is durable
 //!   (`Durable`, sent when the leader's acknowledgement to itself comes back), the
 //!   follower tells itself the same of its copy (a message the gate releases once its

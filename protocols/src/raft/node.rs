@@ -124,6 +124,14 @@ pub struct RaftConfig {
     /// own write returns. Off, the follower waits for the leader to count the
     /// acknowledgements and announce the commit: one round trip later.
     pub durable_hints: bool,
+    /// How long a leader may keep a new commit index to itself when no append carries it
+    /// sooner: under a steady stream of writes the next append tells the followers, so
+    /// no message (and no reply to it) is spent on the announcement. Followers waiting
+    /// for a commit (a read index they were given, a write they passed on that no
+    /// [`RaftMessage::Durable`] covers) are told at once. Zero announces every commit at
+    /// once. The delay bounds how far behind a follower's state is at rest, which a
+    /// follower's serializable reads and watches see.
+    pub commit_announce_delay: Duration,
 }
 
 impl Default for RaftConfig {
@@ -145,6 +153,7 @@ impl Default for RaftConfig {
             follower_serve: true,
             applied_digests: true,
             durable_hints: true,
+            commit_announce_delay: Duration::from_millis(1),
         }
     }
 }
@@ -553,6 +562,8 @@ pub enum RaftTimer {
     CheckQuorum,
     /// A follower's promise not to vote (it heard from a leader recently) ends.
     PromiseExpired,
+    /// A leader tells the followers the commit index no append has carried yet.
+    Announce,
 }
 
 /// The leader's view of one follower's replication.
@@ -580,6 +591,11 @@ struct Progress {
     active: bool,
     /// The highest heartbeat round acknowledged in this term.
     acked_round: u64,
+    /// The highest commit index an append to this follower carried.
+    commit_sent: u64,
+    /// The follower waits for a commit up to here (a read index it was given, a write it
+    /// passed on): while it was told less, a new commit is announced to it at once.
+    commit_wanted: u64,
 }
 
 /// Who waits for a linearizable read the leader confirms.
@@ -662,6 +678,8 @@ struct Leader<S: StateMachine> {
     /// commit up to it (and answer a client) before this leader counts a majority, so a
     /// linearizable read here must see at least that far.
     hinted: u64,
+    /// [`RaftTimer::Announce`] is set.
+    announce_armed: bool,
 }
 
 impl<S: StateMachine> Leader<S> {
@@ -1107,6 +1125,8 @@ impl<S: StateMachine> RaftNode<S> {
                     mode: Mode::Probe { sent: false },
                     active: true,
                     acked_round: 0,
+                    commit_sent: 0,
+                    commit_wanted: 0,
                 });
             }
         }
@@ -1430,6 +1450,8 @@ impl<S: StateMachine> RaftNode<S> {
                         mode: Mode::Probe { sent: false },
                         active: true,
                         acked_round: 0,
+                        commit_sent: 0,
+                        commit_wanted: 0,
                     },
                 )
             })
@@ -1449,6 +1471,7 @@ impl<S: StateMachine> RaftNode<S> {
             lease_void: false,
             forwarded_up_to: BTreeMap::new(),
             hinted: 0,
+            announce_armed: false,
         }));
         ctx.cancel_timer(RaftTimer::Election);
         match self.variant {
@@ -1701,6 +1724,7 @@ impl<S: StateMachine> RaftNode<S> {
             // confirms the round and, if refused, reveals lost messages.
             let last_sent = prev_index + entries.len() as u64;
             let carried = !entries.is_empty();
+            progress.commit_sent = progress.commit_sent.max(commit);
             ctx.send(
                 peer,
                 RaftMessage::AppendEntries {
@@ -2090,21 +2114,73 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Tells the followers in step with the log the new commit index at once: a follower
-    /// answers the writes it passed on only once it applied them, and would otherwise
-    /// learn of the commit with the next heartbeat.
+    /// Tells the followers in step with the log the new commit index: at once those
+    /// waiting for a commit (and all of them if [`RaftConfig::commit_announce_delay`] is
+    /// zero), the others when the delay ends unless an append told them first. A
+    /// follower answers the writes it passed on only once it applied them, and would
+    /// otherwise learn of the commit with the next heartbeat.
     fn announce_commit(&mut self, ctx: &mut Context<Self>) {
+        let delay = self.config.commit_announce_delay;
+        let mut later = false;
         for peer in self.peers(ctx) {
-            let replicating = match &self.role {
-                Role::Leader(leader) => leader
-                    .progress
-                    .get(&peer)
-                    .is_some_and(|progress| matches!(progress.mode, Mode::Replicate { .. })),
-                _ => false,
-            };
-            if replicating {
+            match self.announcement_due(peer) {
+                Some(true) => self.send_appends(peer, true, ctx),
+                Some(false) if delay.is_zero() => self.send_appends(peer, true, ctx),
+                Some(false) => later = true,
+                None => {}
+            }
+        }
+        if let Role::Leader(leader) = &mut self.role
+            && later
+            && !leader.announce_armed
+        {
+            leader.announce_armed = true;
+            ctx.set_timer(RaftTimer::Announce, delay, delay);
+        }
+    }
+
+    /// Whether `peer`, a follower in step with the log, was told less than the commit
+    /// index: `Some(true)` if it waits for a commit (tell it now), `Some(false)` if the
+    /// announcement may wait, `None` if there is nothing to tell.
+    fn announcement_due(&self, peer: NodeId) -> Option<bool> {
+        let Role::Leader(leader) = &self.role else {
+            return None;
+        };
+        let progress = leader.progress.get(&peer)?;
+        if !matches!(progress.mode, Mode::Replicate { .. })
+            || progress.commit_sent >= self.commit_index
+        {
+            return None;
+        }
+        Some(progress.commit_wanted > progress.commit_sent)
+    }
+
+    /// The announcement delay ended: tells every follower in step with the log what no
+    /// append told it since.
+    fn on_announce(&mut self, ctx: &mut Context<Self>) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        leader.announce_armed = false;
+        for peer in self.peers(ctx) {
+            if self.announcement_due(peer).is_some() {
                 self.send_appends(peer, true, ctx);
             }
+        }
+    }
+
+    /// `peer` waits for the commit to reach `index` (it was given that read index, or
+    /// passed on the write there): tells it the commit at once if that helps.
+    fn commit_wanted(&mut self, peer: NodeId, index: u64, ctx: &mut Context<Self>) {
+        let Role::Leader(leader) = &mut self.role else {
+            return;
+        };
+        let Some(progress) = leader.progress.get_mut(&peer) else {
+            return;
+        };
+        progress.commit_wanted = progress.commit_wanted.max(index);
+        if self.announcement_due(peer) == Some(true) {
+            self.send_appends(peer, true, ctx);
         }
     }
 
@@ -2266,6 +2342,7 @@ impl<S: StateMachine> RaftNode<S> {
             }
         }
         let state = &self.state;
+        let mut given = Vec::new();
         leader.reads.retain(|read| {
             if read.round > confirmed {
                 return true;
@@ -2279,6 +2356,7 @@ impl<S: StateMachine> RaftNode<S> {
                             index: read.read_index,
                         },
                     );
+                    given.push((*node, read.read_index));
                     false
                 }
                 Reader::Client(_, _) if read.read_index > applied => true,
@@ -2296,6 +2374,9 @@ impl<S: StateMachine> RaftNode<S> {
             self.broadcast_appends(true, ctx);
             // A cluster of one confirms its round at once.
             self.confirm_reads(ctx);
+        }
+        for (node, index) in given {
+            self.commit_wanted(node, index, ctx);
         }
     }
 
@@ -2418,6 +2499,7 @@ impl<S: StateMachine> RaftNode<S> {
         {
             leader.forwarded_up_to.insert(from, index);
         }
+        self.commit_wanted(from, index, ctx);
     }
 
     /// True if `a` and `b` are two voters of a configuration (not joint) of at most three
@@ -2458,6 +2540,15 @@ impl<S: StateMachine> RaftNode<S> {
             }
             if !hints.is_empty() {
                 leader.hinted = leader.hinted.max(durable);
+            }
+            for peer in &hints {
+                // The hint lets the follower commit what it waits for up to `durable`
+                // itself: the commit announcement may wait.
+                if let Some(progress) = leader.progress.get_mut(peer)
+                    && progress.commit_wanted <= durable
+                {
+                    progress.commit_wanted = progress.commit_sent;
+                }
             }
         }
         for peer in hints {
@@ -2524,6 +2615,7 @@ impl<S: StateMachine> RaftNode<S> {
                     index: read_index,
                 },
             );
+            self.commit_wanted(from, read_index, ctx);
             return;
         }
         leader.reads.push(PendingRead {
@@ -2855,6 +2947,7 @@ impl<S: StateMachine> Node for RaftNode<S> {
             RaftTimer::Heartbeat => self.on_heartbeat(ctx),
             RaftTimer::CheckQuorum => self.on_check_quorum(ctx),
             RaftTimer::PromiseExpired => self.promised = false,
+            RaftTimer::Announce => self.on_announce(ctx),
         }
     }
 

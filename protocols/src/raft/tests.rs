@@ -1862,3 +1862,85 @@ fn applied_digests_chain_every_entry_unless_turned_off() {
         assert!(plain.applied_digests().is_empty());
     }
 }
+
+fn announcing_after(delay: Duration, read_mode: ReadMode) -> KvRaft {
+    KvRaft::new(
+        RaftVariant::Correct,
+        RaftConfig {
+            read_mode,
+            commit_announce_delay: delay,
+            ..RaftConfig::default()
+        },
+    )
+}
+
+fn commits(cluster: &Cluster) -> Vec<u64> {
+    cluster
+        .running()
+        .map(|(_, node)| node.commit_index())
+        .collect()
+}
+
+#[test]
+fn a_commit_is_announced_after_the_delay_unless_it_is_zero() {
+    let lazy = || announcing_after(Duration::from_millis(1), ReadMode::ReadIndex);
+    let eager = || announcing_after(Duration::ZERO, ReadMode::ReadIndex);
+    for (make, announced_at_once) in [(lazy as fn() -> KvRaft, false), (eager, true)] {
+        let mut cluster = Cluster::new(3, make);
+        cluster.elect(0);
+        cluster.request(0, 4, 0, put("a"));
+        // The put's append carried the no-op's commit; only the announcement carries the
+        // put's.
+        let told = if announced_at_once { 2 } else { 1 };
+        assert_eq!(commits(&cluster), vec![2, told, told]);
+        cluster.request(0, 4, 1, put("b"));
+        assert_eq!(
+            commits(&cluster),
+            vec![3, told + 1, told + 1],
+            "the next append"
+        );
+        cluster.fire(0, RaftTimer::Announce);
+        assert_eq!(commits(&cluster), vec![3, 3, 3]);
+    }
+}
+
+#[test]
+fn a_follower_given_a_read_index_is_told_the_commit_at_once() {
+    for read_mode in [ReadMode::ReadIndex, ReadMode::Lease] {
+        let mut cluster = Cluster::new(
+            3,
+            if read_mode == ReadMode::Lease {
+                || announcing_after(Duration::from_secs(1), ReadMode::Lease)
+            } else {
+                || announcing_after(Duration::from_secs(1), ReadMode::ReadIndex)
+            },
+        );
+        cluster.elect(0);
+        cluster.fire(0, RaftTimer::Heartbeat);
+        cluster.request(0, 4, 0, put("a"));
+        assert_eq!(commits(&cluster), vec![2, 1, 1]);
+        // n1's read index is 2, which only an announcement tells it: no timer fires.
+        cluster.request(1, 5, 0, get());
+        assert_eq!(
+            answers_to(&cluster, 1, 5),
+            vec![value("a")],
+            "{read_mode:?}"
+        );
+        // ReadIndex confirms the leadership with a heartbeat round, which tells everyone;
+        // under the lease the leader answers at once and tells n1 alone.
+        let n2 = if read_mode == ReadMode::Lease { 1 } else { 2 };
+        assert_eq!(commits(&cluster), vec![2, 2, n2], "{read_mode:?}");
+    }
+}
+
+#[test]
+fn a_follower_that_passed_a_write_on_is_told_the_commit_at_once_without_a_hint() {
+    let lazy = || announcing_after(Duration::from_secs(1), ReadMode::ReadIndex);
+    // Five voters: two durable copies are no majority, so no hint covers the write.
+    let mut cluster = Cluster::new(5, lazy);
+    cluster.elect(0);
+    cluster.request(1, 4, 0, put("a"));
+    assert_eq!(cluster.hints_sent, 0);
+    assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+    assert_eq!(commits(&cluster), vec![2, 2, 1, 1, 1]);
+}
