@@ -4,7 +4,7 @@
 use super::invariants::check_all;
 use super::*;
 use crate::kv_state::{KvError, KvRequest, KvResponse, SessionKv};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use synod_core::kv::{KvCommand, KvOutput};
 use synod_core::node::{ClientId, Context, Effect, Node, NodeId};
@@ -35,6 +35,11 @@ struct Cluster {
     drop_if: Option<DropIf>,
     /// `Durable` messages a leader sent to a follower, delivered or not.
     hints_sent: usize,
+    /// Per destination, appends without entries (heartbeats and commit announcements)
+    /// delivered.
+    empty_appends: BTreeMap<NodeId, usize>,
+    /// Announcement timers set, per node.
+    announce_timers: BTreeMap<NodeId, usize>,
 }
 
 /// Decides whether a message (from, to) is lost.
@@ -58,6 +63,8 @@ impl Cluster {
             corrupt_next_chunk: false,
             drop_if: None,
             hints_sent: 0,
+            empty_appends: BTreeMap::new(),
+            announce_timers: BTreeMap::new(),
         };
         for id in 0..size {
             cluster.handle(NodeId(id), |node, ctx| node.on_start(ctx));
@@ -93,6 +100,10 @@ impl Cluster {
                 } => self.replies.push((id, client, response)),
                 Effect::Persist { record } => self.disks[id.0 as usize].push(record),
                 Effect::Checkpoint { record, .. } => self.disks[id.0 as usize] = vec![record],
+                Effect::SetTimer {
+                    timer: RaftTimer::Announce,
+                    ..
+                } => *self.announce_timers.entry(id).or_default() += 1,
                 Effect::SetTimer { .. } | Effect::CancelTimer { .. } | Effect::Sync => {}
             }
         }
@@ -120,6 +131,12 @@ impl Cluster {
                 }
             }
             delivered += 1;
+            if from != to
+                && let RaftMessage::AppendEntries { entries, .. } = &message
+                && entries.is_empty()
+            {
+                *self.empty_appends.entry(to).or_default() += 1;
+            }
             self.handle(to, |node, ctx| node.on_message(from, message, ctx));
             if self.checked {
                 assert_eq!(check_all(self.running()), Ok(()));
@@ -1888,6 +1905,12 @@ fn a_commit_is_announced_after_the_delay_unless_it_is_zero() {
     for (make, announced_at_once) in [(lazy as fn() -> KvRaft, false), (eager, true)] {
         let mut cluster = Cluster::new(3, make);
         cluster.elect(0);
+        if !announced_at_once {
+            assert_eq!(commits(&cluster), vec![1, 0, 0], "the no-op's commit waits");
+        }
+        let timers = if announced_at_once { 0 } else { 1 };
+        let timers_set = |cluster: &Cluster| cluster.announce_timers.get(&NodeId(0)).copied();
+        assert_eq!(timers_set(&cluster).unwrap_or(0), timers);
         cluster.request(0, 4, 0, put("a"));
         // The put's append carried the no-op's commit; only the announcement carries the
         // put's.
@@ -1899,8 +1922,26 @@ fn a_commit_is_announced_after_the_delay_unless_it_is_zero() {
             vec![3, told + 1, told + 1],
             "the next append"
         );
+        // One timer covers every commit until it fires.
+        assert_eq!(timers_set(&cluster).unwrap_or(0), timers);
+        let heartbeats = cluster.empty_appends.clone();
         cluster.fire(0, RaftTimer::Announce);
         assert_eq!(commits(&cluster), vec![3, 3, 3]);
+        let told_now = if announced_at_once { 0 } else { 1 };
+        for follower in [NodeId(1), NodeId(2)] {
+            let before = heartbeats.get(&follower).copied().unwrap_or(0);
+            assert_eq!(cluster.empty_appends[&follower], before + told_now);
+        }
+        // Nothing left to tell: a second firing sends nothing.
+        let heartbeats = cluster.empty_appends.clone();
+        cluster.fire(0, RaftTimer::Announce);
+        assert_eq!(cluster.empty_appends, heartbeats);
+        cluster.request(0, 4, 2, put("c"));
+        assert_eq!(
+            timers_set(&cluster).unwrap_or(0),
+            2 * timers,
+            "set again once fired"
+        );
     }
 }
 
@@ -1943,4 +1984,23 @@ fn a_follower_that_passed_a_write_on_is_told_the_commit_at_once_without_a_hint()
     assert_eq!(cluster.hints_sent, 0);
     assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
     assert_eq!(commits(&cluster), vec![2, 2, 1, 1, 1]);
+}
+
+#[test]
+fn a_durable_hint_spares_the_follower_that_passed_a_write_on_an_announcement() {
+    let lazy = || announcing_after(Duration::from_secs(1), ReadMode::ReadIndex);
+    for (size, hints, announced) in [(3, 1, 0), (5, 0, 1)] {
+        let mut cluster = Cluster::new(size, lazy);
+        cluster.elect(0);
+        let before = cluster.empty_appends.clone();
+        cluster.request(1, 4, 0, put("a"));
+        assert_eq!(cluster.hints_sent, hints);
+        assert_eq!(answers_to(&cluster, 1, 4), vec![Ok(KvOutput::Done)]);
+        let count = |appends: &BTreeMap<NodeId, usize>| appends.get(&NodeId(1)).copied();
+        assert_eq!(
+            count(&cluster.empty_appends).unwrap_or(0),
+            count(&before).unwrap_or(0) + announced,
+            "{size} voters"
+        );
+    }
 }
