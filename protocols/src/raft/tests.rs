@@ -2004,3 +2004,19 @@ fn a_durable_hint_spares_the_follower_that_passed_a_write_on_an_announcement() {
         );
     }
 }
+
+#[test]
+fn a_leader_handing_over_names_no_read_index() {
+    let mut cluster = Cluster::new(3, Cluster::correct);
+    cluster.elect(0);
+    cluster.request(0, 4, 0, put("a"));
+    // n2 cannot take over while cut off: the transfer stays under way.
+    cluster.isolated.insert(NodeId(2));
+    assert_eq!(cluster.transfer(0, 2), Ok(()));
+    assert_eq!(cluster.node(0).transfer_target(), Some(NodeId(2)));
+    cluster.request(1, 5, 0, get());
+    assert!(
+        answers_to(&cluster, 1, 5).is_empty(),
+        "a leader about to step down confirmed a read"
+    );
+}
