@@ -1622,15 +1622,22 @@ fn section_4_2_2_a_removed_leader_steps_down_once_the_new_configuration_commits(
     assert!(cluster.node(3).commit_index() > joint + 1);
 }
 
-#[test]
-fn section_3_10_leadership_transfer_hands_over_and_aborts_after_a_timeout() {
+/// n0 leads, committed a write from client 1, and hands its leadership to n2, which is cut
+/// off: the transfer stays under way.
+fn transferring_to_a_cut_off_member() -> Cluster {
     let mut cluster = Cluster::new(3, Cluster::correct);
     cluster.elect(0);
     cluster.request(0, 1, 0, put("a"));
-    // The target is cut off: the transfer waits, proposals are refused meanwhile.
     cluster.isolated.insert(NodeId(2));
     assert_eq!(cluster.transfer(0, 2), Ok(()));
     assert_eq!(cluster.node(0).transfer_target(), Some(NodeId(2)));
+    cluster
+}
+
+#[test]
+fn section_3_10_leadership_transfer_hands_over_and_aborts_after_a_timeout() {
+    // The target is cut off: the transfer waits, proposals are refused meanwhile.
+    let mut cluster = transferring_to_a_cut_off_member();
     assert_eq!(
         cluster.transfer(0, 1),
         Err(MembershipError::TransferInProgress(NodeId(2)))
@@ -2007,13 +2014,8 @@ fn a_durable_hint_spares_the_follower_that_passed_a_write_on_an_announcement() {
 
 #[test]
 fn a_leader_handing_over_names_no_read_index() {
-    let mut cluster = Cluster::new(3, Cluster::correct);
-    cluster.elect(0);
-    cluster.request(0, 4, 0, put("a"));
     // n2 cannot take over while cut off: the transfer stays under way.
-    cluster.isolated.insert(NodeId(2));
-    assert_eq!(cluster.transfer(0, 2), Ok(()));
-    assert_eq!(cluster.node(0).transfer_target(), Some(NodeId(2)));
+    let mut cluster = transferring_to_a_cut_off_member();
     cluster.request(1, 5, 0, get());
     assert!(
         answers_to(&cluster, 1, 5).is_empty(),
