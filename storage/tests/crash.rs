@@ -218,17 +218,21 @@ proptest! {
             .unwrap_or(SEGMENT_HEADER_BYTES);
         let written_end = scan.valid_end;
         let cut = durable_end + cut.index(written_end - durable_end + 1);
-        if options.preallocate {
-            // Lost pages of a preallocated file read back as the zeros written up front.
+        // Where the bytes on disk first differ from what was written.
+        let intact_end = if options.preallocate {
+            // Lost pages of a preallocated file read back as the zeros written up front; a
+            // record whose lost bytes were zeros anyway survives whole.
             let mut damaged = bytes.clone();
             damaged[cut..written_end].fill(0);
             fs::write(&path, damaged).expect("writable");
+            cut + bytes[cut..written_end].iter().take_while(|&&byte| byte == 0).count()
         } else {
             fs::OpenOptions::new().write(true).open(&path).expect("opens").set_len(cut as u64).expect("cuts");
-        }
+            cut
+        };
         // The record the cut falls in (or ends), if unsynced: a torn write may garble it.
         let last_unsynced = scan.records.iter().rev().find(|frame| frame.start >= durable_end && frame.start < cut);
-        let mut torn_at = cut;
+        let mut torn_at = intact_end;
         if let (Some((position, bit)), Some(frame)) = (flip, last_unsynced) {
             let end = frame.end.min(cut);
             flip_bit(&path, frame.start + position.index(end - frame.start), bit);
