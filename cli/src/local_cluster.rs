@@ -2,8 +2,9 @@
 //! and by `synod bench` when it starts the Synod side itself.
 
 use anyhow::{Context, Result, bail};
+use std::fs;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,46 @@ pub struct LocalCluster {
     _temporary: Option<tempfile::TempDir>,
 }
 
+/// A port probed free here may be taken by another process (an outgoing connection's
+/// ephemeral port, say) before its member binds it; a cluster in a fresh directory starts
+/// again on new ports this many times.
+const START_ATTEMPTS: usize = 3;
+/// How long a started member may take to accept connections.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one attempt to start the members failed.
+enum Failure {
+    /// A member exited before it accepted connections (a port taken, usually).
+    MemberExited(String),
+    /// Anything else: starting again would not help.
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure::Other(error)
+    }
+}
+
 impl LocalCluster {
     /// Starts `count` members with data under `data_dir` (a fresh temporary directory, removed
     /// on drop, when `None`) and waits until each accepts connections. `quiet` members log
     /// only warnings.
     pub fn start(count: usize, data_dir: Option<PathBuf>, quiet: bool) -> Result<LocalCluster> {
+        let executable = std::env::current_exe().context("cannot find the synod executable")?;
+        Self::start_using(&executable, count, data_dir, quiet)
+    }
+
+    /// [`LocalCluster::start`] with `executable server ...` as each member's command.
+    fn start_using(
+        executable: &Path,
+        count: usize,
+        data_dir: Option<PathBuf>,
+        quiet: bool,
+    ) -> Result<LocalCluster> {
+        // Members that fail in a directory that held data before may have changed it; only a
+        // fresh one is emptied and tried again.
+        let fresh = data_dir.as_ref().is_none_or(|path| !path.exists());
         let (data_dir, temporary) = match data_dir {
             Some(path) => (path, None),
             None => {
@@ -42,6 +78,44 @@ impl LocalCluster {
                 (temporary.path().to_path_buf(), Some(temporary))
             }
         };
+        let mut attempt = 1;
+        loop {
+            match Self::launch(executable, count, &data_dir, quiet) {
+                Ok(mut cluster) => {
+                    cluster._temporary = temporary;
+                    return Ok(cluster);
+                }
+                Err(Failure::MemberExited(why)) if fresh && attempt < START_ATTEMPTS => {
+                    eprintln!("{why}; starting the cluster again on new ports");
+                    for entry in fs::read_dir(&data_dir).into_iter().flatten().flatten() {
+                        fs::remove_dir_all(entry.path()).with_context(|| {
+                            format!("cannot clear {} to start again", entry.path().display())
+                        })?;
+                    }
+                    attempt += 1;
+                }
+                Err(Failure::MemberExited(why)) if fresh => {
+                    bail!("{why}, on each of {START_ATTEMPTS} attempts with new ports")
+                }
+                Err(Failure::MemberExited(why)) => {
+                    bail!(
+                        "{why}; its data directory {} held data before",
+                        data_dir.display()
+                    )
+                }
+                Err(Failure::Other(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// One attempt: new ports, `count` members started, each waited for until it listens.
+    /// Dropping the result on failure stops the members already started.
+    fn launch(
+        executable: &Path,
+        count: usize,
+        data_dir: &Path,
+        quiet: bool,
+    ) -> Result<LocalCluster, Failure> {
         let names: Vec<String> = (1..=count).map(|index| format!("m{index}")).collect();
         let mut peers = Vec::new();
         let mut clients = Vec::new();
@@ -52,17 +126,16 @@ impl LocalCluster {
             metrics.push(format!("http://127.0.0.1:{}", free_port()?));
         }
         let url = |entry: &String| entry.split_once('=').map(|(_, url)| url.to_string());
-        let executable = std::env::current_exe().context("cannot find the synod executable")?;
         let mut cluster = LocalCluster {
             members: Vec::new(),
             endpoints: clients.iter().filter_map(url).collect(),
             metrics,
             data_dirs: names.iter().map(|name| data_dir.join(name)).collect(),
-            data_dir,
-            _temporary: temporary,
+            data_dir: data_dir.to_path_buf(),
+            _temporary: None,
         };
         for (index, name) in names.iter().enumerate() {
-            let mut command = Command::new(&executable);
+            let mut command = Command::new(executable);
             command
                 .arg("server")
                 .args(["--name", name])
@@ -95,13 +168,35 @@ impl LocalCluster {
                 .with_context(|| format!("cannot start member {name}"))?;
             cluster.members.push(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for endpoint in &cluster.endpoints {
-            let address = endpoint.trim_start_matches("http://");
-            while std::net::TcpStream::connect(address).is_err() {
-                if Instant::now() > deadline {
-                    bail!("member at {endpoint} did not start listening in time");
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        let mut waiting: Vec<usize> = (0..count).collect();
+        // A member that listens may still exit on a later port (metrics), so every member
+        // is checked on every round, and once more after all of them listen.
+        loop {
+            for (index, member) in cluster.members.iter_mut().enumerate() {
+                if let Some(status) = member.try_wait().context("cannot check on a member")? {
+                    return Err(Failure::MemberExited(format!(
+                        "member {} exited ({status}) while starting",
+                        names[index]
+                    )));
                 }
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            waiting.retain(|&index| {
+                let address = cluster.endpoints[index].trim_start_matches("http://");
+                std::net::TcpStream::connect(address).is_err()
+            });
+            if let Some(&index) = waiting.first()
+                && Instant::now() > deadline
+            {
+                return Err(Failure::Other(anyhow::anyhow!(
+                    "member at {} did not start listening in time",
+                    cluster.endpoints[index]
+                )));
+            }
+            if !waiting.is_empty() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -145,4 +240,74 @@ impl Drop for LocalCluster {
 pub fn share_of_cores(members: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / members.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LocalCluster;
+    use std::path::{Path, PathBuf};
+
+    /// A stand-in for the server that exits at once, as a member whose port was taken does.
+    /// Each run appends `start` to `log`, and `stale` first if its data directory (the fifth
+    /// argument) still holds what an earlier run left there.
+    fn failing_member(directory: &Path, log: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let script = directory.join("member.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ -e \"$5/left\" ] && echo stale >> {log}\nmkdir -p \"$5\" && touch \"$5/left\"\necho start >> {log}\nexit 1\n",
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[test]
+    fn members_that_exit_in_a_fresh_directory_are_started_again_on_new_ports() {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("log");
+        let member = failing_member(scratch.path(), &log);
+        let data_dir = scratch.path().join("cluster");
+        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true)
+            .err()
+            .expect("members that exit cannot make a cluster");
+        let message = format!("{error:#}");
+        assert!(message.contains("exited"), "{message}");
+        assert!(message.contains("on each of 3 attempts"), "{message}");
+        let runs = std::fs::read_to_string(&log).unwrap();
+        // At least the member whose exit ended an attempt ran to its end; the others may
+        // have been stopped before they did.
+        let started = runs.matches("start").count();
+        assert!(
+            (3..=9).contains(&started),
+            "3 attempts of 3 members: {runs}"
+        );
+        assert!(
+            !runs.contains("stale"),
+            "each attempt starts on cleared directories"
+        );
+    }
+
+    #[test]
+    fn a_directory_that_held_data_is_not_cleared_for_another_attempt() {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("log");
+        let member = failing_member(scratch.path(), &log);
+        let data_dir = scratch.path().join("cluster");
+        let kept = data_dir.join("m1").join("kept");
+        std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+        std::fs::write(&kept, b"data").unwrap();
+        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true)
+            .err()
+            .expect("members that exit cannot make a cluster");
+        let message = format!("{error:#}");
+        assert!(message.contains("held data before"), "{message}");
+        assert!(kept.exists(), "the data is left alone");
+        let runs = std::fs::read_to_string(&log).unwrap();
+        let started = runs.matches("start").count();
+        assert!((1..=3).contains(&started), "one attempt: {runs}");
+    }
 }

@@ -76,17 +76,6 @@ fn argument_errors_exit_2_and_say_what_to_do() {
             &[
                 "--endpoints",
                 "127.0.0.1:1",
-                "--clients",
-                "4",
-                "--connections",
-                "8",
-            ],
-            "lower --connections",
-        ),
-        (
-            &[
-                "--endpoints",
-                "127.0.0.1:1",
                 "--key-size",
                 "8",
                 "--key-space",

@@ -54,7 +54,7 @@ pub struct Workload {
     pub mix: OpMix,
     /// Closed-loop clients (each has one request outstanding).
     pub clients: usize,
-    /// gRPC channels (one HTTP/2 connection each) the clients share round-robin.
+    /// gRPC channels (one HTTP/2 connection each), shared out among the clients ([`Turns`]).
     pub connections: usize,
     /// Bytes per value written.
     pub value_size: usize,
@@ -179,9 +179,8 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
 
     let mut tasks = Vec::with_capacity(workload.clients);
     for client in 0..workload.clients {
-        let kv = channels[client % channels.len()].clone();
         tasks.push(tokio::spawn(run_client(
-            kv,
+            channels.to_vec(),
             workload.clone(),
             client as u64,
             Arc::clone(&shared),
@@ -213,12 +212,16 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
     Ok(record)
 }
 
+/// One closed-loop client, sending on the connections [`Turns`] gives it. One client over
+/// connections to every member reaches the leader a third of the time, rather than always or
+/// never as the last election happened to decide.
 async fn run_client(
-    kv: Connection,
+    channels: Vec<Connection>,
     workload: Workload,
     client: u64,
     shared: Arc<Shared>,
 ) -> ClientRecord {
+    let mut turns = Turns::of_client(client as usize, workload.clients, channels.len());
     let mut rng = SplitMix64::new(workload.seed, client);
     let value = value_bytes(workload.value_size, &mut rng);
     let mut record = ClientRecord::default();
@@ -249,8 +252,9 @@ async fn run_client(
             Keys::EachOnce { .. } => (OpKind::Put, ticket),
         };
         let key = key_bytes(key_index, workload.key_size);
+        let kv = &channels[turns.next_index()];
         let outcome =
-            tokio::time::timeout(workload.request_timeout, issue(&kv, kind, key, &value)).await;
+            tokio::time::timeout(workload.request_timeout, issue(kv, kind, key, &value)).await;
         let completed_at = Instant::now();
         shared.completed_all.fetch_add(1, Ordering::Relaxed);
         let failure = match outcome {
@@ -286,6 +290,42 @@ async fn run_client(
         }
     }
     record
+}
+
+/// Which connection a client sends its next request on. With at least as many clients as
+/// connections, client `c` keeps connection `c mod connections`; with fewer, the connections
+/// are dealt out among the clients (client `c` gets `c`, `c + clients`, ...) and each client
+/// takes its own in turn, as etcd's clients balance requests over their endpoints.
+struct Turns {
+    /// The connection of the next request.
+    next: usize,
+    /// The client's first connection.
+    first: usize,
+    /// Between one of the client's connections and its next (0: it has one).
+    step: usize,
+    connections: usize,
+}
+
+impl Turns {
+    fn of_client(client: usize, clients: usize, connections: usize) -> Turns {
+        let first = client % connections;
+        let step = if clients < connections { clients } else { 0 };
+        Turns {
+            next: first,
+            first,
+            step,
+            connections,
+        }
+    }
+
+    fn next_index(&mut self) -> usize {
+        let index = self.next;
+        self.next = index + self.step;
+        if self.next >= self.connections || self.step == 0 {
+            self.next = self.first;
+        }
+        index
+    }
 }
 
 /// Sends one request; an error is (kind, message).
@@ -403,5 +443,34 @@ async fn show_progress(shared: Arc<Shared>, bar: ProgressBar, ticket_limit: Opti
 async fn watch_for_interrupt(shared: Arc<Shared>) {
     if tokio::signal::ctrl_c().await.is_ok() {
         shared.interrupted.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Turns;
+
+    fn first(client: usize, clients: usize, connections: usize, count: usize) -> Vec<usize> {
+        let mut turns = Turns::of_client(client, clients, connections);
+        (0..count).map(|_| turns.next_index()).collect()
+    }
+
+    #[test]
+    fn one_client_takes_every_connection_in_turn() {
+        assert_eq!(first(0, 1, 3, 7), [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(first(0, 1, 1, 3), [0, 0, 0]);
+    }
+
+    #[test]
+    fn fewer_clients_than_connections_share_them_out() {
+        assert_eq!(first(0, 2, 5, 4), [0, 2, 4, 0]);
+        assert_eq!(first(1, 2, 5, 4), [1, 3, 1, 3]);
+    }
+
+    #[test]
+    fn with_as_many_clients_as_connections_a_client_keeps_one() {
+        assert_eq!(first(0, 3, 3, 3), [0, 0, 0]);
+        assert_eq!(first(63, 64, 8, 3), [7, 7, 7]);
+        assert_eq!(first(9, 64, 8, 2), [1, 1]);
     }
 }
