@@ -55,7 +55,7 @@ impl LocalCluster {
     /// only warnings.
     pub fn start(count: usize, data_dir: Option<PathBuf>, quiet: bool) -> Result<LocalCluster> {
         let executable = std::env::current_exe().context("cannot find the synod executable")?;
-        Self::start_using(&executable, count, data_dir, quiet)
+        Self::start_using(&executable, count, data_dir, quiet, LISTEN_TIMEOUT)
     }
 
     /// [`LocalCluster::start`] with `executable server ...` as each member's command.
@@ -64,6 +64,7 @@ impl LocalCluster {
         count: usize,
         data_dir: Option<PathBuf>,
         quiet: bool,
+        listen_timeout: Duration,
     ) -> Result<LocalCluster> {
         // Members that fail in a directory that held data before may have changed it; only a
         // fresh one is emptied and tried again.
@@ -80,7 +81,7 @@ impl LocalCluster {
         };
         let mut attempt = 1;
         loop {
-            match Self::launch(executable, count, &data_dir, quiet) {
+            match Self::launch(executable, count, &data_dir, quiet, listen_timeout) {
                 Ok(mut cluster) => {
                     cluster._temporary = temporary;
                     return Ok(cluster);
@@ -95,7 +96,7 @@ impl LocalCluster {
                     attempt += 1;
                 }
                 Err(Failure::MemberExited(why)) if fresh => {
-                    bail!("{why}, on each of {START_ATTEMPTS} attempts with new ports")
+                    bail!("{why}, on each of {attempt} attempts with new ports")
                 }
                 Err(Failure::MemberExited(why)) => {
                     bail!(
@@ -115,6 +116,7 @@ impl LocalCluster {
         count: usize,
         data_dir: &Path,
         quiet: bool,
+        listen_timeout: Duration,
     ) -> Result<LocalCluster, Failure> {
         let names: Vec<String> = (1..=count).map(|index| format!("m{index}")).collect();
         let mut peers = Vec::new();
@@ -168,7 +170,7 @@ impl LocalCluster {
                 .with_context(|| format!("cannot start member {name}"))?;
             cluster.members.push(child);
         }
-        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        let deadline = Instant::now() + listen_timeout;
         let mut waiting: Vec<usize> = (0..count).collect();
         // A member that listens may still exit on a later port (metrics), so every member
         // is checked on every round, and once more after all of them listen.
@@ -244,19 +246,21 @@ pub fn share_of_cores(members: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::LocalCluster;
+    use super::{LISTEN_TIMEOUT, LocalCluster};
     use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
 
-    /// A stand-in for the server that exits at once, as a member whose port was taken does.
-    /// Each run appends `start` to `log`, and `stale` first if its data directory (the fifth
-    /// argument) still holds what an earlier run left there.
-    fn failing_member(directory: &Path, log: &Path) -> PathBuf {
+    /// A stand-in for the server, run as `member.sh server --name N --data-dir D ...`. It
+    /// appends its cluster (`--initial-cluster`, new ports each attempt) to `log`, and
+    /// `stale` first if its data directory still holds what an earlier run left there; then
+    /// it runs `then`.
+    fn stand_in(directory: &Path, log: &Path, then: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let script = directory.join("member.sh");
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\n[ -e \"$5/left\" ] && echo stale >> {log}\nmkdir -p \"$5\" && touch \"$5/left\"\necho start >> {log}\nexit 1\n",
+                "#!/bin/sh\n[ -e \"$5/left\" ] && echo stale >> {log}\nmkdir -p \"$5\" && touch \"$5/left\"\necho \"${{11}}\" >> {log}\n{then}\n",
                 log = log.display()
             ),
         )
@@ -265,26 +269,30 @@ mod tests {
         script
     }
 
+    /// The distinct clusters the stand-ins logged: one per attempt (the member whose exit
+    /// ended an attempt always got as far as logging).
+    fn attempts(log: &Path) -> usize {
+        let runs = std::fs::read_to_string(log).unwrap();
+        let clusters: std::collections::BTreeSet<&str> =
+            runs.lines().filter(|line| *line != "stale").collect();
+        clusters.len()
+    }
+
     #[test]
     fn members_that_exit_in_a_fresh_directory_are_started_again_on_new_ports() {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("log");
-        let member = failing_member(scratch.path(), &log);
+        // A member whose port was taken exits at once.
+        let member = stand_in(scratch.path(), &log, "exit 1");
         let data_dir = scratch.path().join("cluster");
-        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true)
+        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true, LISTEN_TIMEOUT)
             .err()
             .expect("members that exit cannot make a cluster");
         let message = format!("{error:#}");
         assert!(message.contains("exited"), "{message}");
         assert!(message.contains("on each of 3 attempts"), "{message}");
+        assert_eq!(attempts(&log), 3);
         let runs = std::fs::read_to_string(&log).unwrap();
-        // At least the member whose exit ended an attempt ran to its end; the others may
-        // have been stopped before they did.
-        let started = runs.matches("start").count();
-        assert!(
-            (3..=9).contains(&started),
-            "3 attempts of 3 members: {runs}"
-        );
         assert!(
             !runs.contains("stale"),
             "each attempt starts on cleared directories"
@@ -295,19 +303,44 @@ mod tests {
     fn a_directory_that_held_data_is_not_cleared_for_another_attempt() {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("log");
-        let member = failing_member(scratch.path(), &log);
+        let member = stand_in(scratch.path(), &log, "exit 1");
         let data_dir = scratch.path().join("cluster");
         let kept = data_dir.join("m1").join("kept");
         std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
         std::fs::write(&kept, b"data").unwrap();
-        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true)
+        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true, LISTEN_TIMEOUT)
             .err()
             .expect("members that exit cannot make a cluster");
         let message = format!("{error:#}");
         assert!(message.contains("held data before"), "{message}");
         assert!(kept.exists(), "the data is left alone");
-        let runs = std::fs::read_to_string(&log).unwrap();
-        let started = runs.matches("start").count();
-        assert!((1..=3).contains(&started), "one attempt: {runs}");
+        assert_eq!(attempts(&log), 1);
+    }
+
+    #[test]
+    fn a_member_that_never_listens_fails_the_start_after_the_timeout() {
+        let scratch = tempfile::tempdir().unwrap();
+        let log = scratch.path().join("log");
+        let member = stand_in(scratch.path(), &log, "exec sleep 30");
+        let started = Instant::now();
+        let error = LocalCluster::start_using(
+            &member,
+            1,
+            Some(scratch.path().join("cluster")),
+            true,
+            Duration::from_millis(300),
+        )
+        .err()
+        .expect("a member that never listens makes no cluster");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("did not start listening in time"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the timeout holds"
+        );
+        assert_eq!(attempts(&log), 1, "a timeout is not retried");
     }
 }
