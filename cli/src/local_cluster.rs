@@ -278,17 +278,21 @@ mod tests {
         clusters.len()
     }
 
+    /// Starts `count` stand-in members in `data_dir`, which must fail; returns the error.
+    fn failed_start(member: &Path, count: usize, data_dir: PathBuf, timeout: Duration) -> String {
+        let error = LocalCluster::start_using(member, count, Some(data_dir), true, timeout)
+            .err()
+            .expect("the stand-in members make no cluster");
+        format!("{error:#}")
+    }
+
     #[test]
     fn members_that_exit_in_a_fresh_directory_are_started_again_on_new_ports() {
         let scratch = tempfile::tempdir().unwrap();
         let log = scratch.path().join("log");
         // A member whose port was taken exits at once.
         let member = stand_in(scratch.path(), &log, "exit 1");
-        let data_dir = scratch.path().join("cluster");
-        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true, LISTEN_TIMEOUT)
-            .err()
-            .expect("members that exit cannot make a cluster");
-        let message = format!("{error:#}");
+        let message = failed_start(&member, 3, scratch.path().join("cluster"), LISTEN_TIMEOUT);
         assert!(message.contains("exited"), "{message}");
         assert!(message.contains("on each of 3 attempts"), "{message}");
         assert_eq!(attempts(&log), 3);
@@ -308,10 +312,7 @@ mod tests {
         let kept = data_dir.join("m1").join("kept");
         std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
         std::fs::write(&kept, b"data").unwrap();
-        let error = LocalCluster::start_using(&member, 3, Some(data_dir), true, LISTEN_TIMEOUT)
-            .err()
-            .expect("members that exit cannot make a cluster");
-        let message = format!("{error:#}");
+        let message = failed_start(&member, 3, data_dir, LISTEN_TIMEOUT);
         assert!(message.contains("held data before"), "{message}");
         assert!(kept.exists(), "the data is left alone");
         assert_eq!(attempts(&log), 1);
@@ -323,16 +324,8 @@ mod tests {
         let log = scratch.path().join("log");
         let member = stand_in(scratch.path(), &log, "exec sleep 30");
         let started = Instant::now();
-        let error = LocalCluster::start_using(
-            &member,
-            1,
-            Some(scratch.path().join("cluster")),
-            true,
-            Duration::from_millis(300),
-        )
-        .err()
-        .expect("a member that never listens makes no cluster");
-        let message = format!("{error:#}");
+        let timeout = Duration::from_millis(300);
+        let message = failed_start(&member, 1, scratch.path().join("cluster"), timeout);
         assert!(
             message.contains("did not start listening in time"),
             "{message}"
