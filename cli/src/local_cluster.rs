@@ -3,15 +3,22 @@
 
 use anyhow::{Context, Result, bail};
 use std::fs;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback port, chosen by the OS.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(listener.local_addr()?.port())
+/// Asks the OS for `count` distinct free loopback ports: binds them all at once (so none
+/// repeats), then releases them for the members to bind.
+pub fn free_loopback_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot bind a loopback port")?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 /// Running members; dropping this stops them (SIGTERM, then SIGKILL after 5 s).
@@ -119,13 +126,14 @@ impl LocalCluster {
         listen_timeout: Duration,
     ) -> Result<LocalCluster, Failure> {
         let names: Vec<String> = (1..=count).map(|index| format!("m{index}")).collect();
+        let ports = free_loopback_ports(3 * count)?;
         let mut peers = Vec::new();
         let mut clients = Vec::new();
         let mut metrics = Vec::new();
-        for name in &names {
-            peers.push(format!("{name}=http://127.0.0.1:{}", free_port()?));
-            clients.push(format!("{name}=http://127.0.0.1:{}", free_port()?));
-            metrics.push(format!("http://127.0.0.1:{}", free_port()?));
+        for (name, ports) in names.iter().zip(ports.chunks(3)) {
+            peers.push(format!("{name}=http://127.0.0.1:{}", ports[0]));
+            clients.push(format!("{name}=http://127.0.0.1:{}", ports[1]));
+            metrics.push(format!("http://127.0.0.1:{}", ports[2]));
         }
         let url = |entry: &String| entry.split_once('=').map(|(_, url)| url.to_string());
         let mut cluster = LocalCluster {

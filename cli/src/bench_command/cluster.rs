@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result, bail};
 use std::fs;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,7 +139,7 @@ impl EtcdLauncher {
         if self.members == 0 {
             bail!("an etcd cluster needs at least one member");
         }
-        let ports = free_loopback_ports(2 * self.members)?;
+        let ports = crate::local_cluster::free_loopback_ports(2 * self.members)?;
         let run_directory = unique_temp_dir("synod-bench-etcd")?;
         let mut cluster = EtcdProcesses {
             children: Vec::new(),
@@ -319,19 +318,6 @@ async fn linearizable_read_succeeds(url: &str) -> bool {
         tokio::time::timeout(PROBE_TIMEOUT, probe).await,
         Ok(Some(_))
     )
-}
-
-/// Asks the OS for `count` distinct free loopback ports: binds them all at once (so none
-/// repeats), then releases them for etcd to bind.
-pub fn free_loopback_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot bind a loopback port")?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
 }
 
 fn unique_temp_dir(prefix: &str) -> Result<PathBuf> {

@@ -177,10 +177,11 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
     ));
     let interrupt_watch = tokio::spawn(watch_for_interrupt(Arc::clone(&shared)));
 
+    let channels: Arc<[Connection]> = channels.into();
     let mut tasks = Vec::with_capacity(workload.clients);
     for client in 0..workload.clients {
         tasks.push(tokio::spawn(run_client(
-            channels.to_vec(),
+            Arc::clone(&channels),
             workload.clone(),
             client as u64,
             Arc::clone(&shared),
@@ -216,7 +217,7 @@ pub async fn run(channels: &[Connection], workload: &Workload, label: &str) -> R
 /// connections to every member reaches the leader a third of the time, rather than always or
 /// never as the last election happened to decide.
 async fn run_client(
-    channels: Vec<Connection>,
+    channels: Arc<[Connection]>,
     workload: Workload,
     client: u64,
     shared: Arc<Shared>,
@@ -321,7 +322,7 @@ impl Turns {
     fn next_index(&mut self) -> usize {
         let index = self.next;
         self.next = index + self.step;
-        if self.next >= self.connections || self.step == 0 {
+        if self.next >= self.connections {
             self.next = self.first;
         }
         index

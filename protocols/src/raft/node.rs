@@ -598,6 +598,21 @@ struct Progress {
     commit_wanted: u64,
 }
 
+impl Progress {
+    /// A follower the leader knows nothing about yet: it probes from `next_index`.
+    fn probing_from(next_index: u64) -> Progress {
+        Progress {
+            match_index: 0,
+            next_index,
+            mode: Mode::Probe { sent: false },
+            active: true,
+            acked_round: 0,
+            commit_sent: 0,
+            commit_wanted: 0,
+        }
+    }
+}
+
 /// Who waits for a linearizable read the leader confirms.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Reader<S: StateMachine> {
@@ -1119,15 +1134,10 @@ impl<S: StateMachine> RaftNode<S> {
             .retain(|node, _| nodes.contains(node) && *node != id);
         for node in nodes {
             if node != id {
-                leader.progress.entry(node).or_insert(Progress {
-                    match_index: 0,
-                    next_index,
-                    mode: Mode::Probe { sent: false },
-                    active: true,
-                    acked_round: 0,
-                    commit_sent: 0,
-                    commit_wanted: 0,
-                });
+                leader
+                    .progress
+                    .entry(node)
+                    .or_insert_with(|| Progress::probing_from(next_index));
             }
         }
     }
@@ -1441,20 +1451,7 @@ impl<S: StateMachine> RaftNode<S> {
         let progress = self
             .peers(ctx)
             .into_iter()
-            .map(|peer| {
-                (
-                    peer,
-                    Progress {
-                        match_index: 0,
-                        next_index,
-                        mode: Mode::Probe { sent: false },
-                        active: true,
-                        acked_round: 0,
-                        commit_sent: 0,
-                        commit_wanted: 0,
-                    },
-                )
-            })
+            .map(|peer| (peer, Progress::probing_from(next_index)))
             .collect();
         self.leader = Some(ctx.id());
         self.role = Role::Leader(Box::new(Leader {
